@@ -1,0 +1,18 @@
+"""Multi-view contrastive losses as pure, jittable JAX functions.
+
+Every loss takes ``z`` of shape (N, V, D), instance-major, normalises it itself, and returns the
+scalar mean over the global batch. ``axis_name`` makes the negatives the global batch inside
+``jax.shard_map``/``jax.pmap``; ``backend`` picks how the energies are computed
+(:mod:`mvcl.kernels`). The maths is in SPEC-losses.md and in each docstring.
+"""
+
+from mvcl.losses._common import check_finite
+from mvcl.losses.baselines import avg, multipos_infonce, pvc, pwe
+from mvcl.losses.multiview import mv_dhel, mv_infonce
+from mvcl.losses.pairwise import KERNELS, dcl, dhel, infonce, kcl
+from mvcl.losses.registry import NAMES, TEMPERATURE_FREE, TWO_VIEW, get
+
+__all__ = [
+    "KERNELS", "NAMES", "TEMPERATURE_FREE", "TWO_VIEW", "avg", "check_finite", "dcl", "dhel",
+    "get", "infonce", "kcl", "multipos_infonce", "mv_dhel", "mv_infonce", "pvc", "pwe",
+]
