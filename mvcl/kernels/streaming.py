@@ -70,11 +70,11 @@ def _keep(mask, qt: _Tiling, qi, q_off, kt: _Tiling, ki, k_off):
   return (keep & q_ok[:, None] & k_ok[None, :])[None]  # (1, Tq, Tk), shared by the G groups
 
 
-def _varying(x, axis_name):
-  """Marks a constant loop carry as per-device, as shard_map requires."""
+def _varying(constants, axis_name):
+  """Marks loop carries that start as constants as per-device values, as shard_map requires."""
   if axis_name is None:
-    return x
-  return jax.tree.map(lambda a: jax.lax.pcast(a, axis_name, to="varying"), x)
+    return constants
+  return jax.lax.pcast(constants, axis_name, to="varying")
 
 
 def _ring(axis_name):
@@ -149,8 +149,7 @@ def _backward(q, k, out, g, mask, reduction, axis_name, tile):
                         (jnp.arange(qt.count), q_tiles, out_tiles, g_tiles, dq_tiles))
 
   k_tiles = kt.split(k)
-  dq_tiles = _varying(jnp.zeros_like(q_tiles), axis_name)
-  dk_tiles = _varying(jnp.zeros_like(k_tiles), axis_name)
+  dq_tiles, dk_tiles = jnp.zeros_like(q_tiles), jnp.zeros_like(k_tiles)  # per-device, like q, k
 
   def ring_step(step, state):
     k_tiles, dk_tiles, dq_tiles = state
