@@ -16,10 +16,9 @@ evaluate them on a subsample when M is large.
 
 from __future__ import annotations
 
-import numpy as np
-
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 _RANKME_EPS = 1e-7  # the epsilon of RankMe (Garrido et al. 2023, Roy & Vetterli 2007)
 

@@ -13,93 +13,107 @@ from typing import Callable
 
 import jax
 import numpy as np
-from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 DEFAULT_AXIS = "data"
 
 
-def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None) -> None:
-  """Starts multi-host JAX (``jax.distributed.initialize``) when more than one process is asked.
+def initialize(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> None:
+    """Starts multi-host JAX (``jax.distributed.initialize``) when more than one process is asked.
 
-  Arguments default to the environment variables ``MVCL_COORDINATOR`` (host:port),
-  ``MVCL_NUM_PROCESSES`` and ``MVCL_PROCESS_ID``. With none of them set (or one process) nothing
-  is started: a single process sees its local devices only. Call before anything touches a JAX
-  device.
-  """
-  env = os.environ
-  coordinator_address = coordinator_address or env.get("MVCL_COORDINATOR")
-  if num_processes is None and "MVCL_NUM_PROCESSES" in env:
-    num_processes = int(env["MVCL_NUM_PROCESSES"])
-  if process_id is None and "MVCL_PROCESS_ID" in env:
-    process_id = int(env["MVCL_PROCESS_ID"])
-  if num_processes is None or num_processes == 1:
-    return
-  if coordinator_address is None or process_id is None:
-    raise ValueError(
-        f"num_processes={num_processes} needs coordinator_address and process_id "
-        "(or MVCL_COORDINATOR and MVCL_PROCESS_ID)")
-  if not 0 <= process_id < num_processes:
-    raise ValueError(f"process_id must be in [0, {num_processes}), got {process_id}")
-  jax.distributed.initialize(coordinator_address, num_processes=num_processes,
-                             process_id=process_id)
+    Arguments default to the environment variables ``MVCL_COORDINATOR`` (host:port),
+    ``MVCL_NUM_PROCESSES`` and ``MVCL_PROCESS_ID``. With none of them set (or one process) nothing
+    is started: a single process sees its local devices only. Call before anything touches a JAX
+    device.
+    """
+    env = os.environ
+    coordinator_address = coordinator_address or env.get("MVCL_COORDINATOR")
+    if num_processes is None and "MVCL_NUM_PROCESSES" in env:
+        num_processes = int(env["MVCL_NUM_PROCESSES"])
+    if process_id is None and "MVCL_PROCESS_ID" in env:
+        process_id = int(env["MVCL_PROCESS_ID"])
+    if num_processes is None or num_processes == 1:
+        return
+    if coordinator_address is None or process_id is None:
+        raise ValueError(
+            f"num_processes={num_processes} needs coordinator_address and process_id "
+            "(or MVCL_COORDINATOR and MVCL_PROCESS_ID)"
+        )
+    if not 0 <= process_id < num_processes:
+        raise ValueError(f"process_id must be in [0, {num_processes}), got {process_id}")
+    jax.distributed.initialize(
+        coordinator_address, num_processes=num_processes, process_id=process_id
+    )
 
 
 def make_mesh(num_devices: int | None = None, axis_name: str = DEFAULT_AXIS) -> jax.sharding.Mesh:
-  """A 1-D mesh over the batch axis: every device of every process, or the first ``num_devices``.
+    """A 1-D mesh over the batch axis: every device of every process, or the first ``num_devices``.
 
-  The axis is ``Auto``, so unsharded inputs are placed by the partitioner.
-  """
-  devices = jax.devices()
-  if num_devices is not None:
-    if not 1 <= num_devices <= len(devices):
-      raise ValueError(f"num_devices must be in [1, {len(devices)}], got {num_devices}")
-    devices = devices[:num_devices]
-  return jax.sharding.Mesh(np.asarray(devices), (axis_name,), axis_types=(AxisType.Auto,))
+    The axis is ``Auto``, so unsharded inputs are placed by the partitioner.
+    """
+    devices = jax.devices()
+    if num_devices is not None:
+        if not 1 <= num_devices <= len(devices):
+            raise ValueError(f"num_devices must be in [1, {len(devices)}], got {num_devices}")
+        devices = devices[:num_devices]
+    return jax.sharding.Mesh(np.asarray(devices), (axis_name,), axis_types=(AxisType.Auto,))
 
 
 def batch_sharding(mesh: jax.sharding.Mesh, axis_name: str = DEFAULT_AXIS) -> NamedSharding:
-  """Instances (axis 0) sharded over ``axis_name``, everything else replicated."""
-  check_axis(mesh, axis_name)
-  return NamedSharding(mesh, P(axis_name))
+    """Instances (axis 0) sharded over ``axis_name``, everything else replicated."""
+    check_axis(mesh, axis_name)
+    return NamedSharding(mesh, P(axis_name))
 
 
 def check_axis(mesh: jax.sharding.Mesh, axis_name: str) -> None:
-  if axis_name not in mesh.axis_names:
-    raise ValueError(f"axis_name={axis_name!r} is not an axis of the mesh (axes: "
-                     f"{tuple(mesh.axis_names)})")
+    if axis_name not in mesh.axis_names:
+        raise ValueError(
+            f"axis_name={axis_name!r} is not an axis of the mesh (axes: {tuple(mesh.axis_names)})"
+        )
 
 
 def check_divisible(n: int, mesh: jax.sharding.Mesh, axis_name: str, what: str = "N") -> None:
-  devices = mesh.shape[axis_name]
-  if n % devices:
-    raise ValueError(f"the batch does not divide over the mesh: {what} = {n} instances over "
-                     f"{devices} devices of axis {axis_name!r}")
+    devices = mesh.shape[axis_name]
+    if n % devices:
+        raise ValueError(
+            f"the batch does not divide over the mesh: {what} = {n} instances over "
+            f"{devices} devices of axis {axis_name!r}"
+        )
 
 
-def shard_loss(loss: Callable, mesh: jax.sharding.Mesh, axis_name: str = DEFAULT_AXIS,
-               **loss_kwargs) -> Callable[[jax.Array], jax.Array]:
-  """The jitted global-batch loss of a global (N, V, D) array, computed with ``shard_map``.
+def shard_loss(
+    loss: Callable, mesh: jax.sharding.Mesh, axis_name: str = DEFAULT_AXIS, **loss_kwargs
+) -> Callable[[jax.Array], jax.Array]:
+    """The jitted global-batch loss of a global (N, V, D) array, computed with ``shard_map``.
 
-  Each device gets N / devices instances and calls ``loss(z_local, axis_name=axis_name,
-  **loss_kwargs)``; the scalar is replicated. ``jax.grad`` of the result is the gradient of the
-  single-device loss on the whole batch.
+    Each device gets N / devices instances and calls ``loss(z_local, axis_name=axis_name,
+    **loss_kwargs)``; the scalar is replicated. ``jax.grad`` of the result is the gradient of the
+    single-device loss on the whole batch.
 
-  Example::
+    Example::
 
-      mesh = mvcl.parallel.make_mesh()
-      f = mvcl.parallel.shard_loss(mvcl.losses.mv_dhel, mesh, temperature=0.5, backend="ring")
-      loss, grad = jax.value_and_grad(f)(z)
-  """
-  check_axis(mesh, axis_name)
-  per_device = jax.shard_map(functools.partial(loss, axis_name=axis_name, **loss_kwargs),
-                             mesh=mesh, in_specs=P(axis_name), out_specs=P())
+        mesh = mvcl.parallel.make_mesh()
+        f = mvcl.parallel.shard_loss(mvcl.losses.mv_dhel, mesh, temperature=0.5, backend="ring")
+        loss, grad = jax.value_and_grad(f)(z)
+    """
+    check_axis(mesh, axis_name)
+    per_device = jax.shard_map(
+        functools.partial(loss, axis_name=axis_name, **loss_kwargs),
+        mesh=mesh,
+        in_specs=P(axis_name),
+        out_specs=P(),
+    )
 
-  @jax.jit
-  def sharded(z):
-    if z.ndim != 3:
-      raise ValueError(f"z must have rank 3, (N, V, D), got shape {tuple(z.shape)}")
-    check_divisible(z.shape[0], mesh, axis_name)
-    return per_device(z)
+    @jax.jit
+    def sharded(z):
+        if z.ndim != 3:
+            raise ValueError(f"z must have rank 3, (N, V, D), got shape {tuple(z.shape)}")
+        check_divisible(z.shape[0], mesh, axis_name)
+        return per_device(z)
 
-  return sharded
+    return sharded

@@ -13,151 +13,152 @@ from mvcl.data import digits
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-  path = tmp_path_factory.mktemp("tfds")
-  assert not (path / digits.DIGITS_NAME).exists()
-  data.load_split("digits", "test", path)  # Prepares on first use.
-  return path
+    path = tmp_path_factory.mktemp("tfds")
+    assert not (path / digits.DIGITS_NAME).exists()
+    data.load_split("digits", "test", path)  # Prepares on first use.
+    return path
 
 
 @pytest.fixture(scope="module")
 def train_source(data_dir):
-  return data.load_split("digits", "train", data_dir)
+    return data.load_split("digits", "train", data_dir)
 
 
 # --- digits builder -------------------------------------------------------------------------
 
 
 def test_digits_splits_cover_sklearn_exactly(data_dir):
-  from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits
 
-  sk = load_digits()
-  images = np.round(sk.images * 255 / 16).astype(np.uint8)[..., None]
-  labels = sk.target
-  np.testing.assert_array_equal(data.digits_arrays()[0], images)
-  train_idx, test_idx = data.digits_split_indices("train"), data.digits_split_indices("test")
-  assert len(train_idx) == 1437 and len(test_idx) == 360
-  assert list(test_idx[:6]) == [4, 5, 6, 9, 14, 17]  # The split is fixed forever.
-  assert np.array_equal(np.sort(np.concatenate([train_idx, test_idx])), np.arange(1797))
+    sk = load_digits()
+    images = np.round(sk.images * 255 / 16).astype(np.uint8)[..., None]
+    labels = sk.target
+    np.testing.assert_array_equal(data.digits_arrays()[0], images)
+    train_idx, test_idx = data.digits_split_indices("train"), data.digits_split_indices("test")
+    assert len(train_idx) == 1437 and len(test_idx) == 360
+    assert list(test_idx[:6]) == [4, 5, 6, 9, 14, 17]  # The split is fixed forever.
+    assert np.array_equal(np.sort(np.concatenate([train_idx, test_idx])), np.arange(1797))
 
-  sizes = {}
-  for split, idx in (("train", train_idx), ("test", test_idx)):
-    source = data.load_split("mvcl_digits", split, data_dir)
-    sizes[split] = len(source)
-    for j in (0, 1, 17, len(source) - 1):
-      record = source[j]
-      assert record["image"].dtype == np.uint8 and record["image"].shape == (8, 8, 1)
-      assert record["index"] == idx[j]
-      np.testing.assert_array_equal(record["image"], images[idx[j]])
-      assert record["label"] == labels[idx[j]]
-    x, y = data.load_numpy("digits", split, data_dir)
-    assert x.dtype == np.uint8 and x.shape == (len(idx), 8, 8, 1)
-    assert y.dtype == np.int32
-    np.testing.assert_array_equal(x, images[idx])
-    np.testing.assert_array_equal(y, labels[idx])
-  assert sizes == {"train": 1437, "test": 360}
-  assert images.max() == 255 and images.min() == 0
+    sizes = {}
+    for split, idx in (("train", train_idx), ("test", test_idx)):
+        source = data.load_split("mvcl_digits", split, data_dir)
+        sizes[split] = len(source)
+        for j in (0, 1, 17, len(source) - 1):
+            record = source[j]
+            assert record["image"].dtype == np.uint8 and record["image"].shape == (8, 8, 1)
+            assert record["index"] == idx[j]
+            np.testing.assert_array_equal(record["image"], images[idx[j]])
+            assert record["label"] == labels[idx[j]]
+        x, y = data.load_numpy("digits", split, data_dir)
+        assert x.dtype == np.uint8 and x.shape == (len(idx), 8, 8, 1)
+        assert y.dtype == np.int32
+        np.testing.assert_array_equal(x, images[idx])
+        np.testing.assert_array_equal(y, labels[idx])
+    assert sizes == {"train": 1437, "test": 360}
+    assert images.max() == 255 and images.min() == 0
 
 
 def test_prepare_digits_is_idempotent(data_dir):
-  variant = data_dir / digits.DIGITS_NAME / "1.0.0"
-  before = {p.name: p.stat().st_mtime_ns for p in variant.iterdir()}
-  assert any(name.startswith("mvcl_digits-train.array_record") for name in before)
-  builder = data.prepare_digits(data_dir)
-  assert builder.is_prepared()
-  assert {p.name: p.stat().st_mtime_ns for p in variant.iterdir()} == before
-  assert sorted(os.listdir(data_dir / digits.DIGITS_NAME)) == ["1.0.0"]
-  assert len(data.load_split("digits", "test", data_dir)) == 360
+    variant = data_dir / digits.DIGITS_NAME / "1.0.0"
+    before = {p.name: p.stat().st_mtime_ns for p in variant.iterdir()}
+    assert any(name.startswith("mvcl_digits-train.array_record") for name in before)
+    builder = data.prepare_digits(data_dir)
+    assert builder.is_prepared()
+    assert {p.name: p.stat().st_mtime_ns for p in variant.iterdir()} == before
+    assert sorted(os.listdir(data_dir / digits.DIGITS_NAME)) == ["1.0.0"]
+    assert len(data.load_split("digits", "test", data_dir)) == 360
 
 
 def test_missing_dataset_raises_clear_error_without_downloading(tmp_path):
-  with pytest.raises(FileNotFoundError, match="tfds build cifar10 .*--file_format=array_record"):
-    data.load_split("cifar10", "train", tmp_path)
-  with pytest.raises(FileNotFoundError, match="ILSVRC2012_img_train.tar"):
-    data.load_split("imagenet2012", "validation", tmp_path)
-  with pytest.raises(ValueError, match="Unknown tfds data set"):
-    data.load_split("no_such_dataset_xyz", "train", tmp_path)
-  assert not any(tmp_path.rglob("*.array_record*")) and not any(tmp_path.rglob("*.tar*"))
+    with pytest.raises(FileNotFoundError, match="tfds build cifar10 .*--file_format=array_record"):
+        data.load_split("cifar10", "train", tmp_path)
+    with pytest.raises(FileNotFoundError, match="ILSVRC2012_img_train.tar"):
+        data.load_split("imagenet2012", "validation", tmp_path)
+    with pytest.raises(ValueError, match="Unknown tfds data set"):
+        data.load_split("no_such_dataset_xyz", "train", tmp_path)
+    assert not any(tmp_path.rglob("*.array_record*")) and not any(tmp_path.rglob("*.tar*"))
 
 
 # --- batch iterator -------------------------------------------------------------------------
 
 
 def _take(it, n):
-  return [next(it) for _ in range(n)]
+    return [next(it) for _ in range(n)]
 
 
 def _assert_same_batches(a, b):
-  assert len(a) == len(b)
-  for x, y in zip(a, b):
-    np.testing.assert_array_equal(x["image"], y["image"])
-    np.testing.assert_array_equal(x["label"], y["label"])
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x["image"], y["image"])
+        np.testing.assert_array_equal(x["label"], y["label"])
 
 
 def test_iterator_is_deterministic_and_epochs_are_permutations(train_source):
-  it = data.BatchIterator(train_source, 256, seed=7)
-  assert it.steps_per_epoch == 1437 // 256 == 5
-  batches = _take(it, 10)
-  _assert_same_batches(batches, _take(data.BatchIterator(train_source, 256, seed=7), 10))
-  other = next(data.BatchIterator(train_source, 256, seed=8))
-  assert not np.array_equal(other["label"], batches[0]["label"])
+    it = data.BatchIterator(train_source, 256, seed=7)
+    assert it.steps_per_epoch == 1437 // 256 == 5
+    batches = _take(it, 10)
+    _assert_same_batches(batches, _take(data.BatchIterator(train_source, 256, seed=7), 10))
+    other = next(data.BatchIterator(train_source, 256, seed=8))
+    assert not np.array_equal(other["label"], batches[0]["label"])
 
-  b = batches[0]
-  assert b["image"].dtype == np.uint8 and b["image"].shape == (256, 8, 8, 1)
-  assert b["label"].dtype == np.int32 and b["label"].shape == (256,)
-  ids = it.local_indices(0)
-  np.testing.assert_array_equal(b["label"], [train_source[int(i)]["label"] for i in ids])
+    b = batches[0]
+    assert b["image"].dtype == np.uint8 and b["image"].shape == (256, 8, 8, 1)
+    assert b["label"].dtype == np.int32 and b["label"].shape == (256,)
+    ids = it.local_indices(0)
+    np.testing.assert_array_equal(b["label"], [train_source[int(i)]["label"] for i in ids])
 
-  for epoch in (0, 1):  # Each epoch visits 5 * 256 distinct records; the two orders differ.
-    seen = np.concatenate([it.local_indices(epoch * 5 + s) for s in range(5)])
-    assert len(np.unique(seen)) == 5 * 256
-  assert not np.array_equal(it.local_indices(0), it.local_indices(5))
-  assert it.get_state() == {"step": 10} and it.epoch == 2
+    for epoch in (0, 1):  # Each epoch visits 5 * 256 distinct records; the two orders differ.
+        seen = np.concatenate([it.local_indices(epoch * 5 + s) for s in range(5)])
+        assert len(np.unique(seen)) == 5 * 256
+    assert not np.array_equal(it.local_indices(0), it.local_indices(5))
+    assert it.get_state() == {"step": 10} and it.epoch == 2
 
 
 def test_iterator_restart_from_state_matches_uninterrupted(train_source):
-  uninterrupted = _take(data.BatchIterator(train_source, 200, seed=3), 9)  # Crosses epoch 7.
-  first = data.BatchIterator(train_source, 200, seed=3)
-  head = _take(first, 4)
-  state = first.get_state()
-  assert state == {"step": 4}
-  resumed = data.BatchIterator(train_source, 200, seed=3)
-  resumed.set_state(dict(state))
-  tail = _take(resumed, 5)
-  _assert_same_batches(head + tail, uninterrupted)
-  _assert_same_batches(_take(data.BatchIterator(train_source, 200, seed=3, step=4), 5), tail)
+    uninterrupted = _take(data.BatchIterator(train_source, 200, seed=3), 9)  # Crosses epoch 7.
+    first = data.BatchIterator(train_source, 200, seed=3)
+    head = _take(first, 4)
+    state = first.get_state()
+    assert state == {"step": 4}
+    resumed = data.BatchIterator(train_source, 200, seed=3)
+    resumed.set_state(dict(state))
+    tail = _take(resumed, 5)
+    _assert_same_batches(head + tail, uninterrupted)
+    _assert_same_batches(_take(data.BatchIterator(train_source, 200, seed=3, step=4), 5), tail)
 
 
 @pytest.mark.parametrize("process_count", [2, 3])
 def test_process_shards_concatenate_to_global_batch(train_source, process_count):
-  global_it = data.BatchIterator(train_source, 96, seed=1)
-  locals_ = [
-      data.BatchIterator(train_source, 96, seed=1, process_index=p, process_count=process_count)
-      for p in range(process_count)
-  ]
-  for _ in range(16):  # 14 steps per epoch: crosses an epoch boundary.
-    want = next(global_it)
-    got = [next(it) for it in locals_]
-    assert all(g["label"].shape == (96 // process_count,) for g in got)
-    for key in ("image", "label"):
-      np.testing.assert_array_equal(np.concatenate([g[key] for g in got]), want[key])
+    global_it = data.BatchIterator(train_source, 96, seed=1)
+    locals_ = [
+        data.BatchIterator(train_source, 96, seed=1, process_index=p, process_count=process_count)
+        for p in range(process_count)
+    ]
+    for _ in range(16):  # 14 steps per epoch: crosses an epoch boundary.
+        want = next(global_it)
+        got = [next(it) for it in locals_]
+        assert all(g["label"].shape == (96 // process_count,) for g in got)
+        for key in ("image", "label"):
+            np.testing.assert_array_equal(np.concatenate([g[key] for g in got]), want[key])
 
 
 def test_iterator_rejects_bad_arguments(train_source):
-  with pytest.raises(ValueError, match="multiple of process_count"):
-    data.BatchIterator(train_source, 97, seed=0, process_count=2)
-  with pytest.raises(ValueError, match="process_index"):
-    data.BatchIterator(train_source, 96, seed=0, process_index=2, process_count=2)
-  with pytest.raises(ValueError, match="exceeds"):
-    data.BatchIterator(train_source, 5000, seed=0)
+    with pytest.raises(ValueError, match="multiple of process_count"):
+        data.BatchIterator(train_source, 97, seed=0, process_count=2)
+    with pytest.raises(ValueError, match="process_index"):
+        data.BatchIterator(train_source, 96, seed=0, process_index=2, process_count=2)
+    with pytest.raises(ValueError, match="exceeds"):
+        data.BatchIterator(train_source, 5000, seed=0)
 
 
 def test_iterator_image_size_resizes_on_host(train_source):
-  batch = next(data.BatchIterator(train_source, 8, seed=0, image_size=16))
-  assert batch["image"].shape == (8, 16, 16, 1) and batch["image"].dtype == np.uint8
-  plain = next(data.BatchIterator(train_source, 8, seed=0))
-  # Upsampling by 2 keeps the mean intensity roughly.
-  np.testing.assert_allclose(batch["image"].mean((1, 2, 3)), plain["image"].mean((1, 2, 3)),
-                             atol=8)
+    batch = next(data.BatchIterator(train_source, 8, seed=0, image_size=16))
+    assert batch["image"].shape == (8, 16, 16, 1) and batch["image"].dtype == np.uint8
+    plain = next(data.BatchIterator(train_source, 8, seed=0))
+    # Upsampling by 2 keeps the mean intensity roughly.
+    np.testing.assert_allclose(
+        batch["image"].mean((1, 2, 3)), plain["image"].mean((1, 2, 3)), atol=8
+    )
 
 
 # --- on-device views ------------------------------------------------------------------------
@@ -165,93 +166,112 @@ def test_iterator_image_size_resizes_on_host(train_source):
 
 @pytest.fixture(scope="module")
 def rgb_images():
-  rng = np.random.default_rng(0)
-  smooth = rng.integers(0, 256, (6, 4, 4, 3), dtype=np.uint8).repeat(8, 1).repeat(8, 2)
-  return jnp.asarray(smooth)  # (6, 32, 32, 3), blocky so crops and colour changes are visible.
+    rng = np.random.default_rng(0)
+    smooth = rng.integers(0, 256, (6, 4, 4, 3), dtype=np.uint8).repeat(8, 1).repeat(8, 2)
+    return jnp.asarray(smooth)  # (6, 32, 32, 3), blocky so crops and colour changes are visible.
 
 
 @pytest.fixture(scope="module")
 def gray_images(train_source):
-  return jnp.asarray(next(data.BatchIterator(train_source, 6, seed=0))["image"])
+    return jnp.asarray(next(data.BatchIterator(train_source, 6, seed=0))["image"])
 
 
 def test_make_views_shape_dtype_range_and_determinism(rgb_images):
-  key = jax.random.key(0)
-  views = data.make_views(key, rgb_images, 3, crop_size=24)
-  assert views.shape == (6, 3, 24, 24, 3) and views.dtype == jnp.float32
-  assert bool(jnp.all(jnp.isfinite(views)))
-  assert float(views.min()) >= -1.0 and float(views.max()) <= 1.0
-  assert float(views.max()) - float(views.min()) > 1.0
-  np.testing.assert_array_equal(views, data.make_views(key, rgb_images, 3, crop_size=24))
-  assert not np.array_equal(views, data.make_views(jax.random.key(1), rgb_images, 3, crop_size=24))
-  for v, w in ((0, 1), (0, 2), (1, 2)):  # Every image's views differ from each other.
-    assert np.all(np.abs(np.asarray(views[:, v] - views[:, w])).mean((1, 2, 3)) > 1e-3)
-  # Raw uint32 keys work too.
-  raw = data.make_views(jax.random.PRNGKey(0), rgb_images, 2, crop_size=24)
-  assert raw.shape == (6, 2, 24, 24, 3)
+    key = jax.random.key(0)
+    views = data.make_views(key, rgb_images, 3, crop_size=24)
+    assert views.shape == (6, 3, 24, 24, 3) and views.dtype == jnp.float32
+    assert bool(jnp.all(jnp.isfinite(views)))
+    assert float(views.min()) >= -1.0 and float(views.max()) <= 1.0
+    assert float(views.max()) - float(views.min()) > 1.0
+    np.testing.assert_array_equal(views, data.make_views(key, rgb_images, 3, crop_size=24))
+    assert not np.array_equal(
+        views, data.make_views(jax.random.key(1), rgb_images, 3, crop_size=24)
+    )
+    for v, w in ((0, 1), (0, 2), (1, 2)):  # Every image's views differ from each other.
+        assert np.all(np.abs(np.asarray(views[:, v] - views[:, w])).mean((1, 2, 3)) > 1e-3)
+    # Raw uint32 keys work too.
+    raw = data.make_views(jax.random.PRNGKey(0), rgb_images, 2, crop_size=24)
+    assert raw.shape == (6, 2, 24, 24, 3)
 
 
 def test_make_views_grayscale_images(gray_images):
-  views = data.make_views(jax.random.key(3), gray_images, 2, crop_size=8)
-  assert views.shape == (6, 2, 8, 8, 1) and bool(jnp.all(jnp.isfinite(views)))
-  assert not np.array_equal(views[:, 0], views[:, 1])
+    views = data.make_views(jax.random.key(3), gray_images, 2, crop_size=8)
+    assert views.shape == (6, 2, 8, 8, 1) and bool(jnp.all(jnp.isfinite(views)))
+    assert not np.array_equal(views[:, 0], views[:, 1])
 
 
 def test_make_views_compiles_once_per_shape_and_view_count(rgb_images):
-  kwargs = dict(crop_size=16, p_gray=0.3)
-  start = data.make_views._cache_size()
-  v4 = data.make_views(jax.random.key(0), rgb_images, 4, **kwargs)
-  data.make_views(jax.random.key(1), rgb_images[::-1], 4, **kwargs)  # New key and data.
-  assert data.make_views._cache_size() == start + 1
-  v1 = data.make_views(jax.random.key(0), rgb_images, 1, **kwargs)
-  assert data.make_views._cache_size() == start + 2
-  assert v4.shape == (6, 4, 16, 16, 3) and v1.shape == (6, 1, 16, 16, 3)
+    kwargs = dict(crop_size=16, p_gray=0.3)
+    start = data.make_views._cache_size()
+    v4 = data.make_views(jax.random.key(0), rgb_images, 4, **kwargs)
+    data.make_views(jax.random.key(1), rgb_images[::-1], 4, **kwargs)  # New key and data.
+    assert data.make_views._cache_size() == start + 1
+    v1 = data.make_views(jax.random.key(0), rgb_images, 1, **kwargs)
+    assert data.make_views._cache_size() == start + 2
+    assert v4.shape == (6, 4, 16, 16, 3) and v1.shape == (6, 1, 16, 16, 3)
 
 
 def test_full_crop_without_colour_ops_is_the_centre_view_or_its_mirror(rgb_images, gray_images):
-  for images in (rgb_images, gray_images):
-    size = images.shape[1]
-    centre = np.asarray(data.center_view(images))
-    np.testing.assert_allclose(centre, np.asarray(images) / 255.0 * 2 - 1, atol=1e-6)
-    exact = data.make_views(jax.random.key(0), images, 2, crop_size=size, min_scale=1.0,
-                            p_jitter=0.0, p_gray=0.0, flip=False)
-    np.testing.assert_allclose(exact, np.repeat(centre[:, None], 2, 1), atol=1e-5)
-    flipped = np.asarray(data.make_views(jax.random.key(0), images, 8, crop_size=size,
-                                         min_scale=1.0, p_jitter=0.0, p_gray=0.0))
-    is_same = np.abs(flipped - centre[:, None]).max((2, 3, 4)) < 1e-5
-    is_mirror = np.abs(flipped - centre[:, None, :, ::-1]).max((2, 3, 4)) < 1e-5
-    assert np.all(is_same | is_mirror) and is_mirror.any() and is_same.any()
+    for images in (rgb_images, gray_images):
+        size = images.shape[1]
+        centre = np.asarray(data.center_view(images))
+        np.testing.assert_allclose(centre, np.asarray(images) / 255.0 * 2 - 1, atol=1e-6)
+        exact = data.make_views(
+            jax.random.key(0),
+            images,
+            2,
+            crop_size=size,
+            min_scale=1.0,
+            p_jitter=0.0,
+            p_gray=0.0,
+            flip=False,
+        )
+        np.testing.assert_allclose(exact, np.repeat(centre[:, None], 2, 1), atol=1e-5)
+        flipped = np.asarray(
+            data.make_views(
+                jax.random.key(0),
+                images,
+                8,
+                crop_size=size,
+                min_scale=1.0,
+                p_jitter=0.0,
+                p_gray=0.0,
+            )
+        )
+        is_same = np.abs(flipped - centre[:, None]).max((2, 3, 4)) < 1e-5
+        is_mirror = np.abs(flipped - centre[:, None, :, ::-1]).max((2, 3, 4)) < 1e-5
+        assert np.all(is_same | is_mirror) and is_mirror.any() and is_same.any()
 
 
 def test_grayscale_jitter_and_blur_are_applied(rgb_images):
-  common = dict(crop_size=32, min_scale=1.0, flip=False, p_gray=0.0, p_jitter=0.0)
-  centre = np.asarray(data.center_view(rgb_images))[:, None]
+    common = dict(crop_size=32, min_scale=1.0, flip=False, p_gray=0.0, p_jitter=0.0)
+    centre = np.asarray(data.center_view(rgb_images))[:, None]
 
-  def views(**kwargs):
-    out = np.asarray(data.make_views(jax.random.key(0), rgb_images, 2, **{**common, **kwargs}))
-    assert np.all(np.isfinite(out))
-    return out
+    def views(**kwargs):
+        out = np.asarray(data.make_views(jax.random.key(0), rgb_images, 2, **{**common, **kwargs}))
+        assert np.all(np.isfinite(out))
+        return out
 
-  gray = views(p_gray=1.0)
-  np.testing.assert_allclose(gray[..., 0], gray[..., 2], atol=1e-6)
-  assert np.abs(centre[..., 0] - centre[..., 2]).max() > 0.1
-  jittered = views(p_jitter=1.0, jitter_strength=1.0)
-  assert np.all(np.abs(jittered - centre).mean((2, 3, 4)) > 1e-2)
+    gray = views(p_gray=1.0)
+    np.testing.assert_allclose(gray[..., 0], gray[..., 2], atol=1e-6)
+    assert np.abs(centre[..., 0] - centre[..., 2]).max() > 0.1
+    jittered = views(p_jitter=1.0, jitter_strength=1.0)
+    assert np.all(np.abs(jittered - centre).mean((2, 3, 4)) > 1e-2)
 
-  def total_variation(x):
-    return np.abs(np.diff(x, axis=2)).sum((2, 3, 4)) + np.abs(np.diff(x, axis=3)).sum((2, 3, 4))
+    def total_variation(x):
+        return np.abs(np.diff(x, axis=2)).sum((2, 3, 4)) + np.abs(np.diff(x, axis=3)).sum((2, 3, 4))
 
-  # Blur never sharpens; with sigma ~ U[0.1, 2] most draws visibly smooth the block edges.
-  smoothing = total_variation(centre) - total_variation(views(p_blur=1.0))
-  assert np.all(smoothing > -1e-3) and np.mean(smoothing > 1.0) > 0.5
+    # Blur never sharpens; with sigma ~ U[0.1, 2] most draws visibly smooth the block edges.
+    smoothing = total_variation(centre) - total_variation(views(p_blur=1.0))
+    assert np.all(smoothing > -1e-3) and np.mean(smoothing > 1.0) > 0.5
 
 
 def test_center_view_crop_and_bad_input(rgb_images):
-  out = data.center_view(rgb_images, crop_size=16, crop_fraction=0.5)
-  assert out.shape == (6, 16, 16, 3)
-  # The central half of a 32-pixel image resampled to 16 pixels is that crop exactly.
-  np.testing.assert_allclose(out, data.center_view(rgb_images[:, 8:24, 8:24]), atol=1e-5)
-  with pytest.raises(ValueError, match="uint8"):
-    data.make_views(jax.random.key(0), rgb_images.astype(jnp.float32), 2, crop_size=8)
-  with pytest.raises(ValueError, match="shape"):
-    data.center_view(rgb_images[0])
+    out = data.center_view(rgb_images, crop_size=16, crop_fraction=0.5)
+    assert out.shape == (6, 16, 16, 3)
+    # The central half of a 32-pixel image resampled to 16 pixels is that crop exactly.
+    np.testing.assert_allclose(out, data.center_view(rgb_images[:, 8:24, 8:24]), atol=1e-5)
+    with pytest.raises(ValueError, match="uint8"):
+        data.make_views(jax.random.key(0), rgb_images.astype(jnp.float32), 2, crop_size=8)
+    with pytest.raises(ValueError, match="shape"):
+        data.center_view(rgb_images[0])

@@ -76,7 +76,10 @@ def _wasserstein_oracle(x):
     q = np.arange(n + 1) / n
     cross = np.clip(2 * special.betaincinv(a, a, q) - 1, lo, hi)
     return np.sum(
-        2 * q * cross - 2 * antiderivative(cross) + antiderivative(lo) + antiderivative(hi)
+        2 * q * cross
+        - 2 * antiderivative(cross)
+        + antiderivative(lo)
+        + antiderivative(hi)
         - q * (lo + hi)
     )
 

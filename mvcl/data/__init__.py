@@ -4,8 +4,13 @@ The host reads and sends each image once (uint8); `make_views` makes the V views
 """
 
 from mvcl.data.augment import center_view, make_views, normalize
-from mvcl.data.digits import DIGITS_NAME, MvclDigits, digits_arrays, digits_split_indices
-from mvcl.data.digits import prepare_digits
+from mvcl.data.digits import (
+    DIGITS_NAME,
+    MvclDigits,
+    digits_arrays,
+    digits_split_indices,
+    prepare_digits,
+)
 from mvcl.data.input_pipeline import BatchIterator, load_numpy, load_split
 
 __all__ = [

@@ -47,85 +47,99 @@ _BLUR_KERNEL_FRACTION = 0.1
 
 
 def normalize(images01: jax.Array) -> jax.Array:
-  """Maps images in [0, 1] to [-1, 1] (roughly zero mean, unit range)."""
-  return images01 * 2.0 - 1.0
+    """Maps images in [0, 1] to [-1, 1] (roughly zero mean, unit range)."""
+    return images01 * 2.0 - 1.0
 
 
 def _check_images(images: jax.Array) -> None:
-  if images.ndim != 4 or images.shape[-1] not in (1, 3):
-    raise ValueError(f"images must have shape (B, H, W, C) with C in (1, 3), got {images.shape}")
-  if images.dtype != jnp.uint8:
-    raise ValueError(f"images must be uint8, got {images.dtype}")
+    if images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise ValueError(
+            f"images must have shape (B, H, W, C) with C in (1, 3), got {images.shape}"
+        )
+    if images.dtype != jnp.uint8:
+        raise ValueError(f"images must be uint8, got {images.dtype}")
 
 
 def _crop_resize(
     image: jax.Array, y0: jax.Array, x0: jax.Array, h: jax.Array, w: jax.Array, size: int
 ) -> jax.Array:
-  """Resamples box ``[y0, y0 + h) x [x0, x0 + w)`` (pixel edges) of (H, W, C) to (size, size, C)."""
-  scale = jnp.stack([size / h, size / w])
-  translation = -jnp.stack([y0, x0]) * scale
-  return jax.image.scale_and_translate(
-      image, (size, size, image.shape[-1]), (0, 1), scale, translation, "linear", antialias=True
-  )
+    """Resamples the box ``[y0, y0 + h) x [x0, x0 + w)`` (pixel edges) of (H, W, C) to (S, S, C)."""
+    scale = jnp.stack([size / h, size / w])
+    translation = -jnp.stack([y0, x0]) * scale
+    return jax.image.scale_and_translate(
+        image, (size, size, image.shape[-1]), (0, 1), scale, translation, "linear", antialias=True
+    )
 
 
 def _layout(**sizes: int) -> tuple[dict[str, int | slice], int]:
-  """Named positions (an index if size 1, else a slice) in a flat vector, and its length."""
-  positions, start = {}, 0
-  for name, size in sizes.items():
-    positions[name] = start if size == 1 else slice(start, start + size)
-    start += size
-  return positions, start
+    """Named positions (an index if size 1, else a slice) in a flat vector, and its length."""
+    positions, start = {}, 0
+    for name, size in sizes.items():
+        positions[name] = start if size == 1 else slice(start, start + size)
+        start += size
+    return positions, start
 
 
 # Every random number of a view is one entry of a U[0, 1) vector: one threefry call per batch
 # keeps compilation fast (many small RNG calls dominate XLA compile time on CPU).
 _U, _NUM_UNIFORMS = _layout(
-    area=_CROP_ATTEMPTS, ratio=_CROP_ATTEMPTS, y=1, x=1, flip=1, do_jitter=1, brightness=1,
-    contrast=1, saturation=1, hue=1, order=4, do_gray=1, do_blur=1, sigma=1,
+    area=_CROP_ATTEMPTS,
+    ratio=_CROP_ATTEMPTS,
+    y=1,
+    x=1,
+    flip=1,
+    do_jitter=1,
+    brightness=1,
+    contrast=1,
+    saturation=1,
+    hue=1,
+    order=4,
+    do_gray=1,
+    do_blur=1,
+    sigma=1,
 )
 
 
 def _between(u: jax.Array, lo: float, hi: float) -> jax.Array:
-  return lo + (hi - lo) * u
+    return lo + (hi - lo) * u
 
 
 def _random_box(u: jax.Array, height: int, width: int, min_scale: float) -> tuple[jax.Array, ...]:
-  """Inception-style crop box (y0, x0, h, w) of area fraction in [min_scale, 1]."""
-  area = height * width * _between(u[_U["area"]], min_scale, 1.0)
-  ratio = jnp.exp(_between(u[_U["ratio"]], *_LOG_RATIO))
-  ws, hs = jnp.sqrt(area * ratio), jnp.sqrt(area / ratio)
-  fits = (ws <= width) & (hs <= height)
-  first = jnp.argmax(fits)
-  h = jnp.where(fits.any(), hs[first], height)
-  w = jnp.where(fits.any(), ws[first], width)
-  return u[_U["y"]] * (height - h), u[_U["x"]] * (width - w), h, w
+    """Inception-style crop box (y0, x0, h, w) of area fraction in [min_scale, 1]."""
+    area = height * width * _between(u[_U["area"]], min_scale, 1.0)
+    ratio = jnp.exp(_between(u[_U["ratio"]], *_LOG_RATIO))
+    ws, hs = jnp.sqrt(area * ratio), jnp.sqrt(area / ratio)
+    fits = (ws <= width) & (hs <= height)
+    first = jnp.argmax(fits)
+    h = jnp.where(fits.any(), hs[first], height)
+    w = jnp.where(fits.any(), ws[first], width)
+    return u[_U["y"]] * (height - h), u[_U["x"]] * (width - w), h, w
 
 
 def _color_jitter(u: jax.Array, x: jax.Array, strength: float, random_order: bool) -> jax.Array:
-  """SimCLR colour jitter of an (H, W, C) image in [0, 1]; saturation/hue only if C = 3."""
-  lo, hi = max(0.0, 1.0 - 0.8 * strength), 1.0 + 0.8 * strength
-  brightness, contrast, saturation = (
-      _between(u[_U[k]], lo, hi) for k in ("brightness", "contrast", "saturation")
-  )
-  hue = _between(u[_U["hue"]], -0.2 * strength, 0.2 * strength)
-  ops = [
-      lambda y: jnp.clip(y * brightness, 0.0, 1.0),
-      lambda y: jnp.clip(pix.adjust_contrast(y, contrast), 0.0, 1.0),
-  ]
-  if x.shape[-1] == 3:
-    ops += [
-        lambda y: jnp.clip(pix.adjust_saturation(y, saturation), 0.0, 1.0),
-        lambda y: jnp.clip(pix.adjust_hue(y, hue), 0.0, 1.0),
+    """SimCLR colour jitter of an (H, W, C) image in [0, 1]; saturation/hue only if C = 3."""
+    lo, hi = max(0.0, 1.0 - 0.8 * strength), 1.0 + 0.8 * strength
+    brightness, contrast, saturation = (
+        _between(u[_U[k]], lo, hi) for k in ("brightness", "contrast", "saturation")
+    )
+    hue = _between(u[_U["hue"]], -0.2 * strength, 0.2 * strength)
+    ops = [
+        lambda y: jnp.clip(y * brightness, 0.0, 1.0),
+        lambda y: jnp.clip(pix.adjust_contrast(y, contrast), 0.0, 1.0),
     ]
-  if not random_order:
-    for op in ops:
-      x = op(x)
+    if x.shape[-1] == 3:
+        ops += [
+            lambda y: jnp.clip(pix.adjust_saturation(y, saturation), 0.0, 1.0),
+            lambda y: jnp.clip(pix.adjust_hue(y, hue), 0.0, 1.0),
+        ]
+    if not random_order:
+        for op in ops:
+            x = op(x)
+        return x
+    order = jnp.argsort(u[_U["order"]][: len(ops)])
+    for i in range(len(ops)):
+        x = jax.lax.switch(order[i], ops, x)
     return x
-  order = jnp.argsort(u[_U["order"]][: len(ops)])
-  for i in range(len(ops)):
-    x = jax.lax.switch(order[i], ops, x)
-  return x
 
 
 def _one_view(
@@ -141,34 +155,45 @@ def _one_view(
     flip: bool,
     random_order: bool,
 ) -> jax.Array:
-  """One random view (crop_size, crop_size, C) in [0, 1] of an (H, W, C) image in [0, 1].
+    """One random view (crop_size, crop_size, C) in [0, 1] of an (H, W, C) image in [0, 1].
 
-  `u` holds this view's `_NUM_UNIFORMS` uniforms in [0, 1), laid out by `_U`.
-  """
-  height, width = image.shape[:2]
-  x = jnp.clip(_crop_resize(image, *_random_box(u, height, width, min_scale), crop_size), 0.0, 1.0)
-  if flip:
-    x = jnp.where(u[_U["flip"]] < 0.5, x[:, ::-1], x)
-  if p_jitter > 0:
-    jittered = _color_jitter(u, x, jitter_strength, random_order)
-    x = jnp.where(u[_U["do_jitter"]] < p_jitter, jittered, x)
-  if p_gray > 0 and x.shape[-1] == 3:
-    gray = pix.rgb_to_grayscale(x, keep_dims=True)
-    x = jnp.where(u[_U["do_gray"]] < p_gray, gray, x)
-  if p_blur > 0:
-    sigma = _between(u[_U["sigma"]], *_BLUR_SIGMA)
-    radius = max(1, int(_BLUR_KERNEL_FRACTION * crop_size / 2))
-    # Reflect-pad and convolve VALID: dm-pix's "SAME" zero-pads and would darken the border.
-    padded = jnp.pad(x, ((radius, radius), (radius, radius), (0, 0)), mode="reflect")
-    blurred = pix.gaussian_blur(padded, sigma, kernel_size=2 * radius + 1, padding="VALID")
-    x = jnp.where(u[_U["do_blur"]] < p_blur, blurred, x)
-  return x
+    `u` holds this view's `_NUM_UNIFORMS` uniforms in [0, 1), laid out by `_U`.
+    """
+    height, width = image.shape[:2]
+    x = jnp.clip(
+        _crop_resize(image, *_random_box(u, height, width, min_scale), crop_size), 0.0, 1.0
+    )
+    if flip:
+        x = jnp.where(u[_U["flip"]] < 0.5, x[:, ::-1], x)
+    if p_jitter > 0:
+        jittered = _color_jitter(u, x, jitter_strength, random_order)
+        x = jnp.where(u[_U["do_jitter"]] < p_jitter, jittered, x)
+    if p_gray > 0 and x.shape[-1] == 3:
+        gray = pix.rgb_to_grayscale(x, keep_dims=True)
+        x = jnp.where(u[_U["do_gray"]] < p_gray, gray, x)
+    if p_blur > 0:
+        sigma = _between(u[_U["sigma"]], *_BLUR_SIGMA)
+        radius = max(1, int(_BLUR_KERNEL_FRACTION * crop_size / 2))
+        # Reflect-pad and convolve VALID: dm-pix's "SAME" zero-pads and would darken the border.
+        padded = jnp.pad(x, ((radius, radius), (radius, radius), (0, 0)), mode="reflect")
+        blurred = pix.gaussian_blur(padded, sigma, kernel_size=2 * radius + 1, padding="VALID")
+        x = jnp.where(u[_U["do_blur"]] < p_blur, blurred, x)
+    return x
 
 
 @functools.partial(
     jax.jit,
-    static_argnames=("num_views", "crop_size", "min_scale", "jitter_strength", "p_jitter",
-                     "p_gray", "p_blur", "flip", "random_order"),
+    static_argnames=(
+        "num_views",
+        "crop_size",
+        "min_scale",
+        "jitter_strength",
+        "p_jitter",
+        "p_gray",
+        "p_blur",
+        "flip",
+        "random_order",
+    ),
 )
 def make_views(
     rng: jax.Array,
@@ -184,60 +209,67 @@ def make_views(
     flip: bool = True,
     random_order: bool = True,
 ) -> jax.Array:
-  """`num_views` independent random views of every image (see the module docstring).
+    """`num_views` independent random views of every image (see the module docstring).
 
-  Args:
-    rng: a PRNG key (typed or raw).
-    images: uint8 (B, H, W, C), C in (1, 3), values 0..255.
-    num_views: V >= 1.
-    crop_size: S, side of the square output views.
-    min_scale: smallest crop area as a fraction of the image (0.08 as in SimCLR).
-    jitter_strength: colour jitter strength s (SimCLR: 0.5 on CIFAR, 1.0 on ImageNet).
-    p_jitter, p_gray, p_blur: probabilities of colour jitter, grayscale and blur per view.
-    flip: random horizontal flips.
-    random_order: apply the jitter operations in a random order per view.
+    Args:
+      rng: a PRNG key (typed or raw).
+      images: uint8 (B, H, W, C), C in (1, 3), values 0..255.
+      num_views: V >= 1.
+      crop_size: S, side of the square output views.
+      min_scale: smallest crop area as a fraction of the image (0.08 as in SimCLR).
+      jitter_strength: colour jitter strength s (SimCLR: 0.5 on CIFAR, 1.0 on ImageNet).
+      p_jitter, p_gray, p_blur: probabilities of colour jitter, grayscale and blur per view.
+      flip: random horizontal flips.
+      random_order: apply the jitter operations in a random order per view.
 
-  Returns:
-    float32 (B, V, S, S, C), normalised to [-1, 1]. All arguments but `rng` and `images` are
-    static: one compilation per (image shape, V, settings).
-  """
-  _check_images(images)
-  if num_views < 1:
-    raise ValueError(f"num_views must be >= 1, got {num_views}")
-  if not 0 < min_scale <= 1:
-    raise ValueError(f"min_scale must be in (0, 1], got {min_scale}")
-  view = functools.partial(
-      _one_view, crop_size=crop_size, min_scale=min_scale, jitter_strength=jitter_strength,
-      p_jitter=p_jitter, p_gray=p_gray, p_blur=p_blur, flip=flip, random_order=random_order,
-  )
-  uniforms = jax.random.uniform(rng, (images.shape[0], num_views, _NUM_UNIFORMS))
-  x = images.astype(jnp.float32) / 255.0
-  views = jax.vmap(jax.vmap(view, in_axes=(0, None)), in_axes=(0, 0))(uniforms, x)
-  return normalize(views)
+    Returns:
+      float32 (B, V, S, S, C), normalised to [-1, 1]. All arguments but `rng` and `images` are
+      static: one compilation per (image shape, V, settings).
+    """
+    _check_images(images)
+    if num_views < 1:
+        raise ValueError(f"num_views must be >= 1, got {num_views}")
+    if not 0 < min_scale <= 1:
+        raise ValueError(f"min_scale must be in (0, 1], got {min_scale}")
+    view = functools.partial(
+        _one_view,
+        crop_size=crop_size,
+        min_scale=min_scale,
+        jitter_strength=jitter_strength,
+        p_jitter=p_jitter,
+        p_gray=p_gray,
+        p_blur=p_blur,
+        flip=flip,
+        random_order=random_order,
+    )
+    uniforms = jax.random.uniform(rng, (images.shape[0], num_views, _NUM_UNIFORMS))
+    x = images.astype(jnp.float32) / 255.0
+    views = jax.vmap(jax.vmap(view, in_axes=(0, None)), in_axes=(0, 0))(uniforms, x)
+    return normalize(views)
 
 
 @functools.partial(jax.jit, static_argnames=("crop_size", "crop_fraction"))
 def center_view(
     images: jax.Array, *, crop_size: int | None = None, crop_fraction: float = 1.0
 ) -> jax.Array:
-  """Deterministic evaluation view: central square crop, resized, normalised.
+    """Deterministic evaluation view: central square crop, resized, normalised.
 
-  Args:
-    images: uint8 (B, H, W, C).
-    crop_size: output side S; None means ``min(H, W)``.
-    crop_fraction: side of the central square as a fraction of ``min(H, W)`` (1.0 on CIFAR;
-      0.875 is the usual ImageNet centre crop).
+    Args:
+      images: uint8 (B, H, W, C).
+      crop_size: output side S; None means ``min(H, W)``.
+      crop_fraction: side of the central square as a fraction of ``min(H, W)`` (1.0 on CIFAR;
+        0.875 is the usual ImageNet centre crop).
 
-  Returns:
-    float32 (B, S, S, C) in [-1, 1]. With the defaults on square images this is exactly
-    ``normalize(images / 255)``.
-  """
-  _check_images(images)
-  height, width = images.shape[1:3]
-  side = crop_fraction * min(height, width)
-  size = crop_size or min(height, width)
-  y0, x0 = jnp.float32((height - side) / 2), jnp.float32((width - side) / 2)
-  side = jnp.float32(side)
-  x = images.astype(jnp.float32) / 255.0
-  crops = jax.vmap(lambda im: _crop_resize(im, y0, x0, side, side, size))(x)
-  return normalize(jnp.clip(crops, 0.0, 1.0))
+    Returns:
+      float32 (B, S, S, C) in [-1, 1]. With the defaults on square images this is exactly
+      ``normalize(images / 255)``.
+    """
+    _check_images(images)
+    height, width = images.shape[1:3]
+    side = crop_fraction * min(height, width)
+    size = crop_size or min(height, width)
+    y0, x0 = jnp.float32((height - side) / 2), jnp.float32((width - side) / 2)
+    side = jnp.float32(side)
+    x = images.astype(jnp.float32) / 255.0
+    crops = jax.vmap(lambda im: _crop_resize(im, y0, x0, side, side, size))(x)
+    return normalize(jnp.clip(crops, 0.0, 1.0))

@@ -15,7 +15,7 @@ gives it to every loss.
 |---|---|---|---|
 | ``dense`` | local (single device only) | O((nA)·(nB)) | autodiff |
 | ``gather`` | ``all_gather`` | O((nA)·(NB)) | autodiff |
-| ``blockwise`` / ``ring`` | streamed in tiles; blocks pass round the ring | O((n(A+B))·D + tile²) | recomputed tiles |
+| ``blockwise``, ``ring`` | streamed tiles, ring-passed blocks | O(n(A+B)D + tile²) | recomputed |
 """
 
 from __future__ import annotations
@@ -23,11 +23,13 @@ from __future__ import annotations
 import functools
 from typing import Callable
 
+import jax
+
 from mvcl.kernels import dense as _dense
 from mvcl.kernels import streaming as _streaming
 from mvcl.kernels.reductions import LSE, MASKS, Reduction, keep, sum_of
 
-Backend = Callable[..., "jax.Array"]
+Backend = Callable[..., jax.Array]
 
 _BACKENDS: dict[str, Callable[..., Backend]] = {
     "dense": lambda: _dense.dense,
@@ -39,15 +41,15 @@ NAMES = tuple(_BACKENDS)
 
 
 def get(backend: str | Backend, **options) -> Backend:
-  """The backend function for a name (``options`` such as ``tile=`` go to its constructor).
+    """The backend function for a name (``options`` such as ``tile=`` go to its constructor).
 
-  A callable is returned unchanged, so losses accept either a name or a backend function.
-  """
-  if callable(backend):
-    return backend
-  if backend not in _BACKENDS:
-    raise ValueError(f"backend must be one of {NAMES} or a backend function, got {backend!r}")
-  return _BACKENDS[backend](**options)
+    A callable is returned unchanged, so losses accept either a name or a backend function.
+    """
+    if callable(backend):
+        return backend
+    if backend not in _BACKENDS:
+        raise ValueError(f"backend must be one of {NAMES} or a backend function, got {backend!r}")
+    return _BACKENDS[backend](**options)
 
 
 __all__ = ["LSE", "MASKS", "NAMES", "Reduction", "get", "keep", "sum_of"]

@@ -24,89 +24,89 @@ MASKS = ("none", "self", "instance", "view")
 
 
 def keep(mask: str, same_instance: jax.Array, same_view: jax.Array) -> jax.Array:
-  """Which (query, key) pairs enter a row, from broadcastable instance/view equality masks.
+    """Which (query, key) pairs enter a row, from broadcastable instance/view equality masks.
 
-  * ``"none"``: every key.
-  * ``"self"``: every key but the query itself (same instance and same view).
-  * ``"instance"``: keys of other instances only.
-  * ``"view"``: keys of other views only (of every instance, the query's own included).
-  """
-  if mask == "none":
-    return jnp.ones(jnp.broadcast_shapes(same_instance.shape, same_view.shape), bool)
-  if mask == "self":
-    return ~(same_instance & same_view)
-  if mask == "instance":
-    return ~same_instance & jnp.ones_like(same_view)
-  if mask == "view":
-    return ~same_view & jnp.ones_like(same_instance)
-  raise ValueError(f"mask must be one of {MASKS}, got {mask!r}")
+    * ``"none"``: every key.
+    * ``"self"``: every key but the query itself (same instance and same view).
+    * ``"instance"``: keys of other instances only.
+    * ``"view"``: keys of other views only (of every instance, the query's own included).
+    """
+    if mask == "none":
+        return jnp.ones(jnp.broadcast_shapes(same_instance.shape, same_view.shape), bool)
+    if mask == "self":
+        return ~(same_instance & same_view)
+    if mask == "instance":
+        return ~same_instance & jnp.ones_like(same_view)
+    if mask == "view":
+        return ~same_view & jnp.ones_like(same_instance)
+    raise ValueError(f"mask must be one of {MASKS}, got {mask!r}")
 
 
 @dataclasses.dataclass(frozen=True)
 class Reduction:
-  """A row reduction: ``combine`` over keys, written for dense tiles and for streams.
+    """A row reduction: ``combine`` over keys, written for dense tiles and for streams.
 
-  Attributes:
-    name: ``"lse"`` or ``"sum"``.
-    fn: for ``"sum"``, the elementwise function of the similarity that is summed.
-  """
+    Attributes:
+      name: ``"lse"`` or ``"sum"``.
+      fn: for ``"sum"``, the elementwise function of the similarity that is summed.
+    """
 
-  name: str
-  fn: Callable[[jax.Array], jax.Array] | None = None
+    name: str
+    fn: Callable[[jax.Array], jax.Array] | None = None
 
-  def dense(self, s: jax.Array, keep_: jax.Array, axes: tuple[int, ...]) -> jax.Array:
-    """Reduce the masked similarities ``s`` over ``axes`` in one go."""
-    if self.name == "lse":
-      return jax.nn.logsumexp(jnp.where(keep_, s, -jnp.inf), axis=axes)
-    # Evaluate fn only where kept, so that a masked key (say the query itself, at distance 0)
-    # cannot leak an infinite derivative into the gradient.
-    return jnp.sum(jnp.where(keep_, self.fn(jnp.where(keep_, s, 0.0)), 0.0), axis=axes)
+    def dense(self, s: jax.Array, keep_: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+        """Reduce the masked similarities ``s`` over ``axes`` in one go."""
+        if self.name == "lse":
+            return jax.nn.logsumexp(jnp.where(keep_, s, -jnp.inf), axis=axes)
+        # Evaluate fn only where kept, so that a masked key (say the query itself, at distance 0)
+        # cannot leak an infinite derivative into the gradient.
+        return jnp.sum(jnp.where(keep_, self.fn(jnp.where(keep_, s, 0.0)), 0.0), axis=axes)
 
-  # Streaming form: carry = (running max, running sum) for lse, (running sum,) for sum.
-  def init(self, shape: tuple[int, ...], dtype) -> tuple[jax.Array, ...]:
-    if self.name == "lse":
-      return (jnp.full(shape, -jnp.inf, dtype), jnp.zeros(shape, dtype))
-    return (jnp.zeros(shape, dtype),)
+    # Streaming form: carry = (running max, running sum) for lse, (running sum,) for sum.
+    def init(self, shape: tuple[int, ...], dtype) -> tuple[jax.Array, ...]:
+        if self.name == "lse":
+            return (jnp.full(shape, -jnp.inf, dtype), jnp.zeros(shape, dtype))
+        return (jnp.zeros(shape, dtype),)
 
-  def update(self, carry, s: jax.Array, keep_: jax.Array, axes: tuple[int, ...]):
-    """Fold one tile of similarities into the carry (online log-sum-exp for lse)."""
-    if self.name == "lse":
-      m, l = carry
-      tile_max = jnp.max(jnp.where(keep_, s, -jnp.inf), axis=axes)
-      m_new = jnp.maximum(m, tile_max)
-      # A row that has seen no key yet keeps m = -inf; shift by 0 there to avoid inf - inf.
-      shift = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
-      p = jnp.where(keep_, jnp.exp(s - jnp.expand_dims(shift, axes)), 0.0)
-      l = l * jnp.exp(m - shift) + jnp.sum(p, axis=axes)
-      return (m_new, l)
-    (acc,) = carry
-    return (acc + self.dense(s, keep_, axes),)
+    def update(self, carry, s: jax.Array, keep_: jax.Array, axes: tuple[int, ...]):
+        """Fold one tile of similarities into the carry (online log-sum-exp for lse)."""
+        if self.name == "lse":
+            m, l = carry
+            tile_max = jnp.max(jnp.where(keep_, s, -jnp.inf), axis=axes)
+            m_new = jnp.maximum(m, tile_max)
+            # A row that has seen no key yet keeps m = -inf; shift by 0 there to avoid inf - inf.
+            shift = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
+            p = jnp.where(keep_, jnp.exp(s - jnp.expand_dims(shift, axes)), 0.0)
+            l = l * jnp.exp(m - shift) + jnp.sum(p, axis=axes)
+            return (m_new, l)
+        (acc,) = carry
+        return (acc + self.dense(s, keep_, axes),)
 
-  def finalize(self, carry) -> jax.Array:
-    if self.name == "lse":
-      m, l = carry
-      return m + jnp.log(l)
-    return carry[0]
+    def finalize(self, carry) -> jax.Array:
+        if self.name == "lse":
+            m, l = carry
+            return m + jnp.log(l)
+        return carry[0]
 
-  def weights(self, s: jax.Array, keep_: jax.Array, out: jax.Array, axes) -> jax.Array:
-    """``∂ out_row / ∂ s`` for every similarity of a tile (zero where masked)."""
-    if self.name == "lse":
-      return jnp.where(keep_, jnp.exp(s - jnp.expand_dims(out, axes)), 0.0)
-    safe = jnp.where(keep_, s, 0.0)
-    _, slope = jax.jvp(self.fn, (safe,), (jnp.ones_like(safe),))  # fn is elementwise
-    return jnp.where(keep_, slope, 0.0)
+    def weights(self, s: jax.Array, keep_: jax.Array, out: jax.Array, axes) -> jax.Array:
+        """``∂ out_row / ∂ s`` for every similarity of a tile (zero where masked)."""
+        if self.name == "lse":
+            return jnp.where(keep_, jnp.exp(s - jnp.expand_dims(out, axes)), 0.0)
+        safe = jnp.where(keep_, s, 0.0)
+        _, slope = jax.jvp(self.fn, (safe,), (jnp.ones_like(safe),))  # fn is elementwise
+        return jnp.where(keep_, slope, 0.0)
 
 
 LSE = Reduction("lse")
 
 
 def sum_of(fn: Callable[[jax.Array], jax.Array]) -> Reduction:
-  """The reduction ``Σ_keys fn(s)``; ``fn`` must be elementwise and differentiable."""
-  return Reduction("sum", fn)
+    """The reduction ``Σ_keys fn(s)``; ``fn`` must be elementwise and differentiable."""
+    return Reduction("sum", fn)
 
 
 def instance_offset(q: jax.Array, axis_name) -> jax.Array | int:
-  """Global index of this device's first query instance (instances are sharded on axis 1)."""
-  if axis_name is None:
-    return 0
-  return jax.lax.axis_index(axis_name) * q.shape[1]
+    """Global index of this device's first query instance (instances are sharded on axis 1)."""
+    if axis_name is None:
+        return 0
+    return jax.lax.axis_index(axis_name) * q.shape[1]

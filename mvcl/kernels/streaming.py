@@ -29,156 +29,162 @@ DEFAULT_TILE = 1024
 
 
 def streaming(q, k, *, mask, reduction, axis_name=None, tile: int = DEFAULT_TILE):
-  """Row reductions of ``q`` (G, n, A, D) over global keys ``k`` (G, n, B, D): (G, n, A)."""
-  if tile < 1:
-    raise ValueError(f"tile must be a positive number of rows, got {tile}")
-  return _stream(q, k, mask, reduction, axis_name, tile)
+    """Row reductions of ``q`` (G, n, A, D) over global keys ``k`` (G, n, B, D): (G, n, A)."""
+    if tile < 1:
+        raise ValueError(f"tile must be a positive number of rows, got {tile}")
+    return _stream(q, k, mask, reduction, axis_name, tile)
 
 
 class _Tiling:
-  """Rows of a (G, n, A, D) shard cut into tiles, with the global ids of every row."""
+    """Rows of a (G, n, A, D) shard cut into tiles, with the global ids of every row."""
 
-  def __init__(self, x, tile):
-    self.g, self.n, self.per, self.d = x.shape
-    self.rows = self.n * self.per
-    self.size = min(tile, self.rows)
-    self.count = -(-self.rows // self.size)
+    def __init__(self, x, tile):
+        self.g, self.n, self.per, self.d = x.shape
+        self.rows = self.n * self.per
+        self.size = min(tile, self.rows)
+        self.count = -(-self.rows // self.size)
 
-  def split(self, x):
-    """(G, n, A, ...) -> (count, G, size, ...), zero-padded."""
-    flat = x.reshape(self.g, self.rows, *x.shape[3:])
-    pad = self.count * self.size - self.rows
-    flat = jnp.pad(flat, [(0, 0), (0, pad)] + [(0, 0)] * (flat.ndim - 2))
-    return jnp.moveaxis(flat.reshape(self.g, self.count, self.size, *x.shape[3:]), 1, 0)
+    def split(self, x):
+        """(G, n, A, ...) -> (count, G, size, ...), zero-padded."""
+        flat = x.reshape(self.g, self.rows, *x.shape[3:])
+        pad = self.count * self.size - self.rows
+        flat = jnp.pad(flat, [(0, 0), (0, pad)] + [(0, 0)] * (flat.ndim - 2))
+        return jnp.moveaxis(flat.reshape(self.g, self.count, self.size, *x.shape[3:]), 1, 0)
 
-  def join(self, tiles, trailing=()):
-    """Inverse of :meth:`split`."""
-    flat = jnp.moveaxis(tiles, 0, 1).reshape(self.g, self.count * self.size, *trailing)
-    return flat[:, :self.rows].reshape(self.g, self.n, self.per, *trailing)
+    def join(self, tiles, trailing=()):
+        """Inverse of :meth:`split`."""
+        flat = jnp.moveaxis(tiles, 0, 1).reshape(self.g, self.count * self.size, *trailing)
+        return flat[:, : self.rows].reshape(self.g, self.n, self.per, *trailing)
 
-  def ids(self, index, offset):
-    """Global instance ids, view ids and validity of the rows of tile ``index``."""
-    r = index * self.size + jnp.arange(self.size)
-    return offset + r // self.per, r % self.per, r < self.rows
+    def ids(self, index, offset):
+        """Global instance ids, view ids and validity of the rows of tile ``index``."""
+        r = index * self.size + jnp.arange(self.size)
+        return offset + r // self.per, r % self.per, r < self.rows
 
 
 def _keep(mask, qt: _Tiling, qi, q_off, kt: _Tiling, ki, k_off):
-  q_inst, q_view, q_ok = qt.ids(qi, q_off)
-  k_inst, k_view, k_ok = kt.ids(ki, k_off)
-  keep = reductions.keep(mask, q_inst[:, None] == k_inst[None, :],
-                         q_view[:, None] == k_view[None, :])
-  return (keep & q_ok[:, None] & k_ok[None, :])[None]  # (1, Tq, Tk), shared by the G groups
+    q_inst, q_view, q_ok = qt.ids(qi, q_off)
+    k_inst, k_view, k_ok = kt.ids(ki, k_off)
+    keep = reductions.keep(
+        mask, q_inst[:, None] == k_inst[None, :], q_view[:, None] == k_view[None, :]
+    )
+    return (keep & q_ok[:, None] & k_ok[None, :])[None]  # (1, Tq, Tk), shared by the G groups
 
 
 def _varying(constants, axis_name):
-  """Marks loop carries that start as constants as per-device values, as shard_map requires."""
-  if axis_name is None:
-    return constants
-  return jax.lax.pcast(constants, axis_name, to="varying")
+    """Marks loop carries that start as constants as per-device values, as shard_map requires."""
+    if axis_name is None:
+        return constants
+    return jax.lax.pcast(constants, axis_name, to="varying")
 
 
 def _ring(axis_name):
-  """(devices on the ring, this device's index, pass-to-the-next-device function)."""
-  if axis_name is None:
-    return 1, 0, None
-  size = jax.lax.axis_size(axis_name)
-  perm = [(i, (i + 1) % size) for i in range(size)]
-  return size, jax.lax.axis_index(axis_name), functools.partial(
-      jax.lax.ppermute, axis_name=axis_name, perm=perm)
+    """(devices on the ring, this device's index, pass-to-the-next-device function)."""
+    if axis_name is None:
+        return 1, 0, None
+    size = jax.lax.axis_size(axis_name)
+    perm = [(i, (i + 1) % size) for i in range(size)]
+    return (
+        size,
+        jax.lax.axis_index(axis_name),
+        functools.partial(jax.lax.ppermute, axis_name=axis_name, perm=perm),
+    )
 
 
 def _forward(q, k, mask, reduction, axis_name, tile):
-  qt, kt = _Tiling(q, tile), _Tiling(k, tile)
-  size, me, pass_on = _ring(axis_name)
-  q_tiles = qt.split(q)
-  q_off = me * qt.n
+    qt, kt = _Tiling(q, tile), _Tiling(k, tile)
+    size, me, pass_on = _ring(axis_name)
+    q_tiles = qt.split(q)
+    q_off = me * qt.n
 
-  def fold_block(carry, k_tiles, src):
-    k_off = src * kt.n
+    def fold_block(carry, k_tiles, src):
+        k_off = src * kt.n
 
-    def per_query_tile(args):
-      qi, q_tile, c = args
+        def per_query_tile(args):
+            qi, q_tile, c = args
 
-      def per_key_tile(ki, c):
-        s = jnp.einsum("gqd,gkd->gqk", q_tile, k_tiles[ki])
-        return reduction.update(c, s, _keep(mask, qt, qi, q_off, kt, ki, k_off), axes=(2,))
+            def per_key_tile(ki, c):
+                s = jnp.einsum("gqd,gkd->gqk", q_tile, k_tiles[ki])
+                return reduction.update(c, s, _keep(mask, qt, qi, q_off, kt, ki, k_off), axes=(2,))
 
-      return jax.lax.fori_loop(0, kt.count, per_key_tile, c)
+            return jax.lax.fori_loop(0, kt.count, per_key_tile, c)
 
-    return jax.lax.map(per_query_tile, (jnp.arange(qt.count), q_tiles, carry))
+        return jax.lax.map(per_query_tile, (jnp.arange(qt.count), q_tiles, carry))
 
-  carry = _varying(reduction.init((qt.count, qt.g, qt.size), q.dtype), axis_name)
-  k_tiles = kt.split(k)
+    carry = _varying(reduction.init((qt.count, qt.g, qt.size), q.dtype), axis_name)
+    k_tiles = kt.split(k)
 
-  def ring_step(step, state):
-    k_tiles, carry = state
-    arriving = pass_on(k_tiles)  # started before the computation on the current block
-    return arriving, fold_block(carry, k_tiles, (me - step) % size)
+    def ring_step(step, state):
+        k_tiles, carry = state
+        arriving = pass_on(k_tiles)  # started before the computation on the current block
+        return arriving, fold_block(carry, k_tiles, (me - step) % size)
 
-  if size > 1:
-    k_tiles, carry = jax.lax.fori_loop(0, size - 1, ring_step, (k_tiles, carry))
-  carry = fold_block(carry, k_tiles, (me - (size - 1)) % size)
-  return qt.join(reduction.finalize(carry))
+    if size > 1:
+        k_tiles, carry = jax.lax.fori_loop(0, size - 1, ring_step, (k_tiles, carry))
+    carry = fold_block(carry, k_tiles, (me - (size - 1)) % size)
+    return qt.join(reduction.finalize(carry))
 
 
 def _backward(q, k, out, g, mask, reduction, axis_name, tile):
-  qt, kt = _Tiling(q, tile), _Tiling(k, tile)
-  size, me, pass_on = _ring(axis_name)
-  q_tiles, out_tiles, g_tiles = qt.split(q), qt.split(out[..., None]), qt.split(g[..., None])
-  q_off = me * qt.n
+    qt, kt = _Tiling(q, tile), _Tiling(k, tile)
+    size, me, pass_on = _ring(axis_name)
+    q_tiles, out_tiles, g_tiles = qt.split(q), qt.split(out[..., None]), qt.split(g[..., None])
+    q_off = me * qt.n
 
-  def grad_block(dq_tiles, k_tiles, dk_tiles, src):
-    k_off = src * kt.n
+    def grad_block(dq_tiles, k_tiles, dk_tiles, src):
+        k_off = src * kt.n
 
-    def per_query_tile(dk_tiles, args):
-      qi, q_tile, o, g_, dq = args
+        def per_query_tile(dk_tiles, args):
+            qi, q_tile, o, g_, dq = args
 
-      def per_key_tile(ki, state):
-        dq, dk_tiles = state
-        k_tile = k_tiles[ki]
-        s = jnp.einsum("gqd,gkd->gqk", q_tile, k_tile)
-        keep = _keep(mask, qt, qi, q_off, kt, ki, k_off)
-        w = reduction.weights(s, keep, o[..., 0], axes=(2,)) * g_
-        dq = dq + jnp.einsum("gqk,gkd->gqd", w, k_tile)
-        return dq, dk_tiles.at[ki].add(jnp.einsum("gqk,gqd->gkd", w, q_tile))
+            def per_key_tile(ki, state):
+                dq, dk_tiles = state
+                k_tile = k_tiles[ki]
+                s = jnp.einsum("gqd,gkd->gqk", q_tile, k_tile)
+                keep = _keep(mask, qt, qi, q_off, kt, ki, k_off)
+                w = reduction.weights(s, keep, o[..., 0], axes=(2,)) * g_
+                dq = dq + jnp.einsum("gqk,gkd->gqd", w, k_tile)
+                return dq, dk_tiles.at[ki].add(jnp.einsum("gqk,gqd->gkd", w, q_tile))
 
-      dq, dk_tiles = jax.lax.fori_loop(0, kt.count, per_key_tile, (dq, dk_tiles))
-      return dk_tiles, dq
+            dq, dk_tiles = jax.lax.fori_loop(0, kt.count, per_key_tile, (dq, dk_tiles))
+            return dk_tiles, dq
 
-    return jax.lax.scan(per_query_tile, dk_tiles,
-                        (jnp.arange(qt.count), q_tiles, out_tiles, g_tiles, dq_tiles))
+        return jax.lax.scan(
+            per_query_tile, dk_tiles, (jnp.arange(qt.count), q_tiles, out_tiles, g_tiles, dq_tiles)
+        )
 
-  k_tiles = kt.split(k)
-  dq_tiles, dk_tiles = jnp.zeros_like(q_tiles), jnp.zeros_like(k_tiles)  # per-device, like q, k
+    k_tiles = kt.split(k)
+    dq_tiles, dk_tiles = jnp.zeros_like(q_tiles), jnp.zeros_like(k_tiles)  # per-device, like q, k
 
-  def ring_step(step, state):
-    k_tiles, dk_tiles, dq_tiles = state
-    arriving = pass_on(k_tiles)
-    dk_tiles, dq_tiles = grad_block(dq_tiles, k_tiles, dk_tiles, (me - step) % size)
-    return arriving, pass_on(dk_tiles), dq_tiles
+    def ring_step(step, state):
+        k_tiles, dk_tiles, dq_tiles = state
+        arriving = pass_on(k_tiles)
+        dk_tiles, dq_tiles = grad_block(dq_tiles, k_tiles, dk_tiles, (me - step) % size)
+        return arriving, pass_on(dk_tiles), dq_tiles
 
-  if size > 1:
-    k_tiles, dk_tiles, dq_tiles = jax.lax.fori_loop(
-        0, size - 1, ring_step, (k_tiles, dk_tiles, dq_tiles))
-  dk_tiles, dq_tiles = grad_block(dq_tiles, k_tiles, dk_tiles, (me - (size - 1)) % size)
-  if size > 1:
-    dk_tiles = pass_on(dk_tiles)  # the last hop brings every key gradient home
-  return qt.join(dq_tiles, (q.shape[-1],)), kt.join(dk_tiles, (k.shape[-1],))
+    if size > 1:
+        k_tiles, dk_tiles, dq_tiles = jax.lax.fori_loop(
+            0, size - 1, ring_step, (k_tiles, dk_tiles, dq_tiles)
+        )
+    dk_tiles, dq_tiles = grad_block(dq_tiles, k_tiles, dk_tiles, (me - (size - 1)) % size)
+    if size > 1:
+        dk_tiles = pass_on(dk_tiles)  # the last hop brings every key gradient home
+    return qt.join(dq_tiles, (q.shape[-1],)), kt.join(dk_tiles, (k.shape[-1],))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
 def _stream(q, k, mask, reduction, axis_name, tile):
-  return _forward(q, k, mask, reduction, axis_name, tile)
+    return _forward(q, k, mask, reduction, axis_name, tile)
 
 
 def _stream_fwd(q, k, mask, reduction, axis_name, tile):
-  out = _forward(q, k, mask, reduction, axis_name, tile)
-  return out, (q, k, out)
+    out = _forward(q, k, mask, reduction, axis_name, tile)
+    return out, (q, k, out)
 
 
 def _stream_bwd(mask, reduction, axis_name, tile, residuals, g):
-  q, k, out = residuals
-  return _backward(q, k, out, g, mask, reduction, axis_name, tile)
+    q, k, out = residuals
+    return _backward(q, k, out, g, mask, reduction, axis_name, tile)
 
 
 _stream.defvjp(_stream_fwd, _stream_bwd)

@@ -13,6 +13,20 @@ from mvcl.losses.pairwise import KERNELS, dcl, dhel, infonce, kcl
 from mvcl.losses.registry import NAMES, TEMPERATURE_FREE, TWO_VIEW, get
 
 __all__ = [
-    "KERNELS", "NAMES", "TEMPERATURE_FREE", "TWO_VIEW", "avg", "check_finite", "dcl", "dhel",
-    "get", "infonce", "kcl", "multipos_infonce", "mv_dhel", "mv_infonce", "pvc", "pwe",
+    "KERNELS",
+    "NAMES",
+    "TEMPERATURE_FREE",
+    "TWO_VIEW",
+    "avg",
+    "check_finite",
+    "dcl",
+    "dhel",
+    "get",
+    "infonce",
+    "kcl",
+    "multipos_infonce",
+    "mv_dhel",
+    "mv_infonce",
+    "pvc",
+    "pwe",
 ]

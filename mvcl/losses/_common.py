@@ -15,107 +15,117 @@ EPS = 1e-12
 
 
 def axis_size(axis_name) -> int:
-  """Number of devices along ``axis_name`` (1 for ``None``), with a clear error when unbound."""
-  if axis_name is None:
-    return 1
-  try:
-    return jax.lax.axis_size(axis_name)
-  except NameError as e:
-    raise ValueError(
-        f"axis_name={axis_name!r} is not bound here: call the loss inside jax.shard_map or "
-        f"jax.pmap over that mesh axis, or pass axis_name=None ({e})") from None
+    """Number of devices along ``axis_name`` (1 for ``None``), with a clear error when unbound."""
+    if axis_name is None:
+        return 1
+    try:
+        return jax.lax.axis_size(axis_name)
+    except NameError as e:
+        raise ValueError(
+            f"axis_name={axis_name!r} is not bound here: call the loss inside jax.shard_map or "
+            f"jax.pmap over that mesh axis, or pass axis_name=None ({e})"
+        ) from None
 
 
 def check_temperature(temperature) -> None:
-  """``temperature`` must be > 0 (checked when it is a concrete number, not a tracer)."""
-  if isinstance(temperature, jax.core.Tracer):
-    return
-  if not isinstance(temperature, (numbers.Real, np.ndarray, jax.Array)) or np.ndim(temperature):
-    raise ValueError(f"temperature must be a positive scalar, got {temperature!r}")
-  if not float(temperature) > 0:
-    raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    """``temperature`` must be > 0 (checked when it is a concrete number, not a tracer)."""
+    if isinstance(temperature, jax.core.Tracer):
+        return
+    if not isinstance(temperature, (numbers.Real, np.ndarray, jax.Array)) or np.ndim(temperature):
+        raise ValueError(f"temperature must be a positive scalar, got {temperature!r}")
+    if not float(temperature) > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
 
 
 def compute_dtype(dtype) -> jnp.dtype:
-  """float64 stays float64 (under x64); every other float is computed in float32."""
-  return jnp.float64 if dtype == jnp.float64 else jnp.float32
+    """float64 stays float64 (under x64); every other float is computed in float32."""
+    return jnp.float64 if dtype == jnp.float64 else jnp.float32
 
 
 def normalize(z: jax.Array) -> jax.Array:
-  """``z / max(||z||, eps)`` along the last axis."""
-  norm = jnp.sqrt(jnp.sum(z * z, axis=-1, keepdims=True))
-  return z / jnp.maximum(norm, EPS)
+    """``z / max(||z||, eps)`` along the last axis."""
+    norm = jnp.sqrt(jnp.sum(z * z, axis=-1, keepdims=True))
+    return z / jnp.maximum(norm, EPS)
 
 
 def prepare(z, *, loss: str, axis_name, views: int | None = None) -> jax.Array:
-  """Checks ``z`` (N, V, D) and returns its unit rows in the compute dtype.
+    """Checks ``z`` (N, V, D) and returns its unit rows in the compute dtype.
 
-  Args:
-    z: the embeddings, instance-major: (local) instances × views × features.
-    loss: the loss's name, for error messages.
-    axis_name: the mesh axis the batch is sharded over, or ``None``.
-    views: the exact number of views the loss takes (2 for the two-view losses); ``None`` for
-      any V ≥ 2.
-  """
-  if not hasattr(z, "ndim") or not hasattr(z, "dtype"):
-    z = jnp.asarray(z)
-  if z.ndim != 3:
-    raise ValueError(f"{loss}: z must have rank 3, (N, V, D), got shape {tuple(z.shape)}")
-  if not jnp.issubdtype(z.dtype, jnp.floating):
-    raise ValueError(f"{loss}: z must be a floating array, got dtype {z.dtype}")
-  n, v, _ = z.shape
-  if views is not None and v != views:
-    raise ValueError(f"{loss} is a two-view loss: z must have V = {views} views, got V = {v}")
-  if v < 2:
-    raise ValueError(f"{loss}: z needs V >= 2 views per instance, got V = {v}")
-  n_global = n * axis_size(axis_name)
-  if n_global < 2:
-    raise ValueError(f"{loss}: z needs N >= 2 instances in the (global) batch, got N = {n_global}")
-  return normalize(z.astype(compute_dtype(z.dtype)))
+    Args:
+      z: the embeddings, instance-major: (local) instances × views × features.
+      loss: the loss's name, for error messages.
+      axis_name: the mesh axis the batch is sharded over, or ``None``.
+      views: the exact number of views the loss takes (2 for the two-view losses); ``None`` for
+        any V ≥ 2.
+    """
+    if not hasattr(z, "ndim") or not hasattr(z, "dtype"):
+        z = jnp.asarray(z)
+    if z.ndim != 3:
+        raise ValueError(f"{loss}: z must have rank 3, (N, V, D), got shape {tuple(z.shape)}")
+    if not jnp.issubdtype(z.dtype, jnp.floating):
+        raise ValueError(f"{loss}: z must be a floating array, got dtype {z.dtype}")
+    n, v, _ = z.shape
+    if views is not None and v != views:
+        raise ValueError(f"{loss} is a two-view loss: z must have V = {views} views, got V = {v}")
+    if v < 2:
+        raise ValueError(f"{loss}: z needs V >= 2 views per instance, got V = {v}")
+    n_global = n * axis_size(axis_name)
+    if n_global < 2:
+        raise ValueError(
+            f"{loss}: z needs N >= 2 instances in the (global) batch, got N = {n_global}"
+        )
+    return normalize(z.astype(compute_dtype(z.dtype)))
 
 
 def mean_over_instances(terms: jax.Array, axis_name) -> jax.Array:
-  """Mean of per-instance terms (n,) over the global batch: psum of local sums / global N."""
-  total = jnp.sum(terms)
-  if axis_name is None:
-    return total / terms.shape[0]
-  return jax.lax.psum(total, axis_name) / (terms.shape[0] * axis_size(axis_name))
+    """Mean of per-instance terms (n,) over the global batch: psum of local sums / global N."""
+    total = jnp.sum(terms)
+    if axis_name is None:
+        return total / terms.shape[0]
+    return jax.lax.psum(total, axis_name) / (terms.shape[0] * axis_size(axis_name))
 
 
-def energy(q: jax.Array, k: jax.Array, *, mask: str, axis_name, backend,
-           reduction: kernels.Reduction = kernels.LSE) -> jax.Array:
-  """The row reduction of ``q`` (G, n, A, D) over the global keys ``k`` (G, n, B, D)."""
-  return kernels.get(backend)(q, k, mask=mask, reduction=reduction, axis_name=axis_name)
+def energy(
+    q: jax.Array,
+    k: jax.Array,
+    *,
+    mask: str,
+    axis_name,
+    backend,
+    reduction: kernels.Reduction = kernels.LSE,
+) -> jax.Array:
+    """The row reduction of ``q`` (G, n, A, D) over the global keys ``k`` (G, n, B, D)."""
+    return kernels.get(backend)(q, k, mask=mask, reduction=reduction, axis_name=axis_name)
 
 
 def view_similarities(u: jax.Array, temperature) -> jax.Array:
-  """s(u_il, u_im) for every instance: (..., n, V, D) -> (..., n, V, V)."""
-  return jnp.einsum("...ld,...md->...lm", u, u) / temperature
+    """s(u_il, u_im) for every instance: (..., n, V, D) -> (..., n, V, V)."""
+    return jnp.einsum("...ld,...md->...lm", u, u) / temperature
 
 
 def lse_over_pairs(s: jax.Array, *, ordered: bool) -> jax.Array:
-  """LSE of (..., V, V) view similarities over pairs l ≠ m (ordered) or l < m (unordered)."""
-  v = s.shape[-1]
-  rows, cols = np.indices((v, v))
-  pairs = rows != cols if ordered else rows < cols
-  return jax.nn.logsumexp(jnp.where(pairs, s, -jnp.inf), axis=(-2, -1))
+    """LSE of (..., V, V) view similarities over pairs l ≠ m (ordered) or l < m (unordered)."""
+    v = s.shape[-1]
+    rows, cols = np.indices((v, v))
+    pairs = rows != cols if ordered else rows < cols
+    return jax.nn.logsumexp(jnp.where(pairs, s, -jnp.inf), axis=(-2, -1))
 
 
 def check_choice(name: str, value, choices) -> None:
-  if value not in choices:
-    raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
 
 
 def check_finite(z: jax.Array, name: str = "z") -> jax.Array:
-  """Raises if ``z`` has a NaN or an infinity; returns ``z`` so it can be chained.
+    """Raises if ``z`` has a NaN or an infinity; returns ``z`` so it can be chained.
 
-  Eagerly this raises ``ValueError``. Under ``jax.jit`` it adds a ``checkify`` check: wrap the
-  jitted function with ``jax.experimental.checkify.checkify`` and call ``err.throw()``.
-  """
-  finite = jnp.all(jnp.isfinite(z))
-  if isinstance(finite, jax.core.Tracer):
-    checkify.check(finite, f"{name} has non-finite values")
-  elif not bool(finite):
-    bad = int(np.size(z) - np.count_nonzero(np.isfinite(np.asarray(z))))
-    raise ValueError(f"{name} has {bad} non-finite values (NaN or inf)")
-  return z
+    Eagerly this raises ``ValueError``. Under ``jax.jit`` it adds a ``checkify`` check: wrap the
+    jitted function with ``jax.experimental.checkify.checkify`` and call ``err.throw()``.
+    """
+    finite = jnp.all(jnp.isfinite(z))
+    if isinstance(finite, jax.core.Tracer):
+        checkify.check(finite, f"{name} has non-finite values")
+    elif not bool(finite):
+        bad = int(np.size(z) - np.count_nonzero(np.isfinite(np.asarray(z))))
+        raise ValueError(f"{name} has {bad} non-finite values (NaN or inf)")
+    return z

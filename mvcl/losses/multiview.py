@@ -14,64 +14,66 @@ from mvcl.losses import _common as c
 NEGATIVES = ("all", "other_views")
 
 
-def mv_infonce(z: jax.Array, *, temperature: float, negatives: str = "all", axis_name=None,
-               backend="dense") -> jax.Array:
-  """MV-InfoNCE: one log-sum-exp per instance over all of its anchors.
+def mv_infonce(
+    z: jax.Array, *, temperature: float, negatives: str = "all", axis_name=None, backend="dense"
+) -> jax.Array:
+    """MV-InfoNCE: one log-sum-exp per instance over all of its anchors.
 
-      L = 1/N Σ_i [ LSE_{l ∈ [V], (j,m) ≠ (i,l)} s(u_il, u_jm)  −  LSE_{l ≠ m} s(u_il, u_im) ]
+        L = 1/N Σ_i [ LSE_{l ∈ [V], (j,m) ≠ (i,l)} s(u_il, u_jm)  −  LSE_{l ≠ m} s(u_il, u_im) ]
 
-  The first LSE pools the V anchors of instance i against every key of the global batch but the
-  anchor itself (positives and same-view negatives included). ``negatives="other_views"`` keeps
-  only keys of another view (m ≠ l, any j). Cost O((NV)² D).
+    The first LSE pools the V anchors of instance i against every key of the global batch but the
+    anchor itself (positives and same-view negatives included). ``negatives="other_views"`` keeps
+    only keys of another view (m ≠ l, any j). Cost O((NV)² D).
 
-  Args:
-    z: (N, V, D) embeddings (the local shard of instances under ``axis_name``).
-    temperature: τ > 0.
-    negatives: ``"all"`` (the authors' code) or ``"other_views"`` (the paper README's reading).
-    axis_name: mesh axis of a surrounding ``shard_map``/``pmap`` to take negatives from the
-      global batch; ``None`` for one device.
-    backend: a name from :data:`mvcl.kernels.NAMES` or a backend function.
+    Args:
+      z: (N, V, D) embeddings (the local shard of instances under ``axis_name``).
+      temperature: τ > 0.
+      negatives: ``"all"`` (the authors' code) or ``"other_views"`` (the paper README's reading).
+      axis_name: mesh axis of a surrounding ``shard_map``/``pmap`` to take negatives from the
+        global batch; ``None`` for one device.
+      backend: a name from :data:`mvcl.kernels.NAMES` or a backend function.
 
-  Returns:
-    The scalar loss over the global batch.
-  """
-  c.check_choice("negatives", negatives, NEGATIVES)
-  c.check_temperature(temperature)
-  u = c.prepare(z, loss="mv_infonce", axis_name=axis_name)[None]
-  mask = "self" if negatives == "all" else "view"
-  rows = c.energy(u / temperature, u, mask=mask, axis_name=axis_name, backend=backend)[0]
-  uniformity = jax.nn.logsumexp(rows, axis=-1)
-  alignment = c.lse_over_pairs(c.view_similarities(u[0], temperature), ordered=True)
-  return c.mean_over_instances(uniformity - alignment, axis_name)
+    Returns:
+      The scalar loss over the global batch.
+    """
+    c.check_choice("negatives", negatives, NEGATIVES)
+    c.check_temperature(temperature)
+    u = c.prepare(z, loss="mv_infonce", axis_name=axis_name)[None]
+    mask = "self" if negatives == "all" else "view"
+    rows = c.energy(u / temperature, u, mask=mask, axis_name=axis_name, backend=backend)[0]
+    uniformity = jax.nn.logsumexp(rows, axis=-1)
+    alignment = c.lse_over_pairs(c.view_similarities(u[0], temperature), ordered=True)
+    return c.mean_over_instances(uniformity - alignment, axis_name)
 
 
 def dhel_terms(u: jax.Array, temperature, *, axis_name, backend, anchor_views=None) -> jax.Array:
-  """Per-instance MV-DHEL terms for G independent groups of views: (G, n, V, D) -> (G, n).
+    """Per-instance MV-DHEL terms for G independent groups of views: (G, n, V, D) -> (G, n).
 
-      Σ_{l ∈ anchor_views} LSE_{j ≠ i} s(u_il, u_jl)  −  LSE_{l < m} s(u_il, u_im)
+        Σ_{l ∈ anchor_views} LSE_{j ≠ i} s(u_il, u_jl)  −  LSE_{l < m} s(u_il, u_im)
 
-  Each view is its own key set (V·N² work, not (VN)²). ``anchor_views`` (default: all) limits
-  the uniformity term to some views, as in two-view DHEL with ``anchor_only``.
-  """
-  g, n, v, d = u.shape
-  per_view = jnp.swapaxes(u, 1, 2).reshape(g * v, n, 1, d)
-  rows = c.energy(per_view / temperature, per_view, mask="instance", axis_name=axis_name,
-                  backend=backend).reshape(g, v, n)
-  if anchor_views is not None:
-    rows = rows[:, anchor_views]
-  alignment = c.lse_over_pairs(c.view_similarities(u, temperature), ordered=False)
-  return jnp.sum(rows, axis=1) - alignment
+    Each view is its own key set (V·N² work, not (VN)²). ``anchor_views`` (default: all) limits
+    the uniformity term to some views, as in two-view DHEL with ``anchor_only``.
+    """
+    g, n, v, d = u.shape
+    per_view = jnp.swapaxes(u, 1, 2).reshape(g * v, n, 1, d)
+    rows = c.energy(
+        per_view / temperature, per_view, mask="instance", axis_name=axis_name, backend=backend
+    ).reshape(g, v, n)
+    if anchor_views is not None:
+        rows = rows[:, anchor_views]
+    alignment = c.lse_over_pairs(c.view_similarities(u, temperature), ordered=False)
+    return jnp.sum(rows, axis=1) - alignment
 
 
 def mv_dhel(z: jax.Array, *, temperature: float, axis_name=None, backend="dense") -> jax.Array:
-  """MV-DHEL: uniformity within each view, alignment over all view pairs, decoupled.
+    """MV-DHEL: uniformity within each view, alignment over all view pairs, decoupled.
 
-      L = 1/N Σ_i [ Σ_{l ∈ [V]} LSE_{j ≠ i} s(u_il, u_jl)  −  LSE_{l < m} s(u_il, u_im) ]
+        L = 1/N Σ_i [ Σ_{l ∈ [V]} LSE_{j ≠ i} s(u_il, u_jl)  −  LSE_{l < m} s(u_il, u_im) ]
 
-  Positives never enter the energy. Cost O(V N² D): linear in V. Arguments as in
-  :func:`mv_infonce`.
-  """
-  c.check_temperature(temperature)
-  u = c.prepare(z, loss="mv_dhel", axis_name=axis_name)[None]
-  terms = dhel_terms(u, temperature, axis_name=axis_name, backend=backend)[0]
-  return c.mean_over_instances(terms, axis_name)
+    Positives never enter the energy. Cost O(V N² D): linear in V. Arguments as in
+    :func:`mv_infonce`.
+    """
+    c.check_temperature(temperature)
+    u = c.prepare(z, loss="mv_dhel", axis_name=axis_name)[None]
+    terms = dhel_terms(u, temperature, axis_name=axis_name, backend=backend)[0]
+    return c.mean_over_instances(terms, axis_name)

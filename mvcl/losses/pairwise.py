@@ -17,113 +17,135 @@ from mvcl.losses.multiview import dhel_terms
 
 
 def _nce_terms(u, temperature, *, mask, axis_name, backend):
-  rows = c.energy(u / temperature, u, mask=mask, axis_name=axis_name, backend=backend)
-  positive = jnp.sum(u[:, :, 0] * u[:, :, 1], axis=-1) / temperature
-  return jnp.mean(rows, axis=-1) - positive
+    rows = c.energy(u / temperature, u, mask=mask, axis_name=axis_name, backend=backend)
+    positive = jnp.sum(u[:, :, 0] * u[:, :, 1], axis=-1) / temperature
+    return jnp.mean(rows, axis=-1) - positive
 
 
 def infonce_terms(u, temperature, *, axis_name, backend):
-  """½[(LSE_{k ≠ x_i} s(x_i, k) − s(x_i, y_i)) + (LSE_{k ≠ y_i} s(y_i, k) − s(y_i, x_i))]."""
-  return _nce_terms(u, temperature, mask="self", axis_name=axis_name, backend=backend)
+    """½[(LSE_{k ≠ x_i} s(x_i, k) − s(x_i, y_i)) + (LSE_{k ≠ y_i} s(y_i, k) − s(y_i, x_i))]."""
+    return _nce_terms(u, temperature, mask="self", axis_name=axis_name, backend=backend)
 
 
 def dcl_terms(u, temperature, *, axis_name, backend):
-  """InfoNCE with the positive removed from each LSE: keys k ∉ {x_i, y_i}."""
-  return _nce_terms(u, temperature, mask="instance", axis_name=axis_name, backend=backend)
+    """InfoNCE with the positive removed from each LSE: keys k ∉ {x_i, y_i}."""
+    return _nce_terms(u, temperature, mask="instance", axis_name=axis_name, backend=backend)
 
 
 def infonce(z: jax.Array, *, temperature: float, axis_name=None, backend="dense") -> jax.Array:
-  """InfoNCE / NT-Xent (SimCLR), symmetric over the two views.
+    """InfoNCE / NT-Xent (SimCLR), symmetric over the two views.
 
-      L = 1/N Σ_i ½[(LSE_{k ≠ x_i} s(x_i, k) − s(x_i, y_i)) + (LSE_{k ≠ y_i} s(y_i, k) − s(y_i, x_i))]
+        L = 1/N Σ_i ½[ (LSE_{k ≠ x_i} s(x_i, k) − s(x_i, y_i))
+                     + (LSE_{k ≠ y_i} s(y_i, k) − s(y_i, x_i)) ]
 
-  Args:
-    z: (N, 2, D) embeddings (the local shard under ``axis_name``).
-    temperature: τ > 0.
-    axis_name: mesh axis of a surrounding ``shard_map``/``pmap``, or ``None``.
-    backend: a name from :data:`mvcl.kernels.NAMES` or a backend function.
-  """
-  c.check_temperature(temperature)
-  u = c.prepare(z, loss="infonce", axis_name=axis_name, views=2)[None]
-  return c.mean_over_instances(
-      infonce_terms(u, temperature, axis_name=axis_name, backend=backend)[0], axis_name)
+    Args:
+      z: (N, 2, D) embeddings (the local shard under ``axis_name``).
+      temperature: τ > 0.
+      axis_name: mesh axis of a surrounding ``shard_map``/``pmap``, or ``None``.
+      backend: a name from :data:`mvcl.kernels.NAMES` or a backend function.
+    """
+    c.check_temperature(temperature)
+    u = c.prepare(z, loss="infonce", axis_name=axis_name, views=2)[None]
+    return c.mean_over_instances(
+        infonce_terms(u, temperature, axis_name=axis_name, backend=backend)[0], axis_name
+    )
 
 
 def dcl(z: jax.Array, *, temperature: float, axis_name=None, backend="dense") -> jax.Array:
-  """Decoupled contrastive loss (Yeh et al. 2022): InfoNCE without the positive in the LSE.
+    """Decoupled contrastive loss (Yeh et al. 2022): InfoNCE without the positive in the LSE.
 
-  Arguments as in :func:`infonce`.
-  """
-  c.check_temperature(temperature)
-  u = c.prepare(z, loss="dcl", axis_name=axis_name, views=2)[None]
-  return c.mean_over_instances(
-      dcl_terms(u, temperature, axis_name=axis_name, backend=backend)[0], axis_name)
+    Arguments as in :func:`infonce`.
+    """
+    c.check_temperature(temperature)
+    u = c.prepare(z, loss="dcl", axis_name=axis_name, views=2)[None]
+    return c.mean_over_instances(
+        dcl_terms(u, temperature, axis_name=axis_name, backend=backend)[0], axis_name
+    )
 
 
-def dhel(z: jax.Array, *, temperature: float, anchor_only: bool = False, axis_name=None,
-         backend="dense") -> jax.Array:
-  """Decoupled hyperspherical energy loss (Koromilas et al. 2024).
+def dhel(
+    z: jax.Array, *, temperature: float, anchor_only: bool = False, axis_name=None, backend="dense"
+) -> jax.Array:
+    """Decoupled hyperspherical energy loss (Koromilas et al. 2024).
 
-      L = 1/N Σ_i [ LSE_{j≠i} s(x_i, x_j) + LSE_{j≠i} s(y_i, y_j) − s(x_i, y_i) ]
+        L = 1/N Σ_i [ LSE_{j≠i} s(x_i, x_j) + LSE_{j≠i} s(y_i, y_j) − s(x_i, y_i) ]
 
-  This is MV-DHEL at V = 2. ``anchor_only=True`` drops the y energy. Other arguments as in
-  :func:`infonce`.
-  """
-  c.check_temperature(temperature)
-  u = c.prepare(z, loss="dhel", axis_name=axis_name, views=2)[None]
-  terms = dhel_terms(u, temperature, axis_name=axis_name, backend=backend,
-                     anchor_views=[0] if anchor_only else None)
-  return c.mean_over_instances(terms[0], axis_name)
+    This is MV-DHEL at V = 2. ``anchor_only=True`` drops the y energy. Other arguments as in
+    :func:`infonce`.
+    """
+    c.check_temperature(temperature)
+    u = c.prepare(z, loss="dhel", axis_name=axis_name, views=2)[None]
+    terms = dhel_terms(
+        u,
+        temperature,
+        axis_name=axis_name,
+        backend=backend,
+        anchor_views=[0] if anchor_only else None,
+    )
+    return c.mean_over_instances(terms[0], axis_name)
 
 
 def _gaussian(sq_dist, t):
-  return jnp.exp(-t * sq_dist)
+    return jnp.exp(-t * sq_dist)
 
 
 def _log(sq_dist, t):
-  return -0.5 * jnp.log(t * sq_dist + 1.0)
+    return -0.5 * jnp.log(t * sq_dist + 1.0)
 
 
 def _imq(sq_dist, t):
-  return t / jnp.sqrt(t * t + sq_dist)
+    return t / jnp.sqrt(t * t + sq_dist)
 
 
 def _riesz(sq_dist, t):
-  return sq_dist ** (-t / 2) if t > 0 else -(sq_dist ** (-t / 2))
+    return sq_dist ** (-t / 2) if t > 0 else -(sq_dist ** (-t / 2))
 
 
 KERNELS = {"gaussian": _gaussian, "log": _log, "imq": _imq, "riesz": _riesz}
 
 
-def kcl(z: jax.Array, *, kernel: str = "gaussian", t: float = 2.0, gamma: float = 16.0,
-        axis_name=None, backend="dense") -> jax.Array:
-  """Kernel contrastive loss (Koromilas et al. 2024); no temperature.
+def kcl(
+    z: jax.Array,
+    *,
+    kernel: str = "gaussian",
+    t: float = 2.0,
+    gamma: float = 16.0,
+    axis_name=None,
+    backend="dense",
+) -> jax.Array:
+    """Kernel contrastive loss (Koromilas et al. 2024); no temperature.
 
-      L = −2 · mean_i k(x_i, y_i) + γ [ mean_{i<j} k(x_i, x_j) + mean_{i<j} k(y_i, y_j) ]
+        L = −2 · mean_i k(x_i, y_i) + γ [ mean_{i<j} k(x_i, x_j) + mean_{i<j} k(y_i, y_j) ]
 
-  with δ = ||a − b|| of unit vectors (δ² = 2 − 2 a·b): gaussian exp(−t δ²); log
-  −½ log(t δ² + 1); imq t / sqrt(t² + δ²); riesz δ^(−t) for t > 0 and −δ^|t| for t < 0.
+    with δ = ||a − b|| of unit vectors (δ² = 2 − 2 a·b): gaussian exp(−t δ²); log
+    −½ log(t δ² + 1); imq t / sqrt(t² + δ²); riesz δ^(−t) for t > 0 and −δ^|t| for t < 0.
 
-  Args:
-    z: (N, 2, D) embeddings (the local shard under ``axis_name``).
-    kernel: one of :data:`KERNELS`.
-    t: the kernel parameter (non-zero for riesz).
-    gamma: weight of the uniformity term.
-    axis_name, backend: as in :func:`infonce`.
-  """
-  c.check_choice("kernel", kernel, KERNELS)
-  if kernel == "riesz" and t == 0:
-    raise ValueError("t must be non-zero for the riesz kernel")
-  u = c.prepare(z, loss="kcl", axis_name=axis_name, views=2)
-  n_global = u.shape[0] * c.axis_size(axis_name)
+    Args:
+      z: (N, 2, D) embeddings (the local shard under ``axis_name``).
+      kernel: one of :data:`KERNELS`.
+      t: the kernel parameter (non-zero for riesz).
+      gamma: weight of the uniformity term.
+      axis_name, backend: as in :func:`infonce`.
+    """
+    c.check_choice("kernel", kernel, KERNELS)
+    if kernel == "riesz" and t == 0:
+        raise ValueError("t must be non-zero for the riesz kernel")
+    u = c.prepare(z, loss="kcl", axis_name=axis_name, views=2)
+    n_global = u.shape[0] * c.axis_size(axis_name)
 
-  def of_dot(dot):
-    return KERNELS[kernel](jnp.maximum(2.0 - 2.0 * dot, 0.0), t)
+    def of_dot(dot):
+        return KERNELS[kernel](jnp.maximum(2.0 - 2.0 * dot, 0.0), t)
 
-  per_view = jnp.swapaxes(u, 0, 1)[:, :, None, :]  # (2, n, 1, D): each view its own key set
-  row_sums = c.energy(per_view, per_view, mask="instance", axis_name=axis_name, backend=backend,
-                      reduction=kernels.sum_of(of_dot))[..., 0]
-  # Σ_{i≠j} is twice Σ_{i<j}, and there are N(N−1)/2 such pairs: mean_{i<j} = Σ_i rows_i / (N(N−1)).
-  uniformity = jnp.sum(row_sums, axis=0) / (n_global - 1)
-  alignment = of_dot(jnp.sum(u[:, 0] * u[:, 1], axis=-1))
-  return c.mean_over_instances(-2.0 * alignment + gamma * uniformity, axis_name)
+    per_view = jnp.swapaxes(u, 0, 1)[:, :, None, :]  # (2, n, 1, D): each view its own key set
+    row_sums = c.energy(
+        per_view,
+        per_view,
+        mask="instance",
+        axis_name=axis_name,
+        backend=backend,
+        reduction=kernels.sum_of(of_dot),
+    )[..., 0]
+    # Σ_{i≠j} is twice Σ_{i<j}, over N(N−1)/2 pairs: mean_{i<j} = Σ_i rows_i / (N(N−1)).
+    uniformity = jnp.sum(row_sums, axis=0) / (n_global - 1)
+    alignment = of_dot(jnp.sum(u[:, 0] * u[:, 1], axis=-1))
+    return c.mean_over_instances(-2.0 * alignment + gamma * uniformity, axis_name)

@@ -26,7 +26,7 @@ TEMPERATURE_FREE = ("kcl",)
 
 
 def get(name: str) -> Callable:
-  """The loss function called ``name`` (one of :data:`NAMES`)."""
-  if name not in _LOSSES:
-    raise ValueError(f"unknown loss {name!r}; known losses: {', '.join(NAMES)}")
-  return _LOSSES[name]
+    """The loss function called ``name`` (one of :data:`NAMES`)."""
+    if name not in _LOSSES:
+        raise ValueError(f"unknown loss {name!r}; known losses: {', '.join(NAMES)}")
+    return _LOSSES[name]

@@ -1,0 +1,14 @@
+"""CIFAR-100, the paper's setup: as CIFAR-10 (``configs/cifar10.py``) on ``cifar100``.
+
+python experiments/pretrain.py --config=configs/cifar100.py:loss=mv_dhel,views=4
+"""
+
+from __future__ import annotations
+
+from ml_collections import config_dict
+
+from configs import cifar10
+
+
+def get_config(arg: str | None = None) -> config_dict.ConfigDict:
+    return cifar10.cifar_config("cifar100", arg)

@@ -1,0 +1,161 @@
+"""What every pretraining config shares: the fields, their defaults, and big_vision-style arguments.
+
+A config file is a tiny program::
+
+    def get_config(arg=None):
+        args = common.parse_arg(arg, loss="mv_dhel", views=2)
+        config = common.base_config()
+        config.dataset.name = "cifar10"
+        ...
+        return common.apply_args(config, args)
+
+and is used as ``--config=configs/cifar10.py:loss=mv_infonce,views=4``; any field can then be
+overridden with ``--config.optim.lr=0.5`` (ml_collections ``config_flags``).
+
+Arguments understood by every config (``apply_args``):
+
+  loss=NAME       ``config.loss.name``, one of ``mvcl.losses.NAMES``.
+  views=V         ``config.num_views``, views per image (>= 2; exactly 2 for two-view losses).
+  backend=B       ``config.loss.backend``: "gather" or "ring" (the step runs inside shard_map).
+  width=W         ``config.model.kwargs.width``: backbone channel multiplier (e.g. 0.0625 in tests).
+  fake=True       random uint8 images of ``config.dataset.fake_shape`` instead of the data set
+                  (``config.dataset.fake``); evaluation is then skipped. For tests and smoke runs.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ml_collections import config_dict
+
+_TRUE = ("1", "true", "yes", "y")
+_FALSE = ("0", "false", "no", "n")
+
+
+def _cast(key: str, value: str, default: Any) -> Any:
+    """Parses the string ``value`` of argument ``key`` as the type of ``default``."""
+    if isinstance(default, bool):
+        if value.lower() in _TRUE:
+            return True
+        if value.lower() in _FALSE:
+            return False
+        raise ValueError(f"config argument {key}={value!r} must be a boolean (true/false)")
+    if isinstance(default, (int, float)):
+        try:
+            return type(default)(value)
+        except ValueError as e:
+            raise ValueError(
+                f"config argument {key}={value!r} must be {type(default).__name__}"
+            ) from e
+    return value
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> config_dict.ConfigDict:
+    """Parses ``"k1=v1,k2=v2"`` into a ConfigDict of ``defaults`` updated with typed values.
+
+    Only the keys of ``defaults`` are allowed; each value is cast to the type of its default.
+    """
+    args = dict(defaults)
+    for item in filter(None, (arg or "").split(",")):
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep:
+            raise ValueError(f"config argument {item!r} is not of the form key=value")
+        if key not in defaults:
+            raise ValueError(
+                f"unknown config argument {key!r}; known arguments: {', '.join(sorted(defaults))}"
+            )
+        args[key] = _cast(key, value.strip(), defaults[key])
+    return config_dict.ConfigDict(args)
+
+
+def default_data_dir() -> str:
+    """``$TFDS_DATA_DIR`` if set, else ``./data`` (relative to the working directory)."""
+    return os.environ.get("TFDS_DATA_DIR", "./data")
+
+
+def base_config() -> config_dict.ConfigDict:
+    """Every field of a pretraining config, with data-set-neutral defaults (SimCLR-like)."""
+    config = config_dict.ConfigDict()
+    config.name = "run"  # default workdir: ./workdirs/<name>
+    config.seed = 0
+
+    config.dataset = config_dict.ConfigDict()
+    config.dataset.name = "digits"  # tfds name, or "digits" (bundled)
+    config.dataset.data_dir = default_data_dir()
+    config.dataset.train_split = "train"
+    # Host-side resize (shorter side) + centre crop, for data sets of varying image sizes.
+    config.dataset.image_size = config_dict.placeholder(int)
+    config.dataset.fake = False
+    config.dataset.fake_shape = (32, 32, 3)  # (H, W, C) of fake images
+    config.dataset.fake_num_examples = 64
+
+    config.num_views = 2  # V views of every image, made on the device
+    config.augment = config_dict.ConfigDict()
+    config.augment.crop_size = 32
+    config.augment.min_scale = 0.08
+    config.augment.jitter_strength = 0.5
+    config.augment.p_jitter = 0.8
+    config.augment.p_gray = 0.2
+    config.augment.p_blur = 0.0
+    config.augment.flip = True
+
+    config.model = config_dict.ConfigDict()
+    config.model.name = "resnet18"
+    config.model.proj_dim = 128
+    config.model.proj_hidden_dim = config_dict.placeholder(int)  # None: feature dimension
+    config.model.dtype = "float32"  # compute dtype: "float32" or "bfloat16"
+    config.model.kwargs = config_dict.ConfigDict({"width": 1.0})  # backbone arguments
+
+    config.loss = config_dict.ConfigDict()
+    config.loss.name = "mv_dhel"
+    config.loss.temperature = 0.5  # not passed to mvcl.losses.TEMPERATURE_FREE losses
+    config.loss.backend = "gather"  # "gather" or "ring"
+    config.loss.kwargs = config_dict.ConfigDict()  # extra loss arguments
+
+    config.optim = config_dict.ConfigDict()
+    config.optim.name = "sgd"  # "sgd" or "lars"
+    config.optim.lr = 1.0  # peak learning rate (not rescaled by the batch size)
+    config.optim.momentum = 0.9
+    config.optim.nesterov = False
+    config.optim.weight_decay = 1e-6  # not on biases and BatchNorm parameters
+    config.optim.warmup_fraction = 0.01  # linear warmup over this fraction of the steps
+    config.optim.trust_coefficient = 0.001  # LARS only
+
+    config.batch_size = 256  # unique images per global batch (each gives num_views views)
+    config.num_epochs = 200
+    config.num_steps = -1  # > 0 overrides num_epochs
+    config.num_devices = -1  # devices of the mesh; -1 means all devices of all processes
+
+    config.log_every_steps = 50
+    config.checkpoint_every_steps = 1000
+    config.keep_checkpoints = 3  # >= 2, so a corrupted latest one can fall back
+    config.progress_bar = True
+
+    config.eval = config_dict.ConfigDict()
+    config.eval.enabled = True  # evaluate at the end of pretraining
+    config.eval.batch_size = 256
+    config.eval.knn_k = 20
+    return config
+
+
+def common_args(**defaults: Any) -> dict[str, Any]:
+    """Defaults of the arguments every config understands, updated with ``defaults``."""
+    args = {"loss": "mv_dhel", "views": 2, "backend": "gather", "width": 1.0, "fake": False}
+    args.update(defaults)
+    return args
+
+
+def apply_args(config: config_dict.ConfigDict, args: config_dict.ConfigDict):
+    """Applies the common arguments (see the module docstring) to ``config`` and names the run."""
+    config.loss.name = args.loss
+    config.num_views = args.views
+    config.loss.backend = args.backend
+    config.model.kwargs.width = args.width
+    if args.fake:
+        config.dataset.fake = True
+        config.eval.enabled = False
+    fake = "_fake" if args.fake else ""
+    config.name = f"{config.dataset.name}{fake}_{args.loss}_v{args.views}"
+    return config

@@ -1,0 +1,46 @@
+"""The bundled default: 8x8 handwritten digits, small CNN, a few minutes on a laptop CPU.
+
+    python experiments/pretrain.py --config=configs/digits.py            # mv_dhel, V = 4
+    python experiments/pretrain.py --config=configs/digits.py:loss=mv_infonce,views=2
+
+The data set ships with mvcl (scikit-learn's digits, 1,437 train / 360 test images) and is written
+to ``config.dataset.data_dir`` on first use. Augmentations are milder than SimCLR's (crops keep at
+least a third of an 8x8 image; no flips, which would turn digits into other glyphs).
+"""
+
+from __future__ import annotations
+
+from ml_collections import config_dict
+
+from configs import common
+
+
+def get_config(arg: str | None = None) -> config_dict.ConfigDict:
+    args = common.parse_arg(arg, **common.common_args(views=4))
+    config = common.base_config()
+    config.dataset.name = "digits"
+    config.dataset.fake_shape = (8, 8, 1)
+
+    config.augment.crop_size = 8
+    config.augment.min_scale = 0.3
+    config.augment.jitter_strength = 0.5
+    config.augment.p_jitter = 0.8
+    config.augment.p_gray = 0.0
+    config.augment.p_blur = 0.0
+    config.augment.flip = False
+
+    config.model.name = "small_cnn"
+    config.model.kwargs = config_dict.ConfigDict({"width": 1.0})
+
+    config.loss.temperature = 0.5
+    config.optim.name = "sgd"
+    config.optim.lr = 0.5
+    config.optim.weight_decay = 1e-5
+    config.optim.warmup_fraction = 0.05
+
+    config.batch_size = 256
+    config.num_epochs = 100
+    config.log_every_steps = 5
+    config.checkpoint_every_steps = 100
+    config.eval.batch_size = 512
+    return common.apply_args(config, args)

@@ -1,0 +1,482 @@
+"""Single-device tests of mvcl.losses against the float64 NumPy oracle (tests/oracle.py).
+
+Groups: the spec's golden table; oracle agreement (loss and gradient, float64 and float32);
+every backend against dense; identities and invariances; finiteness at N = 4096 under extreme
+temperatures, norms and bfloat16; dtypes; jit, check_grads and vmap.
+
+Compilation dominates the run time, so every loss is jitted once per (loss, backend, shape) and
+the temperature is a traced argument: one compilation serves every temperature.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import oracle
+import pytest
+from jax.test_util import check_grads
+
+from mvcl import kernels, losses
+
+# ------------------------------------------------------------------------------------------------
+# The losses under test: every registry loss, and every option that changes the maths.
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    id: str
+    name: str  # registry name
+    options: tuple  # keyword options, as (key, value) pairs
+    reference: Callable  # oracle(z, temperature) -> float
+
+    @property
+    def two_view(self) -> bool:
+        return self.name in losses.TWO_VIEW
+
+    @property
+    def has_temperature(self) -> bool:
+        return self.name not in losses.TEMPERATURE_FREE
+
+    @property
+    def view_symmetric(self) -> bool:
+        return dict(self.options).get("anchor_only") is not True
+
+    def __call__(self, z, temperature, backend="dense"):
+        kwargs = dict(self.options, backend=backend)
+        if self.has_temperature:
+            kwargs["temperature"] = temperature
+        return losses.get(self.name)(z, **kwargs)
+
+    def views(self, v):
+        return 2 if self.two_view else v
+
+
+def _kcl_case(kernel, t, gamma=16.0):
+    return Case(
+        f"kcl-{kernel}-t{t:g}-g{gamma:g}",
+        "kcl",
+        (("kernel", kernel), ("t", t), ("gamma", gamma)),
+        lambda z, temperature: oracle.kcl(z, kernel=kernel, t=t, gamma=gamma),
+    )
+
+
+CASES = [
+    Case("mv_infonce", "mv_infonce", (), oracle.mv_infonce),
+    Case(
+        "mv_infonce-other_views",
+        "mv_infonce",
+        (("negatives", "other_views"),),
+        functools.partial(oracle.mv_infonce, negatives="other_views"),
+    ),
+    Case("mv_dhel", "mv_dhel", (), oracle.mv_dhel),
+    Case(
+        "pwe-infonce",
+        "pwe",
+        (),  # the default pair_loss
+        functools.partial(oracle.pwe, pair_loss="infonce"),
+    ),
+    Case(
+        "pwe-dhel", "pwe", (("pair_loss", "dhel"),), functools.partial(oracle.pwe, pair_loss="dhel")
+    ),
+    Case(
+        "avg-infonce",
+        "avg",
+        (),  # the default pair_loss
+        functools.partial(oracle.avg, pair_loss="infonce"),
+    ),
+    Case(
+        "avg-dhel", "avg", (("pair_loss", "dhel"),), functools.partial(oracle.avg, pair_loss="dhel")
+    ),
+    Case("pvc", "pvc", (), oracle.pvc),
+    Case("multipos_infonce", "multipos_infonce", (), oracle.multipos_infonce),
+    Case("infonce", "infonce", (), oracle.infonce),
+    Case("dcl", "dcl", (), oracle.dcl),
+    Case("dhel", "dhel", (), oracle.dhel),
+    Case(
+        "dhel-anchor_only",
+        "dhel",
+        (("anchor_only", True),),
+        functools.partial(oracle.dhel, anchor_only=True),
+    ),
+    Case(
+        "kcl", "kcl", (), lambda z, temperature: oracle.kcl(z)
+    ),  # the defaults: gaussian, t = 2, γ = 16
+    _kcl_case("log", 0.5, 4.0),
+    _kcl_case("imq", 2.0),
+    _kcl_case("riesz", 2.0),
+    _kcl_case("riesz", -1.0, 3.0),
+]
+CASE_IDS = [c.id for c in CASES]
+BY_ID = {c.id: c for c in CASES}
+MULTI_VIEW = [c for c in CASES if not c.two_view]
+DEFAULTS = [c for c in CASES if not c.options]  # one case per registry name
+
+TEMPERATURES = (0.05, 0.5, 2.0)
+
+
+def test_every_registry_loss_is_covered():
+    assert {c.name for c in CASES} == set(losses.NAMES)
+    assert {c.name for c in DEFAULTS} == set(losses.NAMES)
+    assert set(losses.TWO_VIEW) == {"infonce", "dcl", "dhel", "kcl"}
+
+
+def _backend(spec):
+    """A hashable backend spec -> what ``backend=`` takes: a name, or (name, tile) for a tiling."""
+    if isinstance(spec, str):
+        return spec
+    name, tile = spec
+    return kernels.get(name, tile=tile)
+
+
+@functools.lru_cache(maxsize=None)
+def jitted(case_id, backend="dense", grad=False):
+    """jit of the loss (or its value and gradient) as a function of (z, temperature)."""
+    case, fn_backend = BY_ID[case_id], _backend(backend)
+
+    def loss(z, temperature):
+        return case(z, temperature, backend=fn_backend)
+
+    return jax.jit(jax.value_and_grad(loss) if grad else loss)
+
+
+def _z(shape, seed=0, dtype=np.float64):
+    return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+
+
+def _close(actual, expected, tol, err_msg=""):
+    np.testing.assert_allclose(
+        np.asarray(actual, np.float64), expected, rtol=tol, atol=tol, err_msg=err_msg
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# 1. Golden values (SPEC-losses.md): z = default_rng(0).standard_normal((6, V, 8)), τ = 0.5.
+
+GOLDEN = {
+    "mv_infonce": (2.731915, 2.322870, 2.023857, 2.017126),
+    "mv_dhel": (3.618255, 5.088160, 5.142580, 6.411695),
+    "pwe-infonce": (2.713738, 2.893001, 2.571359, 2.596342),
+    "avg-infonce": (2.713738, 2.754523, 2.453797, 2.462393),
+    "pwe-dhel": (3.618255, 4.354570, 3.557853, 3.553189),
+    "avg-dhel": (3.618255, 4.361941, 3.466865, 3.582315),
+    "pvc": (2.713738, 3.220308, 3.229068, 3.481879),
+    "multipos_infonce": (2.713738, 3.273356, 3.324528, 3.589119),
+    "infonce": (2.713738, None, None, None),  # None: V != 2 is an error
+    "dhel": (3.618255, None, None, None),
+}
+GOLDEN_CELLS = [
+    (case_id, v, value) for case_id, row in GOLDEN.items() for v, value in zip(range(2, 6), row)
+]
+GOLDEN_IDS = [f"{case_id}-V{v}" for case_id, v, _ in GOLDEN_CELLS]
+
+
+def _golden_z(v):
+    return np.random.default_rng(0).standard_normal((6, v, 8))
+
+
+@pytest.mark.parametrize("case_id, v, value", GOLDEN_CELLS, ids=GOLDEN_IDS)
+def test_golden_value(x64, case_id, v, value):
+    case = BY_ID[case_id]
+    z = jnp.asarray(_golden_z(v))
+    if value is None:
+        with pytest.raises(ValueError, match="two-view"):
+            case(z, 0.5)
+        return
+    loss = jitted(case_id)(z, 0.5)
+    assert loss.dtype == jnp.float64
+    assert abs(float(loss) - value) < 1e-6
+
+
+@pytest.mark.parametrize(
+    "case_id, v, value",
+    [c for c in GOLDEN_CELLS if c[2] is not None],
+    ids=[i for i, c in zip(GOLDEN_IDS, GOLDEN_CELLS) if c[2] is not None],
+)
+def test_oracle_reproduces_golden_value(case_id, v, value):
+    assert abs(BY_ID[case_id].reference(_golden_z(v), 0.5) - value) < 1e-6
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.two_view], ids=lambda c: c.id)
+@pytest.mark.parametrize("v", [1, 3, 5])
+def test_two_view_losses_reject_other_view_counts(case, v):
+    with pytest.raises(ValueError, match="two-view"):
+        case(jnp.asarray(_z((6, v, 8), dtype=np.float32)), 0.5)
+
+
+# ------------------------------------------------------------------------------------------------
+# 2. Agreement with the oracle: loss to 1e-9 and gradient against the oracle's central finite
+# differences (1e-6) in float64; loss to 1e-4 (relative) for float32 input. Shapes cover every N,
+# V and D of the brief; each compiled function is evaluated at every temperature.
+
+MV_SHAPES = [(2, 5, 3), (5, 3, 16), (16, 2, 3), (16, 5, 16)]
+TWO_VIEW_SHAPES = [(2, 2, 16), (5, 2, 3), (16, 2, 16)]
+ORACLE_GRID = [(c, s) for c in CASES for s in (TWO_VIEW_SHAPES if c.two_view else MV_SHAPES)]
+ORACLE_IDS = [f"{c.id}-{'x'.join(map(str, s))}" for c, s in ORACLE_GRID]
+FD_STEP = 1e-6
+FULL_FD_MAX_SIZE = 64  # elementwise differences up to this many entries, else 4 random directions
+
+
+def _temperatures(case):
+    return TEMPERATURES if case.has_temperature else (1.0,)
+
+
+def _check_gradient(f, z, grad, seed):
+    """``grad`` against central differences of the float64 oracle ``f`` at ``z``."""
+    scale = 1.0 + np.max(np.abs(grad))
+    if z.size <= FULL_FD_MAX_SIZE:
+        np.testing.assert_allclose(
+            grad, oracle.numerical_grad(f, z, FD_STEP), rtol=1e-6, atol=1e-6 * scale
+        )
+        return
+    rng = np.random.default_rng(seed)
+    for _ in range(4):
+        direction = rng.standard_normal(z.shape)
+        direction /= np.linalg.norm(direction)
+        fd = (f(z + FD_STEP * direction) - f(z - FD_STEP * direction)) / (2 * FD_STEP)
+        assert abs(np.vdot(grad, direction) - fd) <= 1e-6 * scale
+
+
+@pytest.mark.parametrize("case, shape", ORACLE_GRID, ids=ORACLE_IDS)
+def test_matches_oracle_float64(x64, case, shape):
+    z = _z(shape, seed=sum(shape))
+    f = jitted(case.id, grad=True)
+    for tau in _temperatures(case):
+        loss, grad = f(jnp.asarray(z), tau)
+        assert loss.dtype == jnp.float64 and grad.dtype == jnp.float64
+        reference = functools.partial(case.reference, temperature=tau)
+        _close(loss, reference(z), 1e-9, f"τ={tau}")
+        _check_gradient(reference, z, np.asarray(grad), seed=len(shape))
+
+
+@pytest.mark.parametrize("case, shape", ORACLE_GRID, ids=ORACLE_IDS)
+def test_matches_oracle_float32(case, shape):
+    z = _z(shape, seed=sum(shape), dtype=np.float32)
+    f = jitted(case.id)
+    for tau in _temperatures(case):
+        loss = f(jnp.asarray(z), np.float32(tau))
+        assert loss.dtype == jnp.float32
+        expected = case.reference(z.astype(np.float64), tau)
+        np.testing.assert_allclose(float(loss), expected, rtol=1e-4, atol=1e-5, err_msg=f"τ={tau}")
+
+
+# ------------------------------------------------------------------------------------------------
+# 3. Every backend on one device gives the dense loss and gradient to 1e-9 (float64). Tiles of 4
+# and 5 rows leave a partial, padded last tile for every row count used here (7, 14 or 21 rows).
+
+BACKENDS = ["gather", "blockwise", ("blockwise", 4), ("blockwise", 5), "ring", ("ring", 4)]
+BACKEND_IDS = ["gather", "blockwise", "blockwise-tile4", "blockwise-tile5", "ring", "ring-tile4"]
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_backends_agree_with_dense(x64, case):
+    z = jnp.asarray(_z((7, case.views(3), 4), seed=7))
+    taus = (0.05, 0.5) if case.has_temperature else (1.0,)
+    dense = jitted(case.id, grad=True)
+    for backend, name in zip(BACKENDS, BACKEND_IDS):
+        f = jitted(case.id, backend, grad=True)
+        for tau in taus:
+            (loss, grad), (ref_loss, ref_grad) = f(z, tau), dense(z, tau)
+            msg = f"{name}, τ={tau}"
+            np.testing.assert_allclose(loss, ref_loss, rtol=1e-9, atol=1e-12, err_msg=msg)
+            np.testing.assert_allclose(
+                grad,
+                ref_grad,
+                rtol=1e-9,
+                atol=1e-9 * float(jnp.max(jnp.abs(ref_grad))),
+                err_msg=msg,
+            )
+
+
+# ------------------------------------------------------------------------------------------------
+# 4. Identities and invariances (float64, dense).
+
+STD_V = 3  # views of the multi-view losses in the invariance / jit / dtype tests
+STD_SHAPE = (6, STD_V, 5)
+
+
+def _std_z(case, seed=3):
+    n, v, d = STD_SHAPE
+    return _z((n, case.views(v), d), seed=seed)
+
+
+@pytest.mark.parametrize("tau", [0.1, 0.7])
+def test_infonce_family_coincides_at_two_views(x64, tau):
+    z = jnp.asarray(_z((9, 2, 6), seed=11))
+    expected = float(losses.infonce(z, temperature=tau))
+    for case_id in ["pwe-infonce", "avg-infonce", "pvc", "multipos_infonce"]:
+        _close(jitted(case_id)(z, tau), expected, 1e-10, case_id)
+
+
+@pytest.mark.parametrize("tau", [0.1, 0.7])
+def test_dhel_family_coincides_at_two_views(x64, tau):
+    z = jnp.asarray(_z((9, 2, 6), seed=12))
+    expected = float(losses.dhel(z, temperature=tau))
+    for case_id in ["mv_dhel", "pwe-dhel", "avg-dhel"]:
+        _close(jitted(case_id)(z, tau), expected, 1e-10, case_id)
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_invariant_to_permuting_instances(x64, case):
+    z = _std_z(case)
+    f = jitted(case.id)
+    expected = float(f(jnp.asarray(z), 0.3))
+    for seed in range(3):
+        perm = np.random.default_rng(seed).permutation(z.shape[0])
+        _close(f(jnp.asarray(z[perm]), 0.3), expected, 1e-10, f"permutation {perm}")
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.view_symmetric], ids=lambda c: c.id)
+def test_invariant_to_permuting_views(x64, case):
+    # The multi-view losses under any permutation; the symmetric two-view ones under the swap.
+    z = _std_z(case)
+    f = jitted(case.id)
+    expected = float(f(jnp.asarray(z), 0.3))
+    perms = itertools.permutations(range(z.shape[1]))
+    for perm in itertools.islice((p for p in perms if p != tuple(range(z.shape[1]))), 4):
+        _close(f(jnp.asarray(z[:, list(perm)]), 0.3), expected, 1e-10, f"views {perm}")
+
+
+def test_anchor_only_dhel_is_not_view_symmetric(x64):
+    # It keeps only the first view's energy: swapping the views changes it (the option matters).
+    z = _z((6, 2, 5), seed=4)
+    f = jitted("dhel-anchor_only")
+    assert abs(float(f(jnp.asarray(z), 0.3)) - float(f(jnp.asarray(z[:, ::-1]), 0.3))) > 1e-3
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_invariant_to_scaling_one_embedding(x64, case):
+    z = _std_z(case)
+    f = jitted(case.id)
+    expected = float(f(jnp.asarray(z), 0.3))
+    rng = np.random.default_rng(5)
+    for c in (1e-3, 0.37, 9.0, 1e3):
+        i, l = rng.integers(z.shape[0]), rng.integers(z.shape[1])
+        scaled = z.copy()
+        scaled[i, l] *= c
+        _close(f(jnp.asarray(scaled), 0.3), expected, 1e-10, f"z[{i}, {l}] * {c}")
+
+
+# ------------------------------------------------------------------------------------------------
+# 5. Finite loss and gradient at N = 4096, V = 8 (two-view losses: V = 2) under extreme inputs,
+# streamed (blockwise) for memory. Two combined conditions keep the time down:
+#   "hard": bfloat16 input, per-row norms spread over 1e-3 .. 1e3, τ = 0.01;
+#   "flat": float32 input, the same spread of norms, τ = 10.
+
+LARGE_N, LARGE_V, LARGE_D = 4096, 8, 16
+LARGE = {"hard": (jnp.bfloat16, 0.01), "flat": (jnp.float32, 10.0)}
+
+
+@functools.lru_cache(maxsize=None)
+def _large_z(v):
+    rng = np.random.default_rng(8)
+    z = rng.standard_normal((LARGE_N, v, LARGE_D))
+    norms = 10.0 ** rng.uniform(-3, 3, size=(LARGE_N, v, 1))
+    norms[0], norms[-1] = 1e-3, 1e3  # both ends of the range, whatever the draw
+    return z / np.linalg.norm(z, axis=-1, keepdims=True) * norms
+
+
+@pytest.mark.parametrize("condition", list(LARGE))
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_finite_at_scale_under_extreme_inputs(case, condition):
+    dtype, tau = LARGE[condition]
+    z_np = _large_z(case.views(LARGE_V))
+    norms = np.linalg.norm(z_np, axis=-1)
+    assert norms.min() < 1.01e-3 and norms.max() > 0.99e3  # the spread really is there
+    z = jnp.asarray(z_np, dtype)
+    loss, grad = jax.jit(jax.value_and_grad(lambda z: case(z, tau, backend="blockwise")))(z)
+    assert loss.dtype == jnp.float32 and grad.dtype == dtype
+    assert np.isfinite(float(loss))
+    assert bool(jnp.all(jnp.isfinite(grad)))
+    assert bool(jnp.any(grad != 0))
+
+
+# ------------------------------------------------------------------------------------------------
+# 6. dtypes: half-precision inputs give a float32 loss equal (to float32 rounding) to the loss of
+# the same values upcast to float32; float64 stays float64.
+
+
+@functools.lru_cache(maxsize=None)
+def _dtype_losses(case_id):
+    case = BY_ID[case_id]
+    return jax.jit(lambda zs: [case(z, 0.3) for z in zs])
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_half_precision_inputs_give_float32_loss(case):
+    z = _std_z(case)
+    z_bf16, z_f16 = jnp.asarray(z, jnp.bfloat16), jnp.asarray(z, jnp.float16)
+    bf16, f16, up_bf16, up_f16 = _dtype_losses(case.id)(
+        [z_bf16, z_f16, z_bf16.astype(jnp.float32), z_f16.astype(jnp.float32)]
+    )
+    for low, up, name in [(bf16, up_bf16, "bfloat16"), (f16, up_f16, "float16")]:
+        assert low.dtype == jnp.float32, name
+        np.testing.assert_allclose(float(low), float(up), rtol=1e-6, atol=1e-6, err_msg=name)
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_float64_stays_float64(x64, case):
+    z = jnp.asarray(_std_z(case))
+    loss, grad = jitted(case.id, grad=True)(z, 0.3)
+    assert loss.dtype == jnp.float64 and grad.dtype == jnp.float64
+    # float32 input under x64 is computed in float32 (a Python-float temperature does not promote).
+    assert jitted(case.id)(z.astype(jnp.float32), 0.3).dtype == jnp.float32
+
+
+# ------------------------------------------------------------------------------------------------
+# 7. jit and gradients checked numerically (float64).
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_jit_matches_eager(x64, case):
+    z = jnp.asarray(_std_z(case))
+    eager = case(z, 0.3)
+    jit_static = jax.jit(lambda z: case(z, 0.3))(z)  # temperature a Python float under jit
+    jit_traced = jitted(case.id)(z, 0.3)  # temperature a traced argument
+    for value in (jit_static, jit_traced):
+        np.testing.assert_allclose(value, eager, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_check_grads_dense(x64, case):
+    z = jnp.asarray(_z((4, case.views(3), 3), seed=9))
+    check_grads(lambda z: case(z, 0.4), (z,), order=1, modes=["fwd", "rev"])
+
+
+@pytest.mark.parametrize(
+    "case_id",
+    [
+        "mv_infonce",
+        "mv_infonce-other_views",
+        "mv_dhel",
+        "pwe-dhel",
+        "pvc",
+        "dcl",
+        "kcl-riesz-t-1-g3",
+    ],
+)
+def test_check_grads_blockwise(x64, case_id):
+    # custom_vjp: reverse mode only. One case per mask and reduction of the streaming kernel.
+    case = BY_ID[case_id]
+    z = jnp.asarray(_z((4, case.views(3), 3), seed=10))
+    backend = kernels.get("blockwise", tile=5)
+    check_grads(lambda z: case(z, 0.4, backend=backend), (z,), order=1, modes=["rev"])
+
+
+# ------------------------------------------------------------------------------------------------
+# 8. vmap over a leading axis equals the per-item losses.
+
+
+@pytest.mark.parametrize("backend", ["dense", ("blockwise", 4)], ids=["dense", "blockwise-tile4"])
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_vmap_matches_per_item_losses(x64, case, backend):
+    zs = jnp.asarray(_z((3, 5, case.views(3), 4), seed=13))
+    f = jitted(case.id, backend)
+    batched = jax.vmap(f, in_axes=(0, None))(zs, 0.3)
+    assert batched.shape == (3,)
+    np.testing.assert_allclose(batched, [f(z, 0.3) for z in zs], rtol=1e-12, atol=1e-12)
