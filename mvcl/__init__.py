@@ -1,6 +1,12 @@
-"""mvcl: multi-view contrastive learning in JAX."""
+"""mvcl: multi-view contrastive learning in JAX.
 
-from mvcl import kernels, losses
+``mvcl.losses`` (the loss functions and their registry), ``mvcl.kernels`` (the row-reduction
+backends), ``mvcl.parallel`` (meshes, sharded losses, multi-host start-up) and ``mvcl.metrics``
+(embedding geometry) are imported with the package; ``mvcl.data``, ``mvcl.models`` and
+``mvcl.train`` (which pull in tensorflow-datasets and flax) are imported on demand.
+"""
+
+from mvcl import kernels, losses, metrics, parallel
 
 __version__ = "0.1.0"
-__all__ = ["kernels", "losses"]
+__all__ = ["kernels", "losses", "metrics", "parallel"]

@@ -9,6 +9,7 @@ Modes:
   grid     every loss × {gather, ring} × device count × V ∈ {2, 3, 5} × {float64, float32}.
   recipes  the ways to call a loss on many devices: mvcl.parallel.shard_loss, jax.pmap with the
            documented gradient recipe, and plain jax.jit on NamedSharding-ed inputs.
+  errors   the error message of each misuse that needs several devices (one JSON line each).
   memory   compiled per-device temporary memory of mv_infonce's value and gradient (float32,
            D = 128) at N·V and 2·N·V for dense (1 device), blockwise (1) and ring (all devices).
 """
@@ -182,5 +183,14 @@ def memory():
             )
 
 
+def errors():
+    mesh = parallel.make_mesh(max(counts))
+    f = parallel.shard_loss(mvcl.losses.mv_dhel, mesh, temperature=0.5)
+    try:
+        f(jnp.ones((8, 2, 4)))
+    except ValueError as e:
+        print(json.dumps(dict(case="shard_loss", error=str(e))), flush=True)
+
+
 if __name__ == "__main__":
-    {"grid": grid, "recipes": recipes, "memory": memory}[mode]()
+    {"grid": grid, "recipes": recipes, "memory": memory, "errors": errors}[mode]()

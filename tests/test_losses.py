@@ -210,36 +210,43 @@ def test_two_view_losses_reject_other_view_counts(case, v):
 
 
 # ------------------------------------------------------------------------------------------------
-# 2. Agreement with the oracle: loss to 1e-9 and gradient against the oracle's central finite
-# differences (1e-6) in float64; loss to 1e-4 (relative) for float32 input. Shapes cover every N,
-# V and D of the brief; each compiled function is evaluated at every temperature.
+# 2. Agreement with the oracle. float64: loss and gradient to 1e-9, the gradient against the
+# oracle's complex-step derivative (exact to rounding, see tests/oracle.py). float32: loss and
+# gradient to 1e-4 relative. Shapes cover every N, V and D of the brief; each compiled function
+# is evaluated at every temperature.
 
 MV_SHAPES = [(2, 5, 3), (5, 3, 16), (16, 2, 3), (16, 5, 16)]
 TWO_VIEW_SHAPES = [(2, 2, 16), (5, 2, 3), (16, 2, 16)]
 ORACLE_GRID = [(c, s) for c in CASES for s in (TWO_VIEW_SHAPES if c.two_view else MV_SHAPES)]
 ORACLE_IDS = [f"{c.id}-{'x'.join(map(str, s))}" for c, s in ORACLE_GRID]
-FD_STEP = 1e-6
-FULL_FD_MAX_SIZE = 64  # elementwise differences up to this many entries, else 4 random directions
+FULL_GRADIENT_MAX_SIZE = 100  # every partial derivative up to this many entries, else directions
+DIRECTIONS = 6
 
 
 def _temperatures(case):
     return TEMPERATURES if case.has_temperature else (1.0,)
 
 
-def _check_gradient(f, z, grad, seed):
-    """``grad`` against central differences of the float64 oracle ``f`` at ``z``."""
-    scale = 1.0 + np.max(np.abs(grad))
-    if z.size <= FULL_FD_MAX_SIZE:
-        np.testing.assert_allclose(
-            grad, oracle.numerical_grad(f, z, FD_STEP), rtol=1e-6, atol=1e-6 * scale
-        )
+def _check_gradient(f, z, grad, tol, seed):
+    """``grad`` against the complex-step gradient of the float64 oracle ``f`` at ``z``.
+
+    Small inputs: every partial derivative. Larger ones: the derivative along random directions,
+    which a wrong gradient misses only with probability zero.
+    """
+    scale = np.max(np.abs(grad))
+    if z.size <= FULL_GRADIENT_MAX_SIZE:
+        expected = oracle.complex_step_grad(f, z)
+        np.testing.assert_allclose(grad, expected, rtol=tol, atol=tol * scale)
         return
     rng = np.random.default_rng(seed)
-    for _ in range(4):
+    for _ in range(DIRECTIONS):
         direction = rng.standard_normal(z.shape)
         direction /= np.linalg.norm(direction)
-        fd = (f(z + FD_STEP * direction) - f(z - FD_STEP * direction)) / (2 * FD_STEP)
-        assert abs(np.vdot(grad, direction) - fd) <= 1e-6 * scale
+        expected = oracle.complex_step_directional(f, z, direction)
+        assert abs(np.vdot(grad, direction) - expected) <= tol * scale, (
+            np.vdot(grad, direction),
+            expected,
+        )
 
 
 @pytest.mark.parametrize("case, shape", ORACLE_GRID, ids=ORACLE_IDS)
@@ -251,18 +258,34 @@ def test_matches_oracle_float64(x64, case, shape):
         assert loss.dtype == jnp.float64 and grad.dtype == jnp.float64
         reference = functools.partial(case.reference, temperature=tau)
         _close(loss, reference(z), 1e-9, f"τ={tau}")
-        _check_gradient(reference, z, np.asarray(grad), seed=len(shape))
+        _check_gradient(reference, z, np.asarray(grad), 1e-9, seed=len(shape))
 
 
 @pytest.mark.parametrize("case, shape", ORACLE_GRID, ids=ORACLE_IDS)
 def test_matches_oracle_float32(case, shape):
     z = _z(shape, seed=sum(shape), dtype=np.float32)
-    f = jitted(case.id)
+    f = jitted(case.id, grad=True)
     for tau in _temperatures(case):
-        loss = f(jnp.asarray(z), np.float32(tau))
-        assert loss.dtype == jnp.float32
-        expected = case.reference(z.astype(np.float64), tau)
-        np.testing.assert_allclose(float(loss), expected, rtol=1e-4, atol=1e-5, err_msg=f"τ={tau}")
+        loss, grad = f(jnp.asarray(z), np.float32(tau))
+        assert loss.dtype == jnp.float32 and grad.dtype == jnp.float32
+        reference = functools.partial(case.reference, temperature=tau)
+        z64 = z.astype(np.float64)
+        np.testing.assert_allclose(float(loss), reference(z64), rtol=1e-4, err_msg=f"τ={tau}")
+        _check_gradient(reference, z64, np.asarray(grad, np.float64), 1e-4, seed=len(shape))
+
+
+def test_complex_step_oracle_agrees_with_finite_differences():
+    # The oracle's gradient tool itself, against central differences (to their 1e-6 accuracy).
+    z = _z((3, 3, 2), seed=1)
+    f = functools.partial(oracle.mv_infonce, temperature=0.5)
+    exact = oracle.complex_step_grad(f, z)
+    fd = np.zeros(z.size)
+    for k in range(z.size):
+        e = np.zeros(z.size)
+        e[k] = 1e-6
+        fd[k] = (f(z + e.reshape(z.shape)) - f(z - e.reshape(z.shape))) / 2e-6
+    np.testing.assert_allclose(exact, fd.reshape(z.shape), atol=1e-6)
+    assert np.max(np.abs(exact)) > 1e-2  # a non-trivial gradient
 
 
 # ------------------------------------------------------------------------------------------------
