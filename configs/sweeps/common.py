@@ -1,0 +1,96 @@
+"""What every sweep config shares (``experiments/sweep.py --config=configs/sweeps/<file>.py``).
+
+A sweep config is a tiny program, like a pretraining config::
+
+    def get_config(arg=None):
+        args = common.parse_arg(arg, **sweeps.sweep_args())
+        config = sweeps.sweep_config("cifar10", "configs/cifar10.py")
+        config.grid.main = sweeps.block(["mv_dhel", "pwe"], views=[2, 4], batch_sizes=[256])
+        return sweeps.apply_args(config, args)
+
+Fields (see `mvcl.studies`): ``base`` / ``base_arg`` (the pretraining config file and extra
+arguments), ``grid`` (named blocks of losses x views x batch sizes x seeds), ``overrides``
+(nested config fields set in every cell: the fixed budget goes here), ``targets`` (published
+linear-probe accuracies, optional), ``kernel_cost`` (where the loss-kernel costs come from),
+``save_embeddings``, ``cell_progress_bar``.
+
+Arguments understood by every sweep config (``apply_args``):
+
+  fake=True   smoke version: random images, tiny backbones, 2 steps of batch 8 per cell, no
+              evaluation (the base config's ``fake``), tiny kernel timings. For tests.
+  seeds=S     seeds 0 .. S-1 of every cell (default 1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ml_collections import config_dict
+
+BENCH_JSON = "experiments/results/bench_losses.json"
+FAKE_WIDTH = 0.0625  # backbone channel multiplier of smoke runs
+FAKE_BATCH = 8
+
+
+def sweep_args(**defaults: Any) -> dict[str, Any]:
+    """Defaults of the arguments every sweep config understands, updated with ``defaults``."""
+    args = {"fake": False, "seeds": 1}
+    args.update(defaults)
+    return args
+
+
+def block(
+    losses: Sequence[str], views: Sequence[int], batch_sizes: Sequence[int]
+) -> config_dict.ConfigDict:
+    """A grid block: every loss x V x batch size (seeds are set by `apply_args`)."""
+    return config_dict.ConfigDict(
+        {
+            "losses": tuple(losses),
+            "views": tuple(views),
+            "batch_sizes": tuple(batch_sizes),
+            "seeds": (0,),
+        }
+    )
+
+
+def sweep_config(name: str, base: str) -> config_dict.ConfigDict:
+    """An empty sweep over the pretraining config file ``base`` (relative to the repo root)."""
+    config = config_dict.ConfigDict()
+    config.name = name
+    config.base = base
+    config.base_arg = ""
+    config.grid = config_dict.ConfigDict()
+    config.overrides = config_dict.ConfigDict()
+    config.targets = config_dict.ConfigDict()  # empty: no published numbers to compare with
+    config.save_embeddings = True  # test-set features of each cell, for notebooks
+    config.cell_progress_bar = False  # the sweep shows one bar over the cells
+
+    config.kernel_cost = config_dict.ConfigDict()
+    config.kernel_cost.enabled = True
+    config.kernel_cost.bench_json = BENCH_JSON  # used if present (experiments/bench_losses.py)
+    config.kernel_cost.backend = "dense"  # the benchmark rows to use, or the backend timed here
+    config.kernel_cost.ns = (256, 1024)  # else: instances N timed here, at every V of the grid
+    config.kernel_cost.d = 128
+    config.kernel_cost.repeats = 3
+    return config
+
+
+def apply_args(config: config_dict.ConfigDict, args: config_dict.ConfigDict):
+    """Applies ``seeds`` and ``fake`` (see the module docstring) to a sweep config."""
+    for name in config.grid:
+        config.grid[name].seeds = tuple(range(args.seeds))
+    if args.fake:
+        config.name = f"{config.name}_fake"
+        config.base_arg = f"fake=True,width={FAKE_WIDTH}"
+        for name in config.grid:
+            config.grid[name].batch_sizes = (FAKE_BATCH,)
+        config.overrides.num_steps = 2
+        config.overrides.log_every_steps = 1
+        config.overrides.checkpoint_every_steps = 1
+        config.overrides.dataset = config_dict.ConfigDict({"fake_num_examples": 4 * FAKE_BATCH})
+        config.kernel_cost.bench_json = ""
+        config.kernel_cost.ns = (FAKE_BATCH,)
+        config.kernel_cost.d = 8
+        config.kernel_cost.repeats = 1
+    return config

@@ -1,0 +1,29 @@
+"""Scaling studies: grids of pretraining runs (sweeps), their result tables and plots.
+
+    from mvcl import studies
+    sweep = studies.grid.load_config_file("configs/sweeps/digits_claims.py")
+    run = studies.run_sweep(sweep, "workdirs/sweeps/digits_claims")   # resumable
+    studies.write_outputs(sweep, run.results, "workdirs/sweeps/digits_claims", "out/")
+
+The command-line entry point is ``experiments/sweep.py``. Imported on demand (it pulls in
+``mvcl.train``).
+"""
+
+from mvcl.studies import grid, kernel_cost, plots, report, runner
+from mvcl.studies.grid import Cell, cell_config, cells
+from mvcl.studies.outputs import write_outputs
+from mvcl.studies.runner import SweepRun, run_sweep
+
+__all__ = [
+    "Cell",
+    "SweepRun",
+    "cell_config",
+    "cells",
+    "grid",
+    "kernel_cost",
+    "plots",
+    "report",
+    "run_sweep",
+    "runner",
+    "write_outputs",
+]

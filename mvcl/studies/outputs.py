@@ -1,0 +1,99 @@
+"""A sweep's outputs in one directory: CSV, markdown report, PNG plots, kernel costs, embeddings.
+
+results.csv                   one row per cell (`mvcl.studies.report.rows`)
+results.md                    seed means, targets, the geometric headline
+accuracy_vs_views.png         linear probe and kNN against V, per loss
+effective_rank_vs_views.png   effective rank of backbone and projector against V, per loss
+accuracy_vs_batch_size.png    accuracies against the batch size
+kernel_cost.png, kernel_cost.json   loss forward+backward time and memory against N·V
+embeddings.npz                test-set features of every cell (float16), for notebooks
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ml_collections import config_dict
+
+from mvcl.studies import grid, kernel_cost, plots, report, runner
+
+KERNEL_COST_FILE = "kernel_cost.json"
+
+
+def kernel_rows(sweep: config_dict.ConfigDict, workdir: str | os.PathLike) -> list[dict[str, Any]]:
+    """Kernel costs of the sweep's losses and views: the benchmark's JSON if it exists, else
+    timed here once on ``sweep.kernel_cost.ns`` instances and cached in the workdir."""
+    settings = sweep.kernel_cost
+    names = sorted({cell.loss for cell in grid.cells(sweep)})
+    views = sorted({cell.views for cell in grid.cells(sweep)})
+    bench = kernel_cost.from_bench(grid.resolve(settings.bench_json), settings.backend)
+    if bench:
+        return [r for r in bench if r["loss"] in names]
+    cache = Path(workdir) / KERNEL_COST_FILE
+    if cache.is_file():
+        return json.loads(cache.read_text(encoding="utf-8"))
+    rows = kernel_cost.time_losses(
+        names, views, settings.ns, d=settings.d, backend=settings.backend, repeats=settings.repeats
+    )
+    cache.write_text(json.dumps(rows, indent=1), encoding="utf-8")
+    return rows
+
+
+def collect_embeddings(
+    results: Sequence[Mapping[str, Any]], workdir: str | os.PathLike, path: str | os.PathLike
+) -> bool:
+    """Writes every cell's test embeddings into one compressed npz (float16 features), keys
+    ``<cell>/backbone``, ``<cell>/projector`` and ``labels``; False if no cell has any."""
+    arrays: dict[str, np.ndarray] = {}
+    for result in results:
+        cell = grid.Cell(**result["cell"])
+        file = runner.cell_dir(workdir, cell) / runner.EMBEDDINGS_FILE
+        if not file.is_file():
+            continue
+        with np.load(file) as saved:
+            arrays["labels"] = saved["labels"]
+            for part in ("backbone", "projector"):
+                arrays[f"{cell.name}/{part}"] = saved[part].astype(np.float16)
+    if arrays:
+        np.savez_compressed(path, **arrays)
+    return bool(arrays)
+
+
+def write_outputs(
+    sweep: config_dict.ConfigDict,
+    results: Sequence[Mapping[str, Any]],
+    workdir: str | os.PathLike,
+    outdir: str | os.PathLike,
+) -> list[Path]:
+    """Writes the files of the module docstring into ``outdir``; returns their paths."""
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    table = report.rows(results)
+    means = report.seed_means(table)
+    title = f"Sweep {sweep.name}"
+    targets = sweep.targets.to_dict() if sweep.get("targets") else None
+
+    written = [outdir / "results.csv", outdir / "results.md"]
+    report.write_csv(table, written[0])
+    written[1].write_text(report.markdown(table, title=title, targets=targets), encoding="utf-8")
+    figures = {
+        "accuracy_vs_views.png": plots.accuracy_vs_views(means, title),
+        "effective_rank_vs_views.png": plots.effective_rank_vs_views(means, title),
+        "accuracy_vs_batch_size.png": plots.accuracy_vs_batch_size(means, title),
+    }
+    if sweep.kernel_cost.enabled:
+        rows = kernel_rows(sweep, workdir)
+        (outdir / KERNEL_COST_FILE).write_text(json.dumps(rows, indent=1), encoding="utf-8")
+        written.append(outdir / KERNEL_COST_FILE)
+        figures["kernel_cost.png"] = plots.kernel_cost(rows, f"{title}: loss kernels")
+    for name, fig in figures.items():
+        plots.save(fig, outdir / name)
+        written.append(outdir / name)
+    if collect_embeddings(results, workdir, outdir / "embeddings.npz"):
+        written.append(outdir / "embeddings.npz")
+    return written

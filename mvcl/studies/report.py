@@ -1,0 +1,251 @@
+"""Result tables of a sweep: one flat row per cell, a CSV, seed means and a markdown report.
+
+A row holds the cell (``loss``, ``views``, ``batch_size``, ``seed``), the run (``step``,
+``seconds``, ``train_loss``) and every evaluation value (``backbone/linear_probe``,
+``projector/effective_rank``, ... as in `mvcl.train.evaluate.evaluate`; none for fake data).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+KEYS = ("loss", "views", "batch_size")
+"""What a group of seeds shares."""
+RUN_FIELDS = ("loss", "views", "batch_size", "seed", "step", "seconds", "train_loss")
+PAIRWISE_BASELINES = ("pwe", "avg", "pvc")
+"""The multi-view losses built from two-view pairs (the paper's baselines of MV-DHEL)."""
+
+
+def rows(results: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One flat row per ``result.json`` of `mvcl.studies.runner`."""
+    return [
+        {
+            **r["cell"],
+            "step": r["step"],
+            "seconds": r["seconds"],
+            "train_loss": r["train_loss"],
+            **r["eval"],
+        }
+        for r in results
+    ]
+
+
+def columns(table: Sequence[Mapping[str, Any]]) -> list[str]:
+    """`RUN_FIELDS` then every other key of ``table``, sorted."""
+    extra = sorted({k for row in table for k in row} - set(RUN_FIELDS))
+    return list(RUN_FIELDS) + extra
+
+
+def write_csv(table: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> None:
+    """Writes the rows with `columns` as header; missing values are empty."""
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=columns(table), restval="")
+        writer.writeheader()
+        writer.writerows(table)
+
+
+def read_csv(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Rows of a CSV written by `write_csv`, numbers parsed (empty cells dropped)."""
+
+    def parse(key: str, value: str) -> Any:
+        if key == "loss":
+            return value
+        number = float(value)
+        return int(number) if key in ("views", "batch_size", "seed", "step") else number
+
+    with open(path, newline="", encoding="utf-8") as f:
+        return [{k: parse(k, v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+
+
+def seed_means(table: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (loss, views, batch_size): the mean of every number over seeds, its standard
+    deviation as ``<key>_std`` and the number of seeds as ``seeds``; first-seen order."""
+    groups: dict[tuple, list[Mapping[str, Any]]] = {}
+    for row in table:
+        groups.setdefault(tuple(row[k] for k in KEYS), []).append(row)
+    out = []
+    for key, members in groups.items():
+        row: dict[str, Any] = dict(zip(KEYS, key), seeds=len(members))
+        for name in columns(members):
+            if name in (*KEYS, "seed"):
+                continue
+            values = [m[name] for m in members if m.get(name) is not None]
+            if values:
+                row[name] = float(np.mean(values))
+                row[f"{name}_std"] = float(np.std(values))
+        out.append(row)
+    return out
+
+
+def series(
+    table: Sequence[Mapping[str, Any]], metric: str, x: str, **fixed: Any
+) -> dict[str, tuple[list[float], list[float], list[float]]]:
+    """Per loss: (x values, means, stds) of ``metric`` over rows matching ``fixed``, x sorted.
+
+    ``table`` is a `seed_means` table; rows without ``metric`` are left out.
+    """
+    out: dict[str, tuple[list[float], list[float], list[float]]] = {}
+    for row in sorted(table, key=lambda r: r[x]):
+        if metric not in row or any(row[k] != v for k, v in fixed.items()):
+            continue
+        xs, ys, es = out.setdefault(row["loss"], ([], [], []))
+        xs.append(row[x])
+        ys.append(row[metric])
+        es.append(row.get(f"{metric}_std", 0.0))
+    return out
+
+
+def claims(
+    table: Sequence[Mapping[str, Any]], *, features: str = "backbone"
+) -> list[tuple[str, bool]]:
+    """The paper's geometric headline, checked on a `seed_means` table, as (statement, holds).
+
+    For the effective rank of ``features``: MV-DHEL's grows with V (each V larger than the one
+    before), and at every V >= 4 it exceeds the largest of the pairwise baselines
+    (`PAIRWISE_BASELINES`) present. Empty if MV-DHEL or the metric is missing.
+    """
+    metric = f"{features}/effective_rank"
+    out = []
+    for batch_size in sorted({r["batch_size"] for r in table}):
+        by_loss = series(table, metric, "views", batch_size=batch_size)
+        if "mv_dhel" not in by_loss:
+            continue
+        views, ranks, _ = by_loss["mv_dhel"]
+        if len(views) > 1:
+            grows = all(b > a for a, b in zip(ranks, ranks[1:]))
+            steps = ", ".join(f"{r:.1f}" for r in ranks)
+            out.append(
+                (
+                    f"batch {batch_size}: MV-DHEL's {features} effective rank grows with V "
+                    f"(V = {', '.join(map(str, views))}: {steps})",
+                    grows,
+                )
+            )
+        for v, rank in zip(views, ranks):
+            rivals = {
+                loss: dict(zip(by_loss[loss][0], by_loss[loss][1])).get(v)
+                for loss in PAIRWISE_BASELINES
+                if loss in by_loss
+            }
+            rivals = {k: r for k, r in rivals.items() if r is not None}
+            if v < 4 or not rivals:
+                continue
+            best = max(rivals, key=rivals.get)
+            out.append(
+                (
+                    f"batch {batch_size}, V = {v}: MV-DHEL's {features} effective rank "
+                    f"({rank:.1f}) > the best pairwise baseline's ({best}: {rivals[best]:.1f})",
+                    rank > rivals[best],
+                )
+            )
+    return out
+
+
+def _percent(row: Mapping[str, Any], key: str) -> str:
+    if key not in row:
+        return "—"
+    std = row.get(f"{key}_std", 0.0)
+    return f"{100 * row[key]:.1f}" + (f" ± {100 * std:.1f}" if row["seeds"] > 1 else "")
+
+
+def _number(row: Mapping[str, Any], key: str, digits: int = 1) -> str:
+    if row.get(key) is None:
+        return "—"
+    std = row.get(f"{key}_std", 0.0)
+    return f"{row[key]:.{digits}f}" + (f" ± {std:.{digits}f}" if row["seeds"] > 1 else "")
+
+
+def markdown(
+    table: Sequence[Mapping[str, Any]],
+    *,
+    title: str,
+    targets: Mapping[str, Any] | None = None,
+) -> str:
+    """The sweep's report: accuracies and geometry per cell (seed means), the raw-pixel baseline,
+    the published targets next to the measured values (if ``targets``), and `claims`.
+
+    ``targets`` (a sweep config's ``targets``) has ``views`` and, per entry besides it, one
+    linear-probe accuracy (%) per view count, e.g. ``{"views": (2, 4), "mv_dhel": (87.4, 89.5),
+    "best_baseline": (86.0, 88.7)}``.
+    """
+    means = seed_means(table)
+    header = (
+        "| loss | V | batch | seeds | linear probe % | kNN % | eff. rank (backbone) "
+        "| eff. rank (projector) | alignment | uniformity | train loss | minutes |"
+    )
+    lines = [f"# {title}", "", header, "|" + "---|" * header.count(" | ") + "---|"]
+    for row in means:
+        cells = [
+            row["loss"],
+            str(row["views"]),
+            str(row["batch_size"]),
+            str(row["seeds"]),
+            _percent(row, "backbone/linear_probe"),
+            _percent(row, "backbone/knn"),
+            _number(row, "backbone/effective_rank"),
+            _number(row, "projector/effective_rank"),
+            _number(row, "projector/alignment", 3),
+            _number(row, "projector/uniformity", 2),
+            _number(row, "train_loss", 3),
+            f"{row['seconds'] / 60:.1f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Accuracies are on the test split, of the backbone features (linear probe: L-BFGS logistic "
+        "regression; kNN: weighted, cosine); geometry of V augmented views of test images "
+        "(alignment and uniformity of the projections).",
+    ]
+    pixels = [r for r in means if "pixels/linear_probe" in r]
+    if pixels:
+        lines += [
+            "",
+            f"Raw-pixel baseline: linear probe {100 * pixels[0]['pixels/linear_probe']:.1f}%, "
+            f"kNN {100 * pixels[0]['pixels/knn']:.1f}%.",
+        ]
+    total = sum(row["seconds"] for row in table)
+    lines += ["", f"Total run time of the cells: {total / 60:.1f} minutes."]
+    if targets:
+        lines += ["", *target_table(means, targets)]
+    checks = claims(means)
+    if checks:
+        lines += ["", "## The paper's geometric headline at this scale", ""]
+        lines += [f"- {'holds' if ok else 'does not hold'}: {text}" for text, ok in checks]
+    return "\n".join(lines) + "\n"
+
+
+def target_table(means: Sequence[Mapping[str, Any]], targets: Mapping[str, Any]) -> list[str]:
+    """Markdown lines: published linear-probe targets and the measured MV-DHEL and best other
+    loss at each V (measured cells only; "—" where the grid has none)."""
+    views = list(targets["views"])
+    lines = [
+        "## Published linear-probe targets (%)",
+        "",
+        "| | " + " | ".join(f"V = {v}" for v in views) + " |",
+        "|---|" + "---|" * len(views),
+    ]
+    for name, values in targets.items():
+        if name != "views":
+            lines.append(f"| {name} (paper) | " + " | ".join(f"{x:.1f}" for x in values) + " |")
+
+    def measured(v: int, dhel: bool) -> str:
+        found = [
+            r
+            for r in means
+            if r["views"] == v and (r["loss"] == "mv_dhel") == dhel and "backbone/linear_probe" in r
+        ]
+        if not found:
+            return "—"
+        best = max(found, key=lambda r: r["backbone/linear_probe"])
+        return f"{100 * best['backbone/linear_probe']:.1f}" + ("" if dhel else f" ({best['loss']})")
+
+    lines.append("| mv_dhel (measured) | " + " | ".join(measured(v, True) for v in views) + " |")
+    lines.append(
+        "| best other loss (measured) | " + " | ".join(measured(v, False) for v in views) + " |"
+    )
+    return lines

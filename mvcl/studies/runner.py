@@ -1,0 +1,248 @@
+"""Running a sweep: every cell one pretraining run + evaluation, one after another, resumable.
+
+Layout of a sweep's workdir::
+
+    <workdir>/cells/<cell>/            the cell's run (`mvcl.train.train_and_evaluate` workdir:
+                                       config.json, metrics.jsonl, checkpoints/)
+    <workdir>/cells/<cell>/result.json written last: the cell is done when it exists
+    <workdir>/cells/<cell>/embeddings.npz  test-set features of the final encoder (real data only)
+
+A rerun skips done cells; an interrupted cell resumes from its own checkpoints (the trainer
+resumes from its workdir). A done cell whose stored config differs from the one the sweep config
+now gives is an error, so a changed sweep never mixes old and new results silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from ml_collections import config_dict
+from tqdm import tqdm
+
+from mvcl import data, parallel, train
+from mvcl.studies import grid
+
+CELLS_DIR = "cells"
+RESULT_FILE = "result.json"
+EMBEDDINGS_FILE = "embeddings.npz"
+# Fields that may change between a cell's runs without changing its result.
+RERUN_SAFE_FIELDS = (
+    "dataset.data_dir",
+    "progress_bar",
+    "log_every_steps",
+    "checkpoint_every_steps",
+    "keep_checkpoints",
+)
+
+TrainFn = Callable[[config_dict.ConfigDict, str], Mapping[str, Any]]
+
+
+@dataclasses.dataclass
+class SweepRun:
+    """What `run_sweep` did.
+
+    Attributes:
+      results: the ``result.json`` contents of every done cell, in grid order.
+      trained: the cells trained (or resumed) by this call.
+      complete: False if a cell was preempted (SIGTERM) and the sweep stopped early.
+    """
+
+    results: list[dict[str, Any]]
+    trained: list[grid.Cell]
+    complete: bool
+
+
+def cell_dir(workdir: str | os.PathLike, cell: grid.Cell) -> Path:
+    """The run directory of ``cell`` in the sweep's ``workdir``."""
+    return Path(workdir) / CELLS_DIR / cell.name
+
+
+def _plain(config: config_dict.ConfigDict) -> dict[str, Any]:
+    """The config as JSON-compatible nested dicts (tuples become lists)."""
+    return json.loads(config.to_json_best_effort())
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def config_changes(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """Dotted names of the fields that differ between two plain configs (`RERUN_SAFE_FIELDS`
+    excepted)."""
+    a, b = _flatten(stored), _flatten(current)
+    return sorted(
+        k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and k not in RERUN_SAFE_FIELDS
+    )
+
+
+def read_result(directory: Path) -> dict[str, Any] | None:
+    """The cell's ``result.json``, or None if the cell is not done."""
+    path = directory / RESULT_FILE
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _write_json(path: Path, value: Any) -> None:
+    """Writes atomically: a killed sweep leaves either no file or a complete one."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value, indent=1), encoding="utf-8")
+    tmp.replace(path)
+
+
+def last_train_loss(directory: Path) -> float | None:
+    """The last ``train/loss`` the run logged in ``metrics.jsonl`` (None if there is none)."""
+    path = directory / train.writers.METRICS_FILE
+    if not path.is_file():
+        return None
+    losses = [
+        record["train/loss"]
+        for record in map(json.loads, path.read_text(encoding="utf-8").splitlines())
+        if "train/loss" in record
+    ]
+    return losses[-1] if losses else None
+
+
+def final_variables(config: config_dict.ConfigDict, directory: Path, channels: int) -> dict:
+    """``{"params", "batch_stats"}`` of the newest checkpoint of the run in ``directory``."""
+    model = train.build_model(config)
+    tx = train.make_optimizer(config, total_steps=1)  # gives the state's structure only
+    mesh = parallel.make_mesh(None if config.num_devices == -1 else config.num_devices)
+    target = train.create_train_state(config, model, tx, mesh, channels)
+    checkpointer = train.Checkpointer(
+        directory / train.trainer.CHECKPOINT_DIR,
+        max_to_keep=config.keep_checkpoints,
+        read_only=True,
+    )
+    restored = checkpointer.restore_latest(target)
+    checkpointer.close()
+    if restored is None:
+        raise FileNotFoundError(f"no checkpoint to restore in {checkpointer.directory}")
+    return jax.device_get(restored[1].variables())
+
+
+def test_embeddings(config: config_dict.ConfigDict, directory: Path) -> dict[str, np.ndarray]:
+    """Backbone features, projections and labels of the centre views of the test split."""
+    ds = config.dataset
+    images, labels = data.load_numpy(ds.name, ds.test_split, ds.data_dir, image_size=ds.image_size)
+    variables = final_variables(config, directory, channels=images.shape[-1])
+    backbone, projector = train.evaluate.embed(
+        train.build_model(config),
+        variables,
+        images,
+        crop_size=config.augment.crop_size,
+        batch_size=config.eval.batch_size,
+    )
+    return {"backbone": backbone, "projector": projector, "labels": labels}
+
+
+def run_cell(
+    config: config_dict.ConfigDict,
+    cell: grid.Cell,
+    directory: Path,
+    *,
+    train_fn: TrainFn,
+    save_embeddings: bool,
+) -> dict[str, Any] | None:
+    """Trains and evaluates one cell; writes and returns its result (None if preempted)."""
+    start = time.perf_counter()
+    out = train_fn(config, os.fspath(directory))
+    if out["preempted"]:
+        return None
+    result = {
+        "cell": dataclasses.asdict(cell),
+        "step": int(out["step"]),
+        "seconds": time.perf_counter() - start,
+        "train_loss": last_train_loss(directory),
+        "eval": dict(out["eval"]),
+        "config": _plain(config),
+    }
+    embeddings = (
+        test_embeddings(config, directory) if save_embeddings and config.eval.enabled else None
+    )
+    if jax.process_index() == 0:
+        if embeddings is not None:
+            np.savez_compressed(directory / EMBEDDINGS_FILE, **embeddings)
+        _write_json(directory / RESULT_FILE, result)
+    return result
+
+
+def run_sweep(
+    sweep: config_dict.ConfigDict,
+    workdir: str | os.PathLike,
+    *,
+    train_fn: TrainFn | None = None,
+    progress: bool = True,
+) -> SweepRun:
+    """Runs the cells of ``sweep`` that are not done yet, in grid order.
+
+    Every cell config is built and checked (`mvcl.train.validate_config`) before the first run,
+    so a bad grid fails at once. A cell's trainer progress bar is off unless
+    ``sweep.cell_progress_bar``; a bar over the cells shows the sweep's progress.
+
+    Args:
+      sweep: a sweep config (``configs/sweeps/*.py``).
+      workdir: the sweep's directory (see the module docstring).
+      train_fn: ``(config, workdir) -> {"step", "preempted", "eval"}``; default
+        `mvcl.train.train_and_evaluate`.
+      progress: show the bar over the cells.
+
+    Raises:
+      ValueError: a cell config is invalid, or a done cell was run with a different config.
+    """
+    train_fn = train_fn or train.train_and_evaluate
+    configs = {}
+    for cell in grid.cells(sweep):
+        config = grid.cell_config(sweep, cell)
+        config.progress_bar = bool(sweep.cell_progress_bar)
+        train.validate_config(config)
+        configs[cell] = config
+
+    results, trained = [], []
+    bar = tqdm(
+        configs.items(),
+        desc=sweep.name,
+        unit="cell",
+        disable=not progress or jax.process_index() != 0,
+    )
+    for cell, config in bar:
+        directory = cell_dir(workdir, cell)
+        result = read_result(directory)
+        if result is not None:
+            changes = config_changes(result["config"], _plain(config))
+            if changes:
+                raise ValueError(
+                    f"cell {cell.name} in {directory} was run with a different config "
+                    f"(fields {', '.join(changes)}); use another workdir or delete the cell"
+                )
+            results.append(result)
+            continue
+        bar.set_postfix_str(cell.name)
+        result = run_cell(
+            config,
+            cell,
+            directory,
+            train_fn=train_fn,
+            save_embeddings=sweep.save_embeddings,
+        )
+        if result is None:
+            bar.close()
+            return SweepRun(results, trained, complete=False)
+        results.append(result)
+        trained.append(cell)
+    bar.close()
+    return SweepRun(results, trained, complete=True)

@@ -1,0 +1,272 @@
+"""Sweeps (mvcl.studies, experiments/sweep.py): tiny fake-data grids run, write their tables and
+plots, skip done cells, resume an interrupted one; every sweep config builds valid cells."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ml_collections import config_dict
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # configs/
+
+from mvcl import studies, train  # noqa: E402
+from mvcl.studies import grid, kernel_cost, outputs, plots, report, runner  # noqa: E402
+
+SWEEP_CONFIGS = sorted(
+    p for p in (REPO / "configs" / "sweeps").glob("*.py") if p.stem not in ("__init__", "common")
+)
+OUTPUTS = (
+    "results.csv",
+    "results.md",
+    "accuracy_vs_views.png",
+    "effective_rank_vs_views.png",
+    "accuracy_vs_batch_size.png",
+    "kernel_cost.png",
+    "kernel_cost.json",
+)
+
+
+def tiny_sweep(**blocks) -> config_dict.ConfigDict:
+    """The fake (smoke) digits sweep with its grid replaced by ``blocks`` ((losses, views))."""
+    sweep = grid.load_config_file("configs/sweeps/digits_claims.py", "fake=True")
+    sweep.grid = config_dict.ConfigDict(
+        {
+            name: {"losses": l, "views": v, "batch_sizes": (8,), "seeds": (0,)}
+            for name, (l, v) in blocks.items()
+        }
+    )
+    return sweep
+
+
+def refuse(config, workdir):
+    raise AssertionError(f"{config.name} should not have been trained again")
+
+
+def test_tiny_sweep_runs_writes_outputs_and_skips_done_cells(tmp_path):
+    sweep = tiny_sweep(a=(("mv_dhel", "pwe"), (2,)), b=(("mv_dhel",), (3,)))
+    run = studies.run_sweep(sweep, tmp_path / "work", progress=False)
+    names = ["mv_dhel_v2_b8_s0", "pwe_v2_b8_s0", "mv_dhel_v3_b8_s0"]
+    assert run.complete and [c.name for c in run.trained] == names
+    assert [r["step"] for r in run.results] == [2, 2, 2]
+    for name in names:
+        assert (tmp_path / "work" / "cells" / name / runner.RESULT_FILE).is_file()
+
+    written = studies.write_outputs(sweep, run.results, tmp_path / "work", tmp_path / "out")
+    assert {p.name for p in written} == set(OUTPUTS)  # no embeddings: fake data is not evaluated
+    with open(tmp_path / "out" / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["loss"], r["views"]) for r in rows] == [
+        ("mv_dhel", "2"),
+        ("pwe", "2"),
+        ("mv_dhel", "3"),
+    ]
+    assert all(np.isfinite(float(r["train_loss"])) for r in rows)
+    assert "| mv_dhel | 3 | 8 | 1 |" in (tmp_path / "out" / "results.md").read_text()
+    timed = json.loads((tmp_path / "out" / "kernel_cost.json").read_text())
+    assert {(r["loss"], r["v"]) for r in timed} == {
+        ("mv_dhel", 2),
+        ("mv_dhel", 3),
+        ("pwe", 2),
+        ("pwe", 3),
+    }
+
+    again = studies.run_sweep(sweep, tmp_path / "work", train_fn=refuse, progress=False)
+    assert again.complete and again.trained == []
+    assert again.results == run.results
+
+
+def test_interrupted_cell_resumes_from_its_checkpoint(tmp_path):
+    sweep = tiny_sweep(a=(("mv_infonce",), (2,)))
+
+    def crash_after_one_step(config, workdir):
+        config = config.copy_and_resolve_references()
+        config.num_steps = 1
+        train.train_and_evaluate(config, workdir)  # saves the checkpoint of step 1
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        studies.run_sweep(sweep, tmp_path, train_fn=crash_after_one_step, progress=False)
+    cell = tmp_path / "cells" / "mv_infonce_v2_b8_s0"
+    assert not (cell / runner.RESULT_FILE).exists()
+
+    run = studies.run_sweep(sweep, tmp_path, progress=False)
+    assert [c.name for c in run.trained] == ["mv_infonce_v2_b8_s0"]
+    assert run.results[0]["step"] == 2
+    logged = [json.loads(line) for line in (cell / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged if "train/loss" in r] == [1, 2]  # step 1 was not redone
+
+
+def test_preempted_cell_stops_the_sweep_without_a_result(tmp_path):
+    sweep = tiny_sweep(a=(("mv_dhel", "pwe"), (2,)))
+    calls = []
+
+    def preempted(config, workdir):
+        calls.append(config.name)
+        return {"step": 1, "preempted": True, "eval": {}}
+
+    run = studies.run_sweep(sweep, tmp_path, train_fn=preempted, progress=False)
+    assert not run.complete and run.results == [] and len(calls) == 1
+    assert not list(tmp_path.glob("cells/*/" + runner.RESULT_FILE))
+
+
+def test_a_done_cell_with_another_config_is_an_error(tmp_path):
+    sweep = tiny_sweep(a=(("mv_dhel",), (2,)))
+    cell = studies.cells(sweep)[0]
+    directory = runner.cell_dir(tmp_path, cell)
+    directory.mkdir(parents=True)
+    stored = runner._plain(studies.cell_config(sweep, cell))
+    result = {"cell": vars(cell), "step": 2, "seconds": 1.0, "train_loss": 1.0, "eval": {}}
+    (directory / runner.RESULT_FILE).write_text(json.dumps({**result, "config": stored}))
+    assert studies.run_sweep(sweep, tmp_path, train_fn=refuse, progress=False).complete
+
+    sweep.overrides.num_steps = 3
+    with pytest.raises(ValueError, match="num_steps"):
+        studies.run_sweep(sweep, tmp_path, train_fn=refuse, progress=False)
+
+
+@pytest.mark.parametrize("path", SWEEP_CONFIGS, ids=[p.stem for p in SWEEP_CONFIGS])
+@pytest.mark.parametrize("arg", ["", "fake=True", "seeds=2"])
+def test_every_sweep_config_builds_valid_cells(path, arg):
+    sweep = grid.load_config_file(path, arg)
+    cells = studies.cells(sweep)
+    assert cells and len(set(cells)) == len(cells)
+    assert {c.seed for c in cells} == set(range(2 if arg == "seeds=2" else 1))
+    for cell in cells:
+        config = studies.cell_config(sweep, cell)
+        train.validate_config(config, device_count=1, process_count=1)
+        assert (config.loss.name, config.num_views, config.batch_size) == (
+            cell.loss,
+            cell.views,
+            cell.batch_size,
+        )
+    if sweep.targets:
+        assert set(sweep.targets.views) <= {c.views for c in cells}
+        assert all(
+            len(v) == len(sweep.targets.views) for k, v in sweep.targets.items() if k != "views"
+        )
+
+
+def test_sweep_command_lists_cells(tmp_path):
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "experiments" / "sweep.py"),
+            "--config=configs/sweeps/digits_claims.py:fake=True",
+            f"--workdir={tmp_path}",
+            "--list",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "mv_dhel_v8_b8_s0" in out.stdout and "to run" in out.stdout
+
+
+def synthetic_table() -> list[dict]:
+    """Seed-0/1 rows where MV-DHEL's rank grows with V and beats PWE at V = 4 only."""
+    ranks = {("mv_dhel", 2): 10.0, ("mv_dhel", 4): 20.0, ("mv_dhel", 6): 30.0}
+    ranks |= {("pwe", 2): 12.0, ("pwe", 4): 15.0, ("pwe", 6): 35.0}
+    return [
+        {
+            "loss": loss,
+            "views": v,
+            "batch_size": 256,
+            "seed": seed,
+            "step": 10,
+            "seconds": 60.0,
+            "train_loss": 1.0,
+            "backbone/effective_rank": rank + seed,
+            "projector/effective_rank": rank,
+            "backbone/linear_probe": 0.5 + v / 100,
+            "backbone/knn": 0.4,
+        }
+        for (loss, v), rank in ranks.items()
+        for seed in (0, 1)
+    ]
+
+
+def test_seed_means_claims_and_markdown():
+    table = synthetic_table()
+    means = report.seed_means(table)
+    assert len(means) == 6 and means[0]["seeds"] == 2
+    assert means[0]["backbone/effective_rank"] == pytest.approx(10.5)
+    assert means[0]["backbone/effective_rank_std"] == pytest.approx(0.5)
+    checks = dict((text.split(":")[0], ok) for text, ok in report.claims(means))
+    assert checks == {
+        "batch 256": True,  # grows: 10.5, 20.5, 30.5
+        "batch 256, V = 4": True,  # 20.5 > 15.5
+        "batch 256, V = 6": False,  # 30.5 < 35.5
+    }
+    text = report.markdown(
+        table,
+        title="t",
+        targets={"views": (2, 4), "mv_dhel": (87.4, 89.5), "best_baseline": (86.0, 88.7)},
+    )
+    assert "| mv_dhel (paper) | 87.4 | 89.5 |" in text
+    assert "| mv_dhel (measured) | 52.0 | 54.0 |" in text
+    assert "| best other loss (measured) | 52.0 (pwe) | 54.0 (pwe) |" in text
+    assert "- does not hold: batch 256, V = 6" in text
+
+
+def test_csv_round_trip(tmp_path):
+    table = synthetic_table()
+    report.write_csv(table, tmp_path / "r.csv")
+    assert report.read_csv(tmp_path / "r.csv") == table
+
+
+def test_plots_draw_one_line_per_loss():
+    means = report.seed_means(synthetic_table())
+    fig = plots.effective_rank_vs_views(means)
+    assert [len(ax.get_lines()) > 0 for ax in fig.axes] == [True, True]
+    assert {t.get_text() for t in fig.axes[0].get_legend().get_texts()} == {"mv_dhel", "pwe"}
+    rows = [
+        {"loss": "mv_dhel", "n": 8, "v": v, "time_s": 0.1 * v, "temp_bytes": 1024 * v}
+        for v in (2, 4)
+    ]
+    fig = plots.kernel_cost(rows)
+    assert all(ax.get_lines() for ax in fig.axes)
+
+
+def test_kernel_costs_from_the_benchmark_json_or_timed(tmp_path):
+    bench = {
+        "rows": [
+            {
+                "loss": "mv_dhel",
+                "backend": "dense",
+                "devices": 1,
+                "n": 4,
+                "v": 2,
+                "time_s": 0.5,
+                "temp_bytes": 7,
+            },
+            {
+                "loss": "mv_dhel",
+                "backend": "ring",
+                "devices": 4,
+                "n": 4,
+                "v": 2,
+                "time_s": 0.2,
+                "temp_bytes": 3,
+            },
+            {"loss": "pwe", "backend": "dense", "devices": 1, "n": 4, "v": 2, "skipped": "too big"},
+        ]
+    }
+    (tmp_path / "bench.json").write_text(json.dumps(bench))
+    assert kernel_cost.from_bench(tmp_path / "bench.json", "dense") == [
+        {"loss": "mv_dhel", "n": 4, "v": 2, "time_s": 0.5, "temp_bytes": 7}
+    ]
+    assert kernel_cost.from_bench(tmp_path / "missing.json", "dense") is None
+
+    sweep = tiny_sweep(a=(("mv_dhel",), (2,)))
+    sweep.kernel_cost.bench_json = str(tmp_path / "bench.json")
+    assert outputs.kernel_rows(sweep, tmp_path) == kernel_cost.from_bench(
+        tmp_path / "bench.json", "dense"
+    )
+    row = kernel_cost.time_loss("kcl", 4, 2, d=8, repeats=1)
+    assert row["time_s"] > 0 and row["temp_bytes"] is not None
