@@ -23,6 +23,10 @@ from configs.sweeps import common as sweeps
 def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     args = common.parse_arg(arg, **sweeps.sweep_args())
     config = sweeps.paper_sweep(
-        "cifar10", "configs/cifar10.py", mv_dhel=(87.4, 89.5), best_baseline=(86.0, 88.7)
+        "cifar10",
+        "configs/cifar10.py",
+        epochs=200,
+        mv_dhel=(87.4, 89.5),
+        best_baseline=(86.0, 88.7),
     )
     return sweeps.apply_args(config, args)

@@ -23,6 +23,10 @@ from configs.sweeps import common as sweeps
 def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     args = common.parse_arg(arg, **sweeps.sweep_args())
     config = sweeps.paper_sweep(
-        "cifar100", "configs/cifar100.py", mv_dhel=(59.4, 62.7), best_baseline=(58.1, 61.1)
+        "cifar100",
+        "configs/cifar100.py",
+        epochs=200,
+        mv_dhel=(59.4, 62.7),
+        best_baseline=(58.1, 61.1),
     )
     return sweeps.apply_args(config, args)

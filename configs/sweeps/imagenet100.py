@@ -23,6 +23,10 @@ from configs.sweeps import common as sweeps
 def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     args = common.parse_arg(arg, **sweeps.sweep_args())
     config = sweeps.paper_sweep(
-        "imagenet100", "configs/imagenet100.py", mv_dhel=(73.3, 77.2), best_baseline=(72.2, 74.4)
+        "imagenet100",
+        "configs/imagenet100.py",
+        epochs=200,
+        mv_dhel=(73.3, 77.2),
+        best_baseline=(72.2, 74.4),
     )
     return sweeps.apply_args(config, args)

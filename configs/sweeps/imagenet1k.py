@@ -23,6 +23,10 @@ from configs.sweeps import common as sweeps
 def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     args = common.parse_arg(arg, **sweeps.sweep_args())
     config = sweeps.paper_sweep(
-        "imagenet1k", "configs/imagenet1k.py", mv_dhel=(61.2, 62.6), best_baseline=(60.0, 62.4)
+        "imagenet1k",
+        "configs/imagenet1k.py",
+        epochs=100,
+        mv_dhel=(61.2, 62.6),
+        best_baseline=(60.0, 62.4),
     )
     return sweeps.apply_args(config, args)

@@ -9,8 +9,9 @@ A sweep config (``configs/sweeps/*.py``) names a base pretraining config file an
     config.overrides = ConfigDict({"num_epochs": 20})  # nested fields set in every cell
 
 Each entry of ``config.grid`` is a block: the product of its losses x views x batch sizes x seeds.
-The sweep's cells are the union of its blocks in order (a cell in two blocks runs once), so a grid
-need not be a full product (e.g. two-view losses at V = 2 only).
+The sweep's cells are the union of its blocks in the order of the block names (ConfigDict keeps
+fields sorted), a cell in two blocks running once; so a grid need not be a full product (e.g.
+two-view losses at V = 2 only).
 """
 
 from __future__ import annotations
