@@ -85,6 +85,7 @@ def base_config() -> config_dict.ConfigDict:
     config.dataset.name = "digits"  # tfds name, or "digits" (bundled)
     config.dataset.data_dir = default_data_dir()
     config.dataset.train_split = "train"
+    config.dataset.test_split = "test"  # evaluation: linear probe and kNN test accuracy
     # Host-side resize (shorter side) + centre crop, for data sets of varying image sizes.
     config.dataset.image_size = config_dict.placeholder(int)
     config.dataset.fake = False
@@ -135,8 +136,13 @@ def base_config() -> config_dict.ConfigDict:
 
     config.eval = config_dict.ConfigDict()
     config.eval.enabled = True  # evaluate at the end of pretraining
-    config.eval.batch_size = 256
-    config.eval.knn_k = 20
+    config.eval.batch_size = 256  # images per forward pass when extracting features
+    config.eval.knn_k = 20  # neighbours of the weighted kNN classifier (cosine similarity)
+    config.eval.knn_temperature = 0.07  # vote weights exp(similarity / T), as InstDisc
+    config.eval.probe_weight_decay = 1e-4  # linear probe: L2 penalty on standardised features
+    config.eval.probe_steps = 300  # linear probe: full-batch L-BFGS iterations
+    config.eval.pixel_baseline = True  # also probe raw pixels (off for large images)
+    config.eval.geometry_examples = 512  # test images whose views give the geometry metrics
     return config
 
 
