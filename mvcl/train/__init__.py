@@ -1,0 +1,40 @@
+"""Training: optimisers, the sharded train step and loop, checkpoints, evaluation.
+
+    from mvcl import train
+    result = train.train_and_evaluate(config, workdir)   # pretrain (resumes), then evaluate
+    results = train.evaluate_workdir(workdir)            # evaluate the newest checkpoint
+    train.evaluate.knn_accuracy(...)                      # the evaluation pieces
+
+The command-line entry points are ``experiments/pretrain.py`` and ``experiments/evaluate.py``.
+"""
+
+from mvcl.train import evaluate
+from mvcl.train.checkpoint import Checkpointer
+from mvcl.train.optim import learning_rate_schedule, make_optimizer
+from mvcl.train.trainer import (
+    TrainState,
+    build_model,
+    create_train_state,
+    evaluate_workdir,
+    load_config,
+    make_train_step,
+    train_and_evaluate,
+    validate_config,
+)
+from mvcl.train.writers import MetricWriter
+
+__all__ = [
+    "Checkpointer",
+    "MetricWriter",
+    "TrainState",
+    "build_model",
+    "create_train_state",
+    "evaluate",
+    "evaluate_workdir",
+    "learning_rate_schedule",
+    "load_config",
+    "make_optimizer",
+    "make_train_step",
+    "train_and_evaluate",
+    "validate_config",
+]

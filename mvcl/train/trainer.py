@@ -1,0 +1,527 @@
+"""Contrastive pretraining: config checks, data, train state, the sharded step and the loop.
+
+One run, ``train_and_evaluate(config, workdir)``:
+
+1. **Config checks.** `validate_config` turns every bad field into a ``ValueError`` naming it
+   (``config.loss.name``, ``config.num_views``, ``config.batch_size``, ...) before any work; a
+   missing data set fails as ``config.dataset.name`` when the sources are opened, still before the
+   first step.
+2. **Data.** The host reads each image of its share of the global batch once, as uint8
+   (`mvcl.data.BatchIterator`: a pure function of ``(seed, step)``), and the global batch is one
+   ``jax.Array`` sharded over the ``data`` axis of a mesh of every device of every process.
+3. **State.** `TrainState`: step, params, batch_stats, optimiser state and the augmentation key,
+   created replicated on the mesh.
+4. **Step.** `make_train_step`: inside ``jax.shard_map`` each device makes the V views of its
+   images (`mvcl.data.make_views`), runs the model with BatchNorm statistics over the global batch
+   (``axis_name``) and calls the loss with ``axis_name``, which returns the global-batch loss;
+   ``jax.grad`` of the shard_map-ed function is the gradient of that loss. The views of instance
+   ``i`` of the global batch at step ``s`` come from the key ``fold_in(fold_in(rng, s), i)``: the
+   same on one device or many.
+5. **Loop.** Progress bar, metrics (TensorBoard + ``metrics.jsonl``), checkpoints every
+   ``config.checkpoint_every_steps``, on SIGTERM (save, then return) and at the end; a rerun in
+   the same workdir resumes from the newest good checkpoint. Evaluation (`mvcl.train.evaluate`)
+   follows the last step.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+from ml_collections import config_dict
+from tqdm import tqdm
+
+from mvcl import data, kernels, losses, models, parallel
+from mvcl.train import evaluate, optim
+from mvcl.train.checkpoint import Checkpointer
+from mvcl.train.writers import MetricWriter
+
+AXIS = parallel.DEFAULT_AXIS
+LOSS_BACKENDS = ("gather", "ring")  # the backends that run inside shard_map over many devices
+DTYPES = ("float32", "bfloat16")
+CONFIG_FILE = "config.json"
+CHECKPOINT_DIR = "checkpoints"
+
+# --- 1. config checks ---------------------------------------------------------------------------
+
+
+def _require(ok: bool, field: str, message: str) -> None:
+    if not ok:
+        raise ValueError(f"config.{field}: {message}")
+
+
+def validate_config(
+    config: config_dict.ConfigDict,
+    *,
+    device_count: int | None = None,
+    process_count: int | None = None,
+) -> None:
+    """Raises ``ValueError("config.<field>: ...")`` for the first invalid field of ``config``.
+
+    ``device_count`` and ``process_count`` default to ``jax.device_count()`` and
+    ``jax.process_count()``. The data set is checked when it is opened (`open_sources`).
+    """
+    device_count = jax.device_count() if device_count is None else device_count
+    process_count = jax.process_count() if process_count is None else process_count
+    loss, views = config.loss.name, config.num_views
+    _require(
+        loss in losses.NAMES,
+        "loss.name",
+        f"unknown loss {loss!r}; known: {', '.join(losses.NAMES)}",
+    )
+    _require(views >= 2, "num_views", f"contrastive learning needs >= 2 views, got {views}")
+    _require(
+        loss not in losses.TWO_VIEW or views == 2,
+        "num_views",
+        f"{loss!r} is a two-view loss and needs num_views = 2, got {views}",
+    )
+    _require(
+        config.loss.backend in LOSS_BACKENDS,
+        "loss.backend",
+        f"must be one of {LOSS_BACKENDS} (of {kernels.NAMES}, the ones for many devices), "
+        f"got {config.loss.backend!r}",
+    )
+    _require(
+        loss in losses.TEMPERATURE_FREE or config.loss.temperature > 0,
+        "loss.temperature",
+        f"must be > 0, got {config.loss.temperature}",
+    )
+    _require(
+        config.model.name in models.BACKBONES,
+        "model.name",
+        f"unknown model {config.model.name!r}; known: {', '.join(models.BACKBONES)}",
+    )
+    _require(
+        config.model.dtype in DTYPES,
+        "model.dtype",
+        f"must be one of {DTYPES}, got {config.model.dtype!r}",
+    )
+    _require(
+        config.optim.name in optim.OPTIMIZERS,
+        "optim.name",
+        f"must be one of {optim.OPTIMIZERS}, got {config.optim.name!r}",
+    )
+    _require(config.optim.lr > 0, "optim.lr", f"must be > 0, got {config.optim.lr}")
+    _require(
+        0 <= config.optim.warmup_fraction < 1,
+        "optim.warmup_fraction",
+        f"must be in [0, 1), got {config.optim.warmup_fraction}",
+    )
+    _require(
+        config.num_devices == -1 or 1 <= config.num_devices <= device_count,
+        "num_devices",
+        f"must be -1 (all) or in [1, {device_count}], got {config.num_devices}",
+    )
+    _require(
+        process_count == 1 or config.num_devices in (-1, device_count),
+        "num_devices",
+        "a multi-process run uses every device (-1)",
+    )
+    devices = device_count if config.num_devices == -1 else config.num_devices
+    _require(
+        config.batch_size >= 2 and config.batch_size % devices == 0,
+        "batch_size",
+        f"{config.batch_size} images do not divide over {devices} devices",
+    )
+    _require(
+        config.num_steps > 0 or config.num_epochs > 0,
+        "num_epochs",
+        f"set num_epochs > 0 or num_steps > 0, got {config.num_epochs} and {config.num_steps}",
+    )
+    for field in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
+        _require(config[field] >= 1, field, f"must be >= 1, got {config[field]}")
+
+
+# --- 2. data ------------------------------------------------------------------------------------
+
+
+def fake_source(config: config_dict.ConfigDict) -> list[dict[str, Any]]:
+    """``config.dataset.fake_num_examples`` random uint8 images of ``fake_shape`` (seeded)."""
+    rng = np.random.default_rng(config.seed)
+    shape = (config.dataset.fake_num_examples, *config.dataset.fake_shape)
+    images = rng.integers(0, 256, shape, dtype=np.uint8)
+    return [{"image": image, "label": i % 10} for i, image in enumerate(images)]
+
+
+def _open_split(config: config_dict.ConfigDict, split: str) -> data.input_pipeline.Source:
+    ds = config.dataset
+    try:
+        return data.load_split(ds.name, split, ds.data_dir)
+    except (FileNotFoundError, ValueError) as e:
+        raise ValueError(
+            f"config.dataset.name: cannot read split {split!r} of {ds.name!r} in "
+            f"{ds.data_dir!r}: {e}"
+        ) from e
+
+
+def open_sources(config: config_dict.ConfigDict) -> data.input_pipeline.Source:
+    """The training source; also checks that the evaluation split opens if evaluation is on."""
+    if config.dataset.fake:
+        source = fake_source(config)
+    else:
+        source = _open_split(config, config.dataset.train_split)
+        if config.eval.enabled:
+            _open_split(config, config.dataset.test_split)
+    _require(
+        config.batch_size <= len(source),
+        "batch_size",
+        f"{config.batch_size} exceeds the {len(source)} training examples",
+    )
+    return source
+
+
+def num_train_steps(config: config_dict.ConfigDict, steps_per_epoch: int) -> int:
+    """``config.num_steps`` if set (> 0), else ``config.num_epochs`` epochs."""
+    return config.num_steps if config.num_steps > 0 else config.num_epochs * steps_per_epoch
+
+
+def global_batch(images: np.ndarray, sharding: NamedSharding, batch_size: int) -> jax.Array:
+    """This process's uint8 images as its rows of the global (batch_size, H, W, C) array."""
+    return jax.make_array_from_process_local_data(sharding, images, (batch_size, *images.shape[1:]))
+
+
+# --- 3. model and train state -------------------------------------------------------------------
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything that changes during training (and is checkpointed) but the input position.
+
+    ``rng`` is a raw uint32 PRNG key; the views at step ``s`` are drawn from
+    ``fold_in(fold_in(rng, s), global instance index)``.
+    """
+
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: optax.OptState
+    rng: jax.Array
+
+    def variables(self) -> dict[str, Any]:
+        return {"params": self.params, "batch_stats": self.batch_stats}
+
+
+def build_model(config: config_dict.ConfigDict, axis_name: str | None = None) -> nn.Module:
+    """The ``ContrastiveModel`` of ``config.model``; ``axis_name`` for global BatchNorm."""
+    return models.get_model(
+        config.model.name,
+        proj_dim=config.model.proj_dim,
+        proj_hidden_dim=config.model.proj_hidden_dim,
+        dtype=jnp.dtype(config.model.dtype),
+        axis_name=axis_name,
+        **config.model.kwargs.to_dict(),
+    )
+
+
+def create_train_state(
+    config: config_dict.ConfigDict,
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    mesh: jax.sharding.Mesh,
+    channels: int,
+) -> TrainState:
+    """The initial state for ``config.seed``, replicated over ``mesh``.
+
+    Parameters are drawn with an ``"rbg"`` key (XLA's RngBitGenerator): with threefry, the
+    hundreds of initialiser calls of a ResNet-50 take several times longer to compile on CPU.
+    The values are a function of the seed (and the backend); the augmentation key is threefry.
+    """
+
+    def init() -> TrainState:
+        size = config.augment.crop_size
+        variables = model.init(
+            jax.random.key(config.seed, impl="rbg"),
+            jnp.zeros((2, size, size, channels)),
+            train=False,
+        )
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=variables["params"],
+            batch_stats=variables["batch_stats"],
+            opt_state=tx.init(variables["params"]),
+            rng=jax.random.PRNGKey(config.seed),
+        )
+
+    return jax.jit(init, out_shardings=NamedSharding(mesh, P()))()
+
+
+# --- 4. the sharded train step ------------------------------------------------------------------
+
+
+def make_loss_fn(config: config_dict.ConfigDict) -> Callable[[jax.Array], jax.Array]:
+    """``z (n, V, D) -> global-batch loss`` of ``config.loss``, to call inside shard_map."""
+    kwargs = config.loss.kwargs.to_dict()
+    if config.loss.name not in losses.TEMPERATURE_FREE:
+        kwargs["temperature"] = config.loss.temperature
+    return functools.partial(
+        losses.get(config.loss.name), axis_name=AXIS, backend=config.loss.backend, **kwargs
+    )
+
+
+def make_train_step(
+    config: config_dict.ConfigDict,
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    mesh: jax.sharding.Mesh,
+) -> Callable[[TrainState, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
+    """The jitted step ``(state, images) -> (state, metrics)``.
+
+    ``images`` is the uint8 (B, H, W, C) global batch sharded over ``AXIS``; ``model`` must have
+    ``axis_name=AXIS``. Metrics: ``loss`` (before the update), ``learning_rate``, ``grad_norm``.
+    """
+    num_views, augment = config.num_views, config.augment.to_dict()
+    loss_fn = make_loss_fn(config)
+
+    def views_of(key: jax.Array, image: jax.Array) -> jax.Array:
+        return data.make_views(key, image[None], num_views, **augment)[0]
+
+    def device_loss(params, batch_stats, images, rng, step):
+        n = images.shape[0]
+        index = jax.lax.axis_index(AXIS) * n + jnp.arange(n)  # global instance index
+        step_key = jax.random.fold_in(rng, step)
+        keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(step_key, index)
+        views = jax.vmap(views_of)(keys, images)  # (n, V, S, S, C)
+        x = views.reshape(n * num_views, *views.shape[2:])
+        (_, z), updates = model.apply(
+            {"params": params, "batch_stats": batch_stats}, x, train=True, mutable=["batch_stats"]
+        )
+        return loss_fn(z.reshape(n, num_views, -1)), updates["batch_stats"]
+
+    global_loss = jax.shard_map(
+        device_loss,
+        mesh=mesh,
+        in_specs=(P(), P(), P(AXIS), P(), P()),
+        out_specs=(P(), P()),
+    )
+
+    def train_step(state: TrainState, images: jax.Array):
+        (loss, batch_stats), grads = jax.value_and_grad(global_loss, has_aux=True)(
+            state.params, state.batch_stats, images, state.rng, state.step
+        )
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        new_state = state.replace(
+            step=state.step + 1,
+            params=optax.apply_updates(state.params, updates),
+            batch_stats=batch_stats,
+            opt_state=opt_state,
+        )
+        metrics = {
+            "loss": loss,
+            "learning_rate": schedule(state.step),
+            "grad_norm": optax.tree.norm(grads),
+        }
+        return new_state, metrics
+
+    return jax.jit(train_step, out_shardings=NamedSharding(mesh, P()))
+
+
+# --- 5. the loop --------------------------------------------------------------------------------
+
+
+class _Sigterm:
+    """Context manager recording SIGTERM instead of dying, so the loop can save and return."""
+
+    def __enter__(self) -> _Sigterm:
+        self.received = False
+        self._installed = threading.current_thread() is threading.main_thread()
+        if self._installed:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        del signum, frame
+        self.received = True
+
+    def should_stop(self, step: int, every: int) -> bool:
+        """Whether to stop after ``step``: every process gets the same answer.
+
+        One process stops as soon as it has the signal. Several agree on it with a blocking
+        collective, so only at every ``every``-th step (where the loop syncs for logging anyway).
+        """
+        if jax.process_count() == 1:
+            return self.received
+        if step % every:
+            return False
+        return bool(multihost_utils.process_allgather(np.int32(self.received)).any())
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if self._installed:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _mean_metrics(history: Sequence[Mapping[str, jax.Array]]) -> dict[str, float]:
+    values = jax.device_get(list(history))
+    return {f"train/{k}": float(np.mean([m[k] for m in values])) for k in values[0]}
+
+
+def _announce(message: str) -> None:
+    """Prints on the first process only (tqdm-safe)."""
+    if jax.process_index() == 0:
+        tqdm.write(message)
+
+
+def train_and_evaluate(
+    config: config_dict.ConfigDict, workdir: str | os.PathLike
+) -> dict[str, Any]:
+    """Pretrains as ``config`` says, in ``workdir``, resuming from its checkpoints; evaluates.
+
+    Writes ``config.json``, ``metrics.jsonl``, TensorBoard events and ``checkpoints/`` into
+    ``workdir``.
+
+    Returns:
+      ``{"step": last step, "preempted": bool, "state": TrainState, "eval": {...}}``: "eval"
+      holds the results of `mvcl.train.evaluate.evaluate` (empty when evaluation is off or the
+      run was preempted).
+    """
+    validate_config(config)
+    source = open_sources(config)
+    mesh = parallel.make_mesh(None if config.num_devices == -1 else config.num_devices)
+    iterator = data.BatchIterator(
+        source,
+        config.batch_size,
+        seed=config.seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        image_size=config.dataset.image_size,
+    )
+    num_steps = num_train_steps(config, iterator.steps_per_epoch)
+    schedule = optim.learning_rate_schedule(config, num_steps)
+    tx = optim.make_optimizer(config, num_steps)
+    model = build_model(config, axis_name=AXIS)
+    channels = np.asarray(source[0]["image"]).shape[-1]
+    state = create_train_state(config, model, tx, mesh, channels)
+
+    workdir = os.path.abspath(workdir)
+    if jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, CONFIG_FILE), "w", encoding="utf-8") as f:
+            f.write(config.to_json_best_effort(indent=2))
+    checkpointer = Checkpointer(
+        os.path.join(workdir, CHECKPOINT_DIR), max_to_keep=config.keep_checkpoints
+    )
+    restored = checkpointer.restore_latest(state)
+    if restored is not None:
+        _, state, data_state = restored
+        iterator.set_state(data_state)
+        _announce(f"Resumed from the checkpoint at step {int(state.step)} in {workdir}.")
+    start = int(state.step)
+    writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
+    train_step = make_train_step(config, model, tx, schedule, mesh)
+    sharding = parallel.batch_sharding(mesh, AXIS)
+    _announce(
+        f"{config.name}: {config.loss.name}, V={config.num_views}, batch {config.batch_size} on "
+        f"{mesh.size} device(s) in {jax.process_count()} process(es), steps {start}->{num_steps}"
+    )
+
+    step, preempted, history = start, False, []
+    progress = tqdm(
+        total=num_steps,
+        initial=start,
+        desc=config.name,
+        unit="step",
+        disable=not config.progress_bar or jax.process_index() != 0,
+    )
+    last_log = time.perf_counter()
+    with _Sigterm() as sigterm:
+        for step in range(start + 1, num_steps + 1):
+            images = global_batch(next(iterator)["image"], sharding, config.batch_size)
+            state, metrics = train_step(state, images)
+            history.append(metrics)
+            progress.update()
+            if step % config.log_every_steps == 0 or step == num_steps:
+                scalars = _mean_metrics(history)
+                now = time.perf_counter()
+                scalars["train/steps_per_second"] = len(history) / (now - last_log)
+                scalars["train/epoch"] = step / iterator.steps_per_epoch
+                writer.write_scalars(step, scalars)
+                progress.set_postfix(loss=f"{scalars['train/loss']:.4f}")
+                history, last_log = [], now
+            if sigterm.should_stop(step, every=config.log_every_steps):
+                preempted = True
+                break
+            if step % config.checkpoint_every_steps == 0:
+                checkpointer.save(step, state, iterator.get_state())
+    progress.close()
+    checkpointer.save(step, state, iterator.get_state())
+    checkpointer.close()
+    writer.flush()
+    checkpoints = checkpointer.directory
+    if preempted:
+        _announce(f"SIGTERM: saved the checkpoint at step {step} in {checkpoints}; exiting.")
+        writer.close()
+        return {"step": step, "preempted": True, "state": state, "eval": {}}
+
+    results = {}
+    if config.eval.enabled:
+        results = evaluate_state(config, state, writer, step)
+    writer.close()
+    _announce(
+        f"Checkpoints: {checkpoints}\nMetrics: {writer.jsonl_path} and TensorBoard events "
+        f"(tensorboard --logdir {workdir})"
+    )
+    return {"step": step, "preempted": False, "state": state, "eval": results}
+
+
+# --- evaluation of a state or of a workdir ------------------------------------------------------
+
+
+def evaluate_state(
+    config: config_dict.ConfigDict, state: TrainState, writer: MetricWriter, step: int
+) -> dict[str, float]:
+    """Evaluates the encoder of ``state``, logs ``eval/*`` at ``step`` and prints the report."""
+    variables = jax.device_get(state.variables())
+    results = evaluate.evaluate(config, build_model(config), variables)
+    writer.write_scalars(step, {f"eval/{k}": v for k, v in results.items()})
+    writer.flush()
+    _announce(f"Evaluation at step {step}:\n{evaluate.format_report(results)}")
+    return results
+
+
+def load_config(workdir: str | os.PathLike) -> config_dict.ConfigDict:
+    """The config a run saved in ``workdir`` (``config.json``)."""
+    with open(os.path.join(workdir, CONFIG_FILE), encoding="utf-8") as f:
+        return config_dict.ConfigDict(json.load(f))
+
+
+def evaluate_workdir(
+    workdir: str | os.PathLike, config: config_dict.ConfigDict | None = None
+) -> dict[str, float]:
+    """Evaluates the newest good checkpoint in ``workdir`` (with its saved config by default).
+
+    Raises:
+      FileNotFoundError: ``workdir`` has no checkpoint that restores.
+    """
+    workdir = os.path.abspath(workdir)
+    config = load_config(workdir) if config is None else config
+    test_source = _open_split(config, config.dataset.test_split)
+    channels = np.asarray(test_source[0]["image"]).shape[-1]
+    tx = optim.make_optimizer(config, total_steps=1)  # gives the state's structure only
+    model = build_model(config)
+    target = create_train_state(config, model, tx, parallel.make_mesh(), channels)
+    checkpointer = Checkpointer(
+        os.path.join(workdir, CHECKPOINT_DIR), max_to_keep=config.keep_checkpoints, read_only=True
+    )
+    restored = checkpointer.restore_latest(target)
+    if restored is None:
+        raise FileNotFoundError(f"no checkpoint to evaluate in {checkpointer.directory}")
+    step, state, _ = restored
+    writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
+    results = evaluate_state(config, state, writer, step)
+    writer.close()
+    return results
