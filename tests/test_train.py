@@ -1,0 +1,379 @@
+"""Tests for mvcl.train: optimiser, evaluation, checkpoints, config checks, and whole runs.
+
+Whole runs use tiny random images and narrow models. Runs that need their own device count or a
+crash (8 simulated devices, 2 processes, SIGKILL, SIGTERM) start experiments/pretrain.py in fresh
+interpreters; the others call `mvcl.train.train_and_evaluate` in this process.
+"""
+
+import importlib
+import json
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # configs/
+
+from mvcl import train  # noqa: E402
+from mvcl.train import evaluate, optim  # noqa: E402
+
+PRETRAIN = str(REPO / "experiments" / "pretrain.py")
+EVALUATE = str(REPO / "experiments" / "evaluate.py")
+CONFIGS = sorted(
+    p.stem for p in (REPO / "configs").glob("*.py") if p.stem not in ("__init__", "common")
+)
+WIDTH = {"small_cnn": 0.125, "resnet18": 1 / 16, "resnet50": 1 / 32}
+# A tiny run on random 8x8 images: 16 per batch, 4 views, 20 steps, every step logged. The small
+# learning rate keeps float rounding (which differs with the device count) from being amplified
+# by the training dynamics on noise images beyond the 1e-4 the runs are compared to.
+TINY_RUN = [
+    "--config=configs/digits.py:fake=True,width=0.125",
+    "--config.dataset.fake_num_examples=64",
+    "--config.batch_size=16",
+    "--config.optim.lr=0.05",
+    "--config.model.proj_dim=16",
+    "--config.num_steps=20",
+    "--config.log_every_steps=1",
+    "--config.checkpoint_every_steps=1000",
+    "--config.progress_bar=False",
+]
+
+
+def get_config(name: str, arg: str = ""):
+    return importlib.import_module(f"configs.{name}").get_config(arg)
+
+
+def tiny_config(name: str = "digits", **overrides):
+    """A config of ``configs/<name>.py`` on two fake images, one step, narrow model."""
+    config = get_config(name, "fake=True")
+    config.model.kwargs.width = WIDTH[config.model.name]
+    config.model.proj_dim = 16
+    config.dataset.fake_num_examples = 2
+    config.batch_size = 2
+    config.num_steps = 1
+    config.progress_bar = False
+    for key, value in overrides.items():
+        target = config
+        *path, field = key.split("__")
+        for part in path:
+            target = target[part]
+        target[field] = value
+    return config
+
+
+def read_metrics(workdir) -> list[dict]:
+    with open(Path(workdir) / "metrics.jsonl", encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def train_losses(workdir) -> np.ndarray:
+    return np.array([m["train/loss"] for m in read_metrics(workdir) if "train/loss" in m])
+
+
+def checkpoint_steps(workdir) -> list[int]:
+    checkpointer = train.Checkpointer(Path(workdir) / "checkpoints", max_to_keep=3, read_only=True)
+    steps = checkpointer.all_steps()
+    checkpointer.close()
+    return steps
+
+
+def saved_state(workdir, step: int) -> dict:
+    with ocp.StandardCheckpointer() as checkpointer:
+        return checkpointer.restore(Path(workdir) / "checkpoints" / str(step) / "state")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(args, *, devices: int = 1, env: dict | None = None, script: str = PRETRAIN):
+    """Starts ``script args`` in a fresh interpreter on ``devices`` simulated CPU devices."""
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
+    full_env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flags.strip(), **(env or {}))
+    return subprocess.Popen(
+        [sys.executable, script, *args],
+        cwd=REPO,
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(proc: subprocess.Popen, timeout: float = 600) -> str:
+    """Waits for ``proc``; asserts it succeeded; returns its stdout."""
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{out[-2000:]}\n{err[-4000:]}"
+    return out
+
+
+# --- optimiser ----------------------------------------------------------------------------------
+
+
+def test_schedule_warms_up_linearly_then_decays_to_zero_by_cosine():
+    config = get_config("digits")
+    config.optim.lr, config.optim.warmup_fraction = 2.0, 0.1
+    lr = optim.learning_rate_schedule(config, total_steps=100)
+    np.testing.assert_allclose([lr(0), lr(5), lr(10)], [0.0, 1.0, 2.0], atol=1e-6)
+    np.testing.assert_allclose([lr(55), lr(100)], [1.0, 0.0], atol=1e-6)
+    assert all(lr(s) > lr(s + 1) for s in range(10, 100))
+
+
+PARAMS = {
+    "Conv_0": {"kernel": jnp.full((3, 3, 1, 2), 2.0)},
+    "BatchNorm_0": {"scale": jnp.full((2,), 2.0), "bias": jnp.full((2,), 2.0)},
+    "Dense_0": {"kernel": jnp.full((2, 3), 2.0), "bias": jnp.full((3,), 2.0)},
+}
+
+
+def test_kernel_mask_selects_only_convolution_and_dense_kernels():
+    mask = optim.kernel_mask(PARAMS)
+    assert mask == {
+        "Conv_0": {"kernel": True},
+        "BatchNorm_0": {"scale": False, "bias": False},
+        "Dense_0": {"kernel": True, "bias": False},
+    }
+
+
+@pytest.mark.parametrize("name", optim.OPTIMIZERS)
+def test_weight_decay_and_trust_ratio_skip_biases_and_batchnorm(name):
+    config = get_config("digits")
+    config.optim.name, config.optim.lr, config.optim.warmup_fraction = name, 0.5, 0.0
+    config.optim.weight_decay, config.optim.trust_coefficient = 0.1, 0.01
+    tx = optim.make_optimizer(config, total_steps=1000)
+    grads = jax.tree.map(jnp.ones_like, PARAMS)
+    updates, _ = tx.update(grads, tx.init(PARAMS), PARAMS)
+    lr = 0.5  # step 0 of 1000 without warmup: the peak rate
+    for leaf in ("scale", "bias"):  # plain SGD step: no decay, no trust ratio
+        np.testing.assert_allclose(updates["BatchNorm_0"][leaf], -lr, rtol=1e-6)
+    np.testing.assert_allclose(updates["Dense_0"]["bias"], -lr, rtol=1e-6)
+    for layer in ("Conv_0", "Dense_0"):
+        p = PARAMS[layer]["kernel"]
+        decayed = grads[layer]["kernel"] + 0.1 * p  # 1 + 0.1 * 2
+        if name == "lars":
+            decayed = decayed * 0.01 * jnp.linalg.norm(p) / jnp.linalg.norm(decayed)
+        np.testing.assert_allclose(updates[layer]["kernel"], -lr * decayed, rtol=1e-5)
+
+
+# --- evaluation pieces --------------------------------------------------------------------------
+
+
+def test_weighted_knn_matches_a_numpy_reference():
+    rng = np.random.default_rng(0)
+    train_x, test_x = rng.standard_normal((60, 5)), rng.standard_normal((25, 5))
+    train_y, test_y = rng.integers(0, 3, 60), rng.integers(0, 3, 25)
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
+    sim = unit(test_x) @ unit(train_x).T
+    top = np.argsort(-sim, axis=1)[:, :7]
+    votes = np.zeros((25, 3))
+    for i in range(25):
+        for j in top[i]:
+            votes[i, train_y[j]] += np.exp(sim[i, j] / 0.1)
+    expected = np.mean(votes.argmax(1) == test_y)
+    got = evaluate.knn_accuracy(
+        train_x, train_y, test_x, test_y, num_classes=3, k=7, temperature=0.1, chunk_size=10
+    )
+    assert got == pytest.approx(expected)
+
+
+def test_linear_probe_separates_gaussian_classes():
+    rng = np.random.default_rng(1)
+    centres = rng.standard_normal((4, 10)) * 3.0
+    y = rng.integers(0, 4, 400)
+    x = centres[y] + rng.standard_normal((400, 10)) + 100.0  # standardisation removes the offset
+    acc = evaluate.linear_probe_accuracy(
+        x[:300], y[:300], x[300:], y[300:], num_classes=4, steps=50
+    )
+    assert acc >= 0.95
+
+
+# --- checkpoints --------------------------------------------------------------------------------
+
+
+def test_corrupted_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
+    def state(value):
+        return {"w": jnp.full((3, 4), value), "step": jnp.int32(value)}
+
+    checkpointer = train.Checkpointer(tmp_path, max_to_keep=3)
+    for step in (1, 2):
+        checkpointer.save(step, state(float(step)), {"step": step})
+    checkpointer.close()
+    for f in (tmp_path / "2" / "state").rglob("*"):
+        if f.is_file():
+            f.write_bytes(b"not a checkpoint")
+
+    checkpointer = train.Checkpointer(tmp_path, max_to_keep=3)
+    with caplog.at_level(logging.WARNING):
+        step, restored, data_state = checkpointer.restore_latest(state(0.0))
+    assert step == 1 and data_state == {"step": 1}
+    np.testing.assert_array_equal(restored["w"], np.full((3, 4), 1.0))
+    assert "step 2" in caplog.text and "failed to restore" in caplog.text
+    assert checkpointer.all_steps() == [1]  # the unreadable one is gone; step 2 can be rewritten
+    checkpointer.close()
+
+
+# --- config checks ------------------------------------------------------------------------------
+
+
+BAD_CONFIGS = {
+    "unknown loss": ({"loss__name": "no_such_loss"}, "config.loss.name"),
+    "one view": ({"num_views": 1}, "config.num_views"),
+    "two-view loss with 4 views": ({"loss__name": "infonce", "num_views": 4}, "config.num_views"),
+    "unknown backend": ({"loss__backend": "dense"}, "config.loss.backend"),
+    "unknown model": ({"model__name": "vgg"}, "config.model.name"),
+    "unknown optimiser": ({"optim__name": "adam"}, "config.optim.name"),
+    "batch larger than the data": ({"batch_size": 4}, "config.batch_size"),
+    "missing data set": (
+        {"dataset__fake": False, "dataset__name": "cifar10"},
+        "config.dataset.name",
+    ),
+    "unknown data set": ({"dataset__fake": False, "dataset__name": "nope"}, "config.dataset.name"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_CONFIGS)
+def test_bad_config_fails_before_training_naming_the_field(case, tmp_path):
+    overrides, field = BAD_CONFIGS[case]
+    config = tiny_config(**overrides)
+    config.dataset.data_dir = str(tmp_path / "tfds")
+    with pytest.raises(ValueError, match=re.escape(field)):
+        train.train_and_evaluate(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_batch_that_does_not_divide_over_the_devices_is_rejected():
+    config = tiny_config(batch_size=12)
+    train.validate_config(config, device_count=4, process_count=1)
+    with pytest.raises(ValueError, match=r"config\.batch_size: 12 images do not divide over 8"):
+        train.validate_config(config, device_count=8, process_count=1)
+
+
+# --- whole runs in this process -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_config_runs_a_training_step_on_random_images(name, tmp_path):
+    config = tiny_config(name)
+    result = train.train_and_evaluate(config, tmp_path)
+    assert result["step"] == 1 and not result["preempted"]
+    (line,) = read_metrics(tmp_path)
+    assert line["step"] == 1 and np.isfinite(line["train/loss"])
+    assert (tmp_path / "checkpoints" / "1").is_dir()
+    assert train.load_config(tmp_path).model.name == config.model.name
+
+
+def test_digits_run_reports_probe_knn_pixels_and_geometry_and_evaluate_cli_agrees(tmp_path):
+    config = get_config("digits", "width=0.125")
+    config.dataset.data_dir = str(tmp_path / "tfds")
+    config.model.proj_dim = 16
+    config.batch_size, config.num_steps, config.progress_bar = 64, 2, False
+    config.eval.probe_steps, config.eval.geometry_examples = 30, 64
+    result = train.train_and_evaluate(config, tmp_path / "run")
+    results = result["eval"]
+    for features in ("backbone", "projector", "pixels"):
+        for measure in ("linear_probe", "knn"):
+            assert 0.0 <= results[f"{features}/{measure}"] <= 1.0
+    assert results["pixels/knn"] > 0.9 and results["pixels/linear_probe"] > 0.9
+    for part in ("backbone", "projector"):
+        for metric in ("alignment", "uniformity", "effective_rank", "covariance_rank"):
+            assert np.isfinite(results[f"{part}/{metric}"])
+    logged = read_metrics(tmp_path / "run")[-1]
+    assert logged["step"] == 2 and logged["eval/backbone/knn"] == results["backbone/knn"]
+    assert list((tmp_path / "run").glob("events.out.tfevents.*"))
+
+    out = finish(start([f"--workdir={tmp_path / 'run'}"], script=EVALUATE))
+    report = evaluate.format_report(results)
+    assert report.splitlines()[1] in out  # the backbone row: the same accuracies
+    assert "raw pixels" in out and "effective_rank" in out
+
+
+# --- whole runs in fresh interpreters -----------------------------------------------------------
+
+
+def test_losses_match_on_1_and_8_devices_and_across_2_processes(tmp_path):
+    one = start([*TINY_RUN, f"--workdir={tmp_path / 'one'}"], devices=1)
+    eight = start([*TINY_RUN, f"--workdir={tmp_path / 'eight'}"], devices=8)
+    port = free_port()
+    two_processes = [
+        start(
+            [*TINY_RUN, f"--workdir={tmp_path / 'two'}"],
+            devices=2,
+            env={
+                "MVCL_COORDINATOR": f"127.0.0.1:{port}",
+                "MVCL_NUM_PROCESSES": "2",
+                "MVCL_PROCESS_ID": str(i),
+            },
+        )
+        for i in range(2)
+    ]
+    outputs = [finish(p) for p in (one, eight, *two_processes)]
+    assert "on 8 device(s) in 1 process(es)" in outputs[1]
+    assert "on 4 device(s) in 2 process(es)" in outputs[2]
+    reference = train_losses(tmp_path / "one")
+    assert len(reference) == 20 and np.all(np.isfinite(reference))
+    np.testing.assert_allclose(train_losses(tmp_path / "eight"), reference, rtol=1e-4)
+    np.testing.assert_allclose(train_losses(tmp_path / "two"), reference, rtol=1e-4)
+
+
+def test_rerun_after_sigkill_ends_with_the_params_of_an_uninterrupted_run(tmp_path):
+    run = [*TINY_RUN, "--config.checkpoint_every_steps=5"]
+    uninterrupted = start([*run, f"--workdir={tmp_path / 'uninterrupted'}"])
+    crashing = start(
+        ["13", "10", "--", *run, f"--workdir={tmp_path / 'resumed'}"],
+        script=str(REPO / "tests" / "train_worker.py"),
+    )
+    crashing.communicate(timeout=600)
+    assert crashing.returncode == -signal.SIGKILL
+    assert checkpoint_steps(tmp_path / "resumed") == [5, 10]
+    out = finish(start([*run, f"--workdir={tmp_path / 'resumed'}"]))
+    assert "Resumed from the checkpoint at step 10" in out
+    finish(uninterrupted)
+
+    expected = saved_state(tmp_path / "uninterrupted", 20)
+    got = saved_state(tmp_path / "resumed", 20)
+    assert int(got["step"]) == 20
+    for name in ("params", "batch_stats", "opt_state"):
+        jax.tree.map(
+            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+            got[name],
+            expected[name],
+        )
+    # Steps 11-13 ran twice (before the crash and after the restart); each logged the same loss.
+    losses = {}
+    for m in read_metrics(tmp_path / "resumed"):
+        losses.setdefault(m["step"], []).append(m["train/loss"])
+    assert all(len(losses[s]) == 2 for s in (11, 12, 13)), sorted(losses)
+    for values in losses.values():
+        np.testing.assert_allclose(values, values[0], rtol=1e-6)
+    np.testing.assert_allclose(
+        [losses[s][-1] for s in range(1, 21)], train_losses(tmp_path / "uninterrupted"), rtol=1e-6
+    )
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+    proc = start([*TINY_RUN, "--config.num_steps=100000", f"--workdir={tmp_path}"])
+    metrics, deadline = tmp_path / "metrics.jsonl", time.time() + 300
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 3):
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline, "the run did not start"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out = finish(proc, timeout=300)
+    step = int(re.search(r"SIGTERM: saved the checkpoint at step (\d+)", out).group(1))
+    assert 3 <= step < 100000
+    assert checkpoint_steps(tmp_path) == [step]
+    assert int(saved_state(tmp_path, step)["step"]) == step
