@@ -2,7 +2,7 @@
 
 A backend is a function ``backend(q, k, *, mask, reduction, axis_name) -> out`` with
 
-* ``q``: (G, n, A, D) query rows, already scaled (by 1/τ), in G independent groups;
+* ``q``: (G, n, A, D) query rows, already scaled, in G independent groups;
 * ``k``: (G, n, B, D) this device's keys (the global key set is every device's ``k``);
 * ``mask``: which keys a row sees (see :func:`mvcl.kernels.reductions.keep`);
 * ``reduction``: :data:`LSE` or :func:`sum_of` ``(fn)``;
@@ -13,13 +13,18 @@ gives it to every loss.
 
 | name | keys | memory per device | backward |
 |---|---|---|---|
-| ``dense`` | local (single device only) | O((nA)·(nB)) | autodiff |
+| ``dense`` | local (single device only) | O((nA)·(nB)) | ``custom_jvp`` (symmetric) / autodiff |
 | ``gather`` | ``all_gather`` | O((nA)·(NB)) | autodiff |
 | ``blockwise``, ``ring`` | streamed tiles, ring-passed blocks | O(n(A+B)D + tile²) | recomputed |
+
+The losses call :func:`self_rows` (the keys are the query rows themselves, ``v = u / sqrt(τ)``),
+which takes a backend's symmetric path when it has one (:class:`Kernel`); a plain backend
+function is called with ``q = k = v``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Callable
 
@@ -31,11 +36,36 @@ from mvcl.kernels.reductions import LSE, MASKS, Reduction, keep, sum_of
 
 Backend = Callable[..., jax.Array]
 
+
+@dataclasses.dataclass(frozen=True)
+class Kernel:
+    """A built-in backend: called as ``kernel(q, k, ...)`` it is a backend like any other.
+
+    ``self_rows(v, ...)`` is the same reduction when the keys are the query rows themselves
+    (``q = k = v``), which every loss here needs (it passes ``u / sqrt(τ)``, so that
+    ``v_a · v_b = s(u_a, u_b)``). The similarity matrix is then symmetric and the backward pass is
+    ``dv = (W + Wᵀ) v``: one matmul per tile instead of ``dq = W k`` and ``dk = Wᵀ q``.
+    """
+
+    rows: Backend
+    self_rows: Backend | None = None
+
+    def __call__(self, q, k, *, mask, reduction, axis_name=None):
+        return self.rows(q, k, mask=mask, reduction=reduction, axis_name=axis_name)
+
+
+def _streaming_kernel(**options) -> Kernel:
+    return Kernel(
+        functools.partial(_streaming.streaming, **options),
+        functools.partial(_streaming.streaming_self, **options),
+    )
+
+
 _BACKENDS: dict[str, Callable[..., Backend]] = {
-    "dense": lambda: _dense.dense,
-    "gather": lambda: _dense.gather,
-    "blockwise": lambda **options: functools.partial(_streaming.streaming, **options),
-    "ring": lambda **options: functools.partial(_streaming.streaming, **options),
+    "dense": lambda: Kernel(_dense.dense, _dense.dense_self),
+    "gather": lambda: Kernel(_dense.gather),
+    "blockwise": _streaming_kernel,
+    "ring": _streaming_kernel,
 }
 NAMES = tuple(_BACKENDS)
 
@@ -52,4 +82,14 @@ def get(backend: str | Backend, **options) -> Backend:
     return _BACKENDS[backend](**options)
 
 
-__all__ = ["LSE", "MASKS", "NAMES", "Reduction", "get", "keep", "sum_of"]
+def self_rows(backend: str | Backend, v, *, mask, reduction, axis_name=None) -> jax.Array:
+    """The reduction of every row of ``v`` (G, n, A, D) over the global rows of ``v``: (G, n, A).
+
+    Uses the backend's symmetric path when it has one, else calls it with ``q = k = v``.
+    """
+    fn = get(backend)
+    symmetric = getattr(fn, "self_rows", None) or functools.partial(fn, v)
+    return symmetric(v, mask=mask, reduction=reduction, axis_name=axis_name)
+
+
+__all__ = ["LSE", "MASKS", "NAMES", "Kernel", "Reduction", "get", "keep", "self_rows", "sum_of"]

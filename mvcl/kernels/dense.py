@@ -1,12 +1,21 @@
 """The materialising backends: ``dense`` (one device) and ``gather`` (all-gathered keys).
 
-Both build the similarity matrix of the local query rows against the global key set in one einsum
-and reduce it with the mask; autodiff gives the backward pass. ``gather`` first collects every
-device's keys with ``lax.all_gather`` (whose transpose, ``psum_scatter``, returns each key gradient
-to its owner). Memory per device is O(rows_local · rows_global).
+Both build the similarity matrix of the local query rows against the global key set in one matmul
+and reduce it with the mask. ``gather`` first collects every device's keys with
+``lax.all_gather`` (whose transpose, ``psum_scatter``, returns each key gradient to its owner);
+autodiff gives its backward pass. Memory per device is O(rows_local · rows_global).
+
+``dense`` has a symmetric path, :func:`dense_self`, for keys that are the query rows themselves:
+a ``custom_jvp`` whose tangent ``dS = X + Xᵀ`` (``X = dv vᵀ``) transposes, in reverse mode, into
+the single matmul ``dv = (W + Wᵀ) v`` (``W = ∂out/∂S · g``), where autodiff of the plain
+formula would do two (``W k`` and ``Wᵀ q``); ``W + Wᵀ`` is formed from S in one elementwise pass
+(S is symmetric, so no transpose is read). Forward mode stays available, as the float64 gradient
+checks need it.
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -14,27 +23,76 @@ import jax.numpy as jnp
 from mvcl.kernels import reductions
 
 
+def _flat(x):
+    """(G, n, A, D) -> (G, n·A, D): the rows, instance-major."""
+    g, n, a, d = x.shape
+    return x.reshape(g, n * a, d)
+
+
+def _keep(mask, n, a, m, b, q_offset=0):
+    """(n·A, m·B) mask of a query block (instances from ``q_offset``) against all keys."""
+    rows, cols = jnp.arange(n * a), jnp.arange(m * b)
+    same_instance = (q_offset + rows // a)[:, None] == (cols // b)[None, :]
+    same_view = (rows % a)[:, None] == (cols % b)[None, :]
+    return reductions.keep(mask, same_instance, same_view)
+
+
 def rows_against(q, k_all, *, q_offset, mask: str, reduction: reductions.Reduction):
     """Reduce ``q`` (G, n, A, D) against all keys ``k_all`` (G, N, B, D) in one matrix.
 
     ``q_offset`` is the global instance index of the first local query instance.
     """
-    s = jnp.einsum("gnad,gmbd->gnamb", q, k_all, preferred_element_type=q.dtype)
-    n, a = q.shape[1:3]
-    m, b = k_all.shape[1:3]
-    same_instance = (q_offset + jnp.arange(n))[:, None] == jnp.arange(m)[None, :]
-    same_view = jnp.arange(a)[:, None] == jnp.arange(b)[None, :]
-    keep = reductions.keep(mask, same_instance[:, None, :, None], same_view[None, :, None, :])
-    return reduction.dense(s, keep, axes=(3, 4))
+    s = jnp.einsum("gqd,gkd->gqk", _flat(q), _flat(k_all), preferred_element_type=q.dtype)
+    keep = _keep(mask, *q.shape[1:3], *k_all.shape[1:3], q_offset)
+    return reduction.dense(s, keep[None], axes=(2,)).reshape(q.shape[:3])
 
 
 def dense(q, k, *, mask, reduction, axis_name=None):
+    _single_device(axis_name)
+    return rows_against(q, k, q_offset=0, mask=mask, reduction=reduction)
+
+
+def dense_self(v, *, mask, reduction, axis_name=None):
+    """:func:`dense` with ``q = k = v``, differentiated through the symmetric tangent."""
+    _single_device(axis_name)
+    return _dense_self(v, mask, reduction)
+
+
+def _single_device(axis_name):
     if axis_name is not None:
         raise ValueError(
             f"backend 'dense' is single-device, but axis_name={axis_name!r} was given; "
             "use backend='gather' or 'ring' inside shard_map/pmap"
         )
-    return rows_against(q, k, q_offset=0, mask=mask, reduction=reduction)
+
+
+def _self_matrix(v, mask):
+    rows = _flat(v)
+    s = jnp.einsum("gqd,gkd->gqk", rows, rows, preferred_element_type=v.dtype)
+    n, a = v.shape[1:3]
+    return rows, s, _keep(mask, n, a, n, a)[None]
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
+def _dense_self(v, mask, reduction):
+    _, s, keep = _self_matrix(v, mask)
+    return reduction.dense(s, keep, axes=(2,)).reshape(v.shape[:3])
+
+
+@_dense_self.defjvp
+def _dense_self_jvp(mask, reduction, primals, tangents):
+    # dS = X + Xᵀ with X = dv vᵀ, and d out_a = Σ_b W_ab dS_ab = Σ_b W_ab X_ab + Σ_b W_ba X_ba,
+    # where W_ba = ∂out_b/∂S_ba is computed from S_ab = S_ba without transposing anything. In
+    # reverse mode this transposes into X̄ = ḡ_a W_ab + ḡ_b W_ba (one elementwise pass over S)
+    # and dv = X̄ v (one matmul).
+    (v,), (dv,) = primals, tangents
+    rows, s, keep = _self_matrix(v, mask)
+    out = reduction.dense(s, keep, axes=(2,))
+    w_rows = reduction.weights(s, keep, out[:, :, None])
+    w_cols = reduction.weights(s, keep, out[:, None, :])
+    x = jnp.einsum("gqd,gkd->gqk", _flat(dv), rows, preferred_element_type=v.dtype)
+    d_out = jnp.sum(w_rows * x, axis=2) + jnp.sum(w_cols * x, axis=1)
+    return out.reshape(v.shape[:3]), d_out.reshape(v.shape[:3])
 
 
 def gather(q, k, *, mask, reduction, axis_name=None):

@@ -57,7 +57,11 @@ class Reduction:
     def dense(self, s: jax.Array, keep_: jax.Array, axes: tuple[int, ...]) -> jax.Array:
         """Reduce the masked similarities ``s`` over ``axes`` in one go."""
         if self.name == "lse":
-            return jax.nn.logsumexp(jnp.where(keep_, s, -jnp.inf), axis=axes)
+            # Each reduction selects on its own (one select feeding both would be materialised).
+            m = jnp.max(jnp.where(keep_, s, -jnp.inf), axis=axes, keepdims=True)
+            shift = jax.lax.stop_gradient(jnp.where(jnp.isfinite(m), m, 0.0))
+            total = jnp.sum(jnp.exp(jnp.where(keep_, s - shift, -jnp.inf)), axis=axes)
+            return jnp.log(total) + jnp.squeeze(shift, axes)
         # Evaluate fn only where kept, so that a masked key (say the query itself, at distance 0)
         # cannot leak an infinite derivative into the gradient.
         return jnp.sum(jnp.where(keep_, self.fn(jnp.where(keep_, s, 0.0)), 0.0), axis=axes)
@@ -88,10 +92,13 @@ class Reduction:
             return m + jnp.log(l)
         return carry[0]
 
-    def weights(self, s: jax.Array, keep_: jax.Array, out: jax.Array, axes) -> jax.Array:
-        """``∂ out_row / ∂ s`` for every similarity of a tile (zero where masked)."""
+    def weights(self, s: jax.Array, keep_: jax.Array, out: jax.Array) -> jax.Array:
+        """``∂ out_row / ∂ s`` for every similarity of a tile (zero where masked).
+
+        ``out`` is the output of the row each similarity belongs to, broadcastable to ``s``.
+        """
         if self.name == "lse":
-            return jnp.where(keep_, jnp.exp(s - jnp.expand_dims(out, axes)), 0.0)
+            return jnp.where(keep_, jnp.exp(s - out), 0.0)
         safe = jnp.where(keep_, s, 0.0)
         _, slope = jax.jvp(self.fn, (safe,), (jnp.ones_like(safe),))  # fn is elementwise
         return jnp.where(keep_, slope, 0.0)

@@ -1,15 +1,24 @@
 """The memory-linear backend: online row reductions over key tiles, blocks passed round a ring.
 
-Forward, per device: the local query rows are cut into tiles of ``tile`` rows, the keys into tiles
-of ``tile`` keys. For each key block (the device's own first, then, with ``axis_name``, the block
-of the previous device on the ring, arriving by ``lax.ppermute`` while the current one is being
-computed) every (query tile, key tile) similarity matrix is formed, masked by *global* instance
-and view ids, and folded into a running carry (running max and sum for log-sum-exp). Only
-``(q, k, out)`` are saved.
+Forward, per device: the local query rows are cut into tiles of at most ``tile`` rows, the keys
+into tiles of at most ``tile`` keys. For each key block (the device's own first, then, with
+``axis_name``, the block of the previous device on the ring, arriving by ``lax.ppermute`` while
+the current one is being computed) every (query tile, key tile) similarity matrix is formed,
+masked by *global* instance and view ids, and folded into a running carry (running max and sum
+for log-sum-exp). Only the inputs and ``out`` are saved.
 
-Backward (``jax.custom_vjp``): given ``g = ∂L/∂out``, each tile is recomputed, its weights
-``W = ∂out/∂S · g`` give ``dq += W k`` and ``dk += Wᵀ q``; on the ring the ``dk`` buffer travels
-with its key block and is back with its owner after P hops.
+Backward (``jax.custom_vjp``): given ``g = ∂L/∂out``, each tile is recomputed and its weights
+``W = ∂out/∂S · g`` applied:
+
+* general keys (:func:`streaming`): ``dq += W k`` and ``dk += Wᵀ q``; on the ring the ``dk``
+  buffer travels with its key block and is back with its owner after P hops;
+* keys = queries (:func:`streaming_self`, what every loss uses): S and the mask are symmetric, so
+  ``dv = (W + Wᵀ) v``. On the ring each key block travels with its rows' ``out`` and ``g``, the
+  tile's ``A = W + Wᵀ`` is formed elementwise and ``dv += A k``: one matmul fewer per tile and no
+  gradient buffer on the ring. On one device every off-diagonal pair of tiles (I < J) is computed
+  once, for both of its tile rows: rows reduce into I, columns into J; ``dv_I += A v_J`` and
+  ``dv_J += Aᵀ v_I``. That halves the forward matmuls and leaves 1.5 of the 3 matmul passes of
+  the backward.
 
 Memory per device: O((rows + keys)·D + tile²·G); never the full similarity matrix.
 Named ``blockwise`` (one device, ``axis_name=None``) and ``ring`` (``axis_name`` given): the same
@@ -22,6 +31,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mvcl.kernels import reductions
 
@@ -41,8 +51,10 @@ class _Tiling:
     def __init__(self, x, tile):
         self.g, self.n, self.per, self.d = x.shape
         self.rows = self.n * self.per
-        self.size = min(tile, self.rows)
-        self.count = -(-self.rows // self.size)
+        self.count = -(-self.rows // tile)
+        # Balanced tiles (rounded up to a multiple of 8, within ``tile``): little padding.
+        even = -(-self.rows // self.count)
+        self.size = min(tile, -(-even // 8) * 8) if tile >= 8 else even
 
     def split(self, x):
         """(G, n, A, ...) -> (count, G, size, ...), zero-padded."""
@@ -142,7 +154,7 @@ def _backward(q, k, out, g, mask, reduction, axis_name, tile):
                 k_tile = k_tiles[ki]
                 s = jnp.einsum("gqd,gkd->gqk", q_tile, k_tile)
                 keep = _keep(mask, qt, qi, q_off, kt, ki, k_off)
-                w = reduction.weights(s, keep, o[..., 0], axes=(2,)) * g_
+                w = reduction.weights(s, keep, o) * g_
                 dq = dq + jnp.einsum("gqk,gkd->gqd", w, k_tile)
                 return dq, dk_tiles.at[ki].add(jnp.einsum("gqk,gqd->gkd", w, q_tile))
 
@@ -188,3 +200,160 @@ def _stream_bwd(mask, reduction, axis_name, tile, residuals, g):
 
 
 _stream.defvjp(_stream_fwd, _stream_bwd)
+
+
+def streaming_self(v, *, mask, reduction, axis_name=None, tile: int = DEFAULT_TILE):
+    """Row reductions of ``v`` (G, n, A, D) over the global rows of ``v`` themselves: (G, n, A)."""
+    if tile < 1:
+        raise ValueError(f"tile must be a positive number of rows, got {tile}")
+    return _self(v, mask, reduction, axis_name, tile)
+
+
+def _self_weights(reduction, s, keep, out_rows, g_rows, out_cols, g_cols):
+    """A = W + Wᵀ on a tile: ∂out_a/∂S_ab · g_a + ∂out_b/∂S_ba · g_b (S, the mask symmetric)."""
+    return (
+        reduction.weights(s, keep, out_rows) * g_rows
+        + reduction.weights(s, keep, out_cols) * g_cols
+    )
+
+
+def _columns(x):
+    """(G, t, 1) per-row values -> (G, 1, t), to broadcast along the key axis of a tile."""
+    return jnp.swapaxes(x, 1, 2)
+
+
+def _ring_backward_self(v, out, g, mask, reduction, axis_name, tile):
+    """dv = (W + Wᵀ) v with the keys passed round the ring together with their (out, g)."""
+    t = _Tiling(v, tile)
+    size, me, pass_on = _ring(axis_name)
+    v_tiles, out_tiles, g_tiles = t.split(v), t.split(out[..., None]), t.split(g[..., None])
+    off = me * t.n
+
+    def grad_block(acc_tiles, keys, src):
+        k_tiles, k_out, k_g = keys
+        k_off = src * t.n
+
+        def per_query_tile(args):
+            qi, q_tile, o, g_, acc = args
+
+            def per_key_tile(ki, acc):
+                k_tile = k_tiles[ki]
+                s = jnp.einsum("gqd,gkd->gqk", q_tile, k_tile)
+                keep = _keep(mask, t, qi, off, t, ki, k_off)
+                a = _self_weights(reduction, s, keep, o, g_, _columns(k_out[ki]), _columns(k_g[ki]))
+                return acc + jnp.einsum("gqk,gkd->gqd", a, k_tile)
+
+            return jax.lax.fori_loop(0, t.count, per_key_tile, acc)
+
+        xs = (jnp.arange(t.count), v_tiles, out_tiles, g_tiles, acc_tiles)
+        return jax.lax.map(per_query_tile, xs)
+
+    keys = (v_tiles, out_tiles, g_tiles)
+    acc = jnp.zeros_like(v_tiles)
+
+    def ring_step(step, state):
+        keys, acc = state
+        arriving = pass_on(keys)
+        return arriving, grad_block(acc, keys, (me - step) % size)
+
+    if size > 1:
+        keys, acc = jax.lax.fori_loop(0, size - 1, ring_step, (keys, acc))
+    acc = grad_block(acc, keys, (me - (size - 1)) % size)
+    return t.join(acc, (v.shape[-1],))
+
+
+# One device: every off-diagonal tile pair (I < J) is computed once and serves both tile rows,
+# its rows reducing into rows I and its columns into rows J (S_JI = S_IJᵀ): half the matmuls of
+# the forward pass, and in the backward pass dv_I += A v_J, dv_J += Aᵀ v_I from one S.
+
+
+def _pairs(count):
+    """Tile pairs (I, J), I < J, row-major: two int32 arrays."""
+    i, j = np.triu_indices(count, k=1)
+    return jnp.asarray(i, jnp.int32), jnp.asarray(j, jnp.int32)
+
+
+def _half_forward(v, mask, reduction, tile):
+    t = _Tiling(v, tile)
+    v_tiles = t.split(v)
+    carry = reduction.init((t.count, t.g, t.size), v.dtype)
+
+    def at(c, index):
+        return tuple(x[index] for x in c)
+
+    def put(c, index, new):
+        return tuple(x.at[index].set(y) for x, y in zip(c, new))
+
+    def diagonal(i, c):
+        s = jnp.einsum("gqd,gkd->gqk", v_tiles[i], v_tiles[i])
+        return put(c, i, reduction.update(at(c, i), s, _keep(mask, t, i, 0, t, i, 0), axes=(2,)))
+
+    first, second = _pairs(t.count)
+
+    def off_diagonal(p, c):
+        i, j = first[p], second[p]
+        s = jnp.einsum("gqd,gkd->gqk", v_tiles[i], v_tiles[j])
+        keep = _keep(mask, t, i, 0, t, j, 0)
+        c = put(c, i, reduction.update(at(c, i), s, keep, axes=(2,)))
+        return put(c, j, reduction.update(at(c, j), s, keep, axes=(1,)))
+
+    carry = jax.lax.fori_loop(0, t.count, diagonal, carry)
+    if t.count > 1:
+        carry = jax.lax.fori_loop(0, first.shape[0], off_diagonal, carry)
+    return t.join(reduction.finalize(carry))
+
+
+def _half_backward(v, out, g, mask, reduction, tile):
+    t = _Tiling(v, tile)
+    v_tiles, out_tiles, g_tiles = t.split(v), t.split(out[..., None]), t.split(g[..., None])
+
+    def diagonal(i, acc):
+        v_i = v_tiles[i]
+        s = jnp.einsum("gqd,gkd->gqk", v_i, v_i)
+        w = reduction.weights(s, _keep(mask, t, i, 0, t, i, 0), out_tiles[i]) * g_tiles[i]
+        return acc.at[i].add(jnp.einsum("gqk,gkd->gqd", w + jnp.swapaxes(w, 1, 2), v_i))
+
+    first, second = _pairs(t.count)
+
+    def off_diagonal(p, acc):
+        i, j = first[p], second[p]
+        v_i, v_j = v_tiles[i], v_tiles[j]
+        s = jnp.einsum("gqd,gkd->gqk", v_i, v_j)
+        a = _self_weights(
+            reduction,
+            s,
+            _keep(mask, t, i, 0, t, j, 0),
+            out_tiles[i],
+            g_tiles[i],
+            _columns(out_tiles[j]),
+            _columns(g_tiles[j]),
+        )
+        acc = acc.at[i].add(jnp.einsum("gqk,gkd->gqd", a, v_j))
+        return acc.at[j].add(jnp.einsum("gqk,gqd->gkd", a, v_i))
+
+    acc = jax.lax.fori_loop(0, t.count, diagonal, jnp.zeros_like(v_tiles))
+    if t.count > 1:
+        acc = jax.lax.fori_loop(0, first.shape[0], off_diagonal, acc)
+    return t.join(acc, (v.shape[-1],))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
+def _self(v, mask, reduction, axis_name, tile):
+    if axis_name is None:
+        return _half_forward(v, mask, reduction, tile)
+    return _forward(v, v, mask, reduction, axis_name, tile)
+
+
+def _self_fwd(v, mask, reduction, axis_name, tile):
+    out = _self(v, mask, reduction, axis_name, tile)
+    return out, (v, out)
+
+
+def _self_bwd(mask, reduction, axis_name, tile, residuals, g):
+    v, out = residuals
+    if axis_name is None:
+        return (_half_backward(v, out, g, mask, reduction, tile),)
+    return (_ring_backward_self(v, out, g, mask, reduction, axis_name, tile),)
+
+
+_self.defvjp(_self_fwd, _self_bwd)

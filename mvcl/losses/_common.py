@@ -86,16 +86,21 @@ def mean_over_instances(terms: jax.Array, axis_name) -> jax.Array:
 
 
 def energy(
-    q: jax.Array,
-    k: jax.Array,
+    u: jax.Array,
+    temperature,
     *,
     mask: str,
     axis_name,
     backend,
     reduction: kernels.Reduction = kernels.LSE,
 ) -> jax.Array:
-    """The row reduction of ``q`` (G, n, A, D) over the global keys ``k`` (G, n, B, D)."""
-    return kernels.get(backend)(q, k, mask=mask, reduction=reduction, axis_name=axis_name)
+    """The row reduction of s(u_a, u_b) = u_a·u_b/τ over the global keys: (G, n, A, D) -> (G, n, A).
+
+    The backend sees ``v = u / sqrt(τ)`` as both queries and keys (``v_a · v_b = s(u_a, u_b)``),
+    so a symmetric backend path (:func:`mvcl.kernels.self_rows`) applies.
+    """
+    v = u / jnp.sqrt(temperature)
+    return kernels.self_rows(backend, v, mask=mask, reduction=reduction, axis_name=axis_name)
 
 
 def view_similarities(u: jax.Array, temperature) -> jax.Array:

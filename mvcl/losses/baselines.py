@@ -74,7 +74,7 @@ def pvc(z: jax.Array, *, temperature: float, axis_name=None, backend="dense") ->
     c.check_temperature(temperature)
     u = c.prepare(z, loss="pvc", axis_name=axis_name)
     negatives = c.energy(
-        u[None] / temperature, u[None], mask="instance", axis_name=axis_name, backend=backend
+        u[None], temperature, mask="instance", axis_name=axis_name, backend=backend
     )[0]  # (n, V): LSE over k ≠ j, all c
     s = c.view_similarities(u, temperature)  # (n, V, V): s(u_jα, u_jβ)
     per_pair = jnp.logaddexp(negatives[:, :, None], s) - s
@@ -95,9 +95,9 @@ def multipos_infonce(
     """
     c.check_temperature(temperature)
     u = c.prepare(z, loss="multipos_infonce", axis_name=axis_name)
-    rows = c.energy(
-        u[None] / temperature, u[None], mask="self", axis_name=axis_name, backend=backend
-    )[0]  # (n, V)
+    rows = c.energy(u[None], temperature, mask="self", axis_name=axis_name, backend=backend)[
+        0
+    ]  # (n, V)
     v = u.shape[1]
     s = c.view_similarities(u, temperature)
     positives = (jnp.sum(s, axis=(1, 2)) - jnp.trace(s, axis1=1, axis2=2)) / (v * (v - 1))

@@ -40,7 +40,7 @@ def mv_infonce(
     c.check_temperature(temperature)
     u = c.prepare(z, loss="mv_infonce", axis_name=axis_name)[None]
     mask = "self" if negatives == "all" else "view"
-    rows = c.energy(u / temperature, u, mask=mask, axis_name=axis_name, backend=backend)[0]
+    rows = c.energy(u, temperature, mask=mask, axis_name=axis_name, backend=backend)[0]
     uniformity = jax.nn.logsumexp(rows, axis=-1)
     alignment = c.lse_over_pairs(c.view_similarities(u[0], temperature), ordered=True)
     return c.mean_over_instances(uniformity - alignment, axis_name)
@@ -57,7 +57,7 @@ def dhel_terms(u: jax.Array, temperature, *, axis_name, backend, anchor_views=No
     g, n, v, d = u.shape
     per_view = jnp.swapaxes(u, 1, 2).reshape(g * v, n, 1, d)
     rows = c.energy(
-        per_view / temperature, per_view, mask="instance", axis_name=axis_name, backend=backend
+        per_view, temperature, mask="instance", axis_name=axis_name, backend=backend
     ).reshape(g, v, n)
     if anchor_views is not None:
         rows = rows[:, anchor_views]

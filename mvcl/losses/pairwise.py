@@ -17,7 +17,7 @@ from mvcl.losses.multiview import dhel_terms
 
 
 def _nce_terms(u, temperature, *, mask, axis_name, backend):
-    rows = c.energy(u / temperature, u, mask=mask, axis_name=axis_name, backend=backend)
+    rows = c.energy(u, temperature, mask=mask, axis_name=axis_name, backend=backend)
     positive = jnp.sum(u[:, :, 0] * u[:, :, 1], axis=-1) / temperature
     return jnp.mean(rows, axis=-1) - positive
 
@@ -139,7 +139,7 @@ def kcl(
     per_view = jnp.swapaxes(u, 0, 1)[:, :, None, :]  # (2, n, 1, D): each view its own key set
     row_sums = c.energy(
         per_view,
-        per_view,
+        1.0,
         mask="instance",
         axis_name=axis_name,
         backend=backend,
