@@ -214,12 +214,6 @@ def test_seed_means_claims_and_markdown():
     assert "- does not hold: batch 256, V = 6" in text
 
 
-def test_csv_round_trip(tmp_path):
-    table = synthetic_table()
-    report.write_csv(table, tmp_path / "r.csv")
-    assert report.read_csv(tmp_path / "r.csv") == table
-
-
 def test_plots_draw_one_line_per_loss():
     means = report.seed_means(synthetic_table())
     fig = plots.effective_rank_vs_views(means)

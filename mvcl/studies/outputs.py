@@ -29,7 +29,7 @@ def kernel_rows(sweep: config_dict.ConfigDict, workdir: str | os.PathLike) -> li
     """Kernel costs of the sweep's losses and views: the benchmark's JSON if it exists, else
     timed here once on ``sweep.kernel_cost.ns`` instances and cached in the workdir."""
     settings = sweep.kernel_cost
-    names = sorted({cell.loss for cell in grid.cells(sweep)})
+    names = list(dict.fromkeys(cell.loss for cell in grid.cells(sweep)))
     views = sorted({cell.views for cell in grid.cells(sweep)})
     bench = kernel_cost.from_bench(grid.resolve(settings.bench_json), settings.backend)
     if bench:

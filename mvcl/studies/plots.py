@@ -14,10 +14,16 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator, ScalarFormatter
 
+from mvcl import losses
 from mvcl.studies import report
 
 ACCURACIES = (("backbone/linear_probe", "linear probe"), ("backbone/knn", "kNN"))
 Table = Sequence[Mapping[str, Any]]
+
+
+def color(loss: str) -> str:
+    """The loss's colour, the same in every plot (``C0``..``C9`` in registry order)."""
+    return f"C{losses.NAMES.index(loss) % 10}" if loss in losses.NAMES else "k"
 
 
 def _lines(
@@ -35,6 +41,7 @@ def _lines(
             yerr=[scale * e for e in es],
             marker="o",
             capsize=3,
+            color=color(loss),
             label=loss + suffix,
         )
         drawn += 1
@@ -122,9 +129,8 @@ def kernel_cost(rows: Table, title: str = "") -> Figure:
     one line per loss and N (a line shows the cost of adding views at a fixed batch)."""
     fig = Figure(figsize=(11, 4.5))
     time_ax, memory_ax = fig.subplots(1, 2)
-    colors = {loss: f"C{i % 10}" for i, loss in enumerate(dict.fromkeys(r["loss"] for r in rows))}
     styles = dict(zip(sorted({r["n"] for r in rows}), ("-", "--", ":", "-.")))
-    for loss, color in colors.items():
+    for loss in dict.fromkeys(r["loss"] for r in rows):
         for n, style in styles.items():
             points = sorted(
                 (r for r in rows if (r["loss"], r["n"]) == (loss, n)), key=lambda r: r["v"]
@@ -132,7 +138,12 @@ def kernel_cost(rows: Table, title: str = "") -> Figure:
             if not points:
                 continue
             nv = [r["n"] * r["v"] for r in points]
-            options = {"marker": "o", "color": color, "linestyle": style, "label": f"{loss}, N={n}"}
+            options = {
+                "marker": "o",
+                "color": color(loss),
+                "linestyle": style,
+                "label": f"{loss}, N={n}",
+            }
             time_ax.plot(nv, [r["time_s"] for r in points], **options)
             if all(r["temp_bytes"] for r in points):
                 memory_ax.plot(nv, [r["temp_bytes"] / 2**20 for r in points], **options)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -47,19 +47,6 @@ def write_csv(table: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> No
         writer = csv.DictWriter(f, fieldnames=columns(table), restval="")
         writer.writeheader()
         writer.writerows(table)
-
-
-def read_csv(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Rows of a CSV written by `write_csv`, numbers parsed (empty cells dropped)."""
-
-    def parse(key: str, value: str) -> Any:
-        if key == "loss":
-            return value
-        number = float(value)
-        return int(number) if key in ("views", "batch_size", "seed", "step") else number
-
-    with open(path, newline="", encoding="utf-8") as f:
-        return [{k: parse(k, v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
 
 
 def seed_means(table: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -100,6 +87,21 @@ def series(
     return out
 
 
+def views_study_first(table: Sequence[Mapping[str, Any]]) -> Callable[[Mapping[str, Any]], tuple]:
+    """A sort key: the batch size with the most rows first (the views study), then the others
+    in increasing order; within one, losses in their order in the views study, then V."""
+    sizes = [row["batch_size"] for row in table]
+    main = max(set(sizes), key=sizes.count) if sizes else None
+    first_seen = [r["loss"] for r in table if r["batch_size"] == main] + [r["loss"] for r in table]
+    order = {loss: i for i, loss in enumerate(dict.fromkeys(first_seen))}
+    return lambda row: (
+        row["batch_size"] != main,
+        row["batch_size"],
+        order[row["loss"]],
+        row["views"],
+    )
+
+
 def claims(
     table: Sequence[Mapping[str, Any]], *, features: str = "backbone"
 ) -> list[tuple[str, bool]]:
@@ -111,7 +113,10 @@ def claims(
     """
     metric = f"{features}/effective_rank"
     out = []
-    for batch_size in sorted({r["batch_size"] for r in table}):
+    batch_sizes = dict.fromkeys(
+        r["batch_size"] for r in sorted(table, key=views_study_first(table))
+    )
+    for batch_size in batch_sizes:
         by_loss = series(table, metric, "views", batch_size=batch_size)
         if "mv_dhel" not in by_loss:
             continue
@@ -167,13 +172,14 @@ def markdown(
     targets: Mapping[str, Any] | None = None,
 ) -> str:
     """The sweep's report: accuracies and geometry per cell (seed means), the raw-pixel baseline,
-    the published targets next to the measured values (if ``targets``), and `claims`.
+    the published targets next to the measured values (if ``targets``), and `claims` on the
+    projections (the embeddings the loss sees) and on the backbone features.
 
     ``targets`` (a sweep config's ``targets``) has ``views`` and, per entry besides it, one
     linear-probe accuracy (%) per view count, e.g. ``{"views": (2, 4), "mv_dhel": (87.4, 89.5),
     "best_baseline": (86.0, 88.7)}``.
     """
-    means = seed_means(table)
+    means = sorted(seed_means(table), key=views_study_first(table))
     header = (
         "| loss | V | batch | seeds | linear probe % | kNN % | eff. rank (backbone) "
         "| eff. rank (projector) | alignment | uniformity | train loss | minutes |"
@@ -212,7 +218,7 @@ def markdown(
     lines += ["", f"Total run time of the cells: {total / 60:.1f} minutes."]
     if targets:
         lines += ["", *target_table(means, targets)]
-    checks = claims(means)
+    checks = claims(means, features="projector") + claims(means, features="backbone")
     if checks:
         lines += ["", "## The paper's geometric headline at this scale", ""]
         lines += [f"- {'holds' if ok else 'does not hold'}: {text}" for text, ok in checks]
