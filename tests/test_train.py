@@ -296,7 +296,7 @@ def test_digits_run_reports_probe_knn_pixels_and_geometry_and_evaluate_cli_agree
     assert list((tmp_path / "run").glob("events.out.tfevents.*"))
 
     out = finish(start([f"--workdir={tmp_path / 'run'}"], script=EVALUATE))
-    report = evaluate.format_report(results)
+    report = evaluate.format_report(results, knn_k=config.eval.knn_k)
     assert report.splitlines()[1] in out  # the backbone row: the same accuracies
     assert "raw pixels" in out and "effective_rank" in out
 

@@ -40,6 +40,11 @@ _GEOMETRY_SEED = 1234  # views for the geometry metrics: fixed, so evaluations a
 # --- features -----------------------------------------------------------------------------------
 
 
+@functools.partial(jax.jit, static_argnames=("model", "crop_size"))
+def _forward(model: nn.Module, variables, images, *, crop_size: int):
+    return model.apply(variables, data.center_view(images, crop_size=crop_size), train=False)
+
+
 def embed(
     model: nn.Module,
     variables: Mapping[str, Any],
@@ -52,16 +57,11 @@ def embed(
 
     The last chunk is padded to ``batch_size`` so one compilation serves every chunk.
     """
-
-    @jax.jit
-    def forward(x):
-        return model.apply(variables, data.center_view(x, crop_size=crop_size), train=False)
-
     features, projections = [], []
     for start in range(0, len(images), batch_size):
         chunk = images[start : start + batch_size]
         padded = np.concatenate([chunk, np.zeros_like(images[: batch_size - len(chunk)])])
-        h, z = jax.device_get(forward(padded))
+        h, z = jax.device_get(_forward(model, variables, padded, crop_size=crop_size))
         features.append(h[: len(chunk)])
         projections.append(z[: len(chunk)])
     return np.concatenate(features), np.concatenate(projections)
@@ -281,21 +281,21 @@ def evaluate(
     return results
 
 
-def format_report(results: Mapping[str, float]) -> str:
+def format_report(results: Mapping[str, float], *, knn_k: int | None = None) -> str:
     """A table of the accuracies (features x probe/kNN) and one of the geometry metrics."""
-    lines = [f"{'test accuracy':<16}{'linear probe':>14}{'kNN':>10}"]
+    knn = "kNN" if knn_k is None else f"kNN (k={knn_k})"
+    lines = [f"{'test accuracy':<16}{'linear probe':>14}{knn:>14}"]
     for name in FEATURE_SETS:
         if f"{name}/linear_probe" in results:
             label = "raw pixels" if name == "pixels" else name
-            lines.append(
-                f"{label:<16}{results[f'{name}/linear_probe']:>14.2%}{results[f'{name}/knn']:>10.2%}"
-            )
+            probe, neighbours = results[f"{name}/linear_probe"], results[f"{name}/knn"]
+            lines.append(f"{label:<16}{probe:>14.2%}{neighbours:>14.2%}")
     geometry = sorted(
         {k.split("/")[1] for k in results if k.split("/")[1] not in ("linear_probe", "knn")}
     )
     lines += ["", f"{'geometry':<24}{'backbone':>12}{'projector':>12}"]
     for name in geometry:
         lines.append(
-            f"{name:<24}{results[f'backbone/{name}']:>12.4f}{results[f'projector/{name}']:>12.4f}"
+            f"{name:<24}{results[f'backbone/{name}']:>12.4g}{results[f'projector/{name}']:>12.4g}"
         )
     return "\n".join(lines)

@@ -158,14 +158,15 @@ def fake_source(config: config_dict.ConfigDict) -> list[dict[str, Any]]:
     return [{"image": image, "label": i % 10} for i, image in enumerate(images)]
 
 
-def _open_split(config: config_dict.ConfigDict, split: str) -> data.input_pipeline.Source:
+def _open_split(config: config_dict.ConfigDict, field: str) -> data.input_pipeline.Source:
+    """The split ``config.dataset.<field>``; a ValueError naming the fields if it cannot open."""
     ds = config.dataset
     try:
-        return data.load_split(ds.name, split, ds.data_dir)
+        return data.load_split(ds.name, ds[field], ds.data_dir)
     except (FileNotFoundError, ValueError) as e:
         raise ValueError(
-            f"config.dataset.name: cannot read split {split!r} of {ds.name!r} in "
-            f"{ds.data_dir!r}: {e}"
+            f"config.dataset.name: cannot read split {ds[field]!r} (config.dataset.{field}) of "
+            f"{ds.name!r} in {ds.data_dir!r}: {e}"
         ) from e
 
 
@@ -174,9 +175,9 @@ def open_sources(config: config_dict.ConfigDict) -> data.input_pipeline.Source:
     if config.dataset.fake:
         source = fake_source(config)
     else:
-        source = _open_split(config, config.dataset.train_split)
+        source = _open_split(config, "train_split")
         if config.eval.enabled:
-            _open_split(config, config.dataset.test_split)
+            _open_split(config, "test_split")
     _require(
         config.batch_size <= len(source),
         "batch_size",
@@ -335,7 +336,10 @@ def make_train_step(
 
 
 class _Sigterm:
-    """Context manager recording SIGTERM instead of dying, so the loop can save and return."""
+    """Context manager recording SIGTERM instead of dying, so the loop can save and return.
+
+    Python delivers signals to the main thread only; elsewhere SIGTERM keeps its old handler.
+    """
 
     def __enter__(self) -> _Sigterm:
         self.received = False
@@ -489,7 +493,8 @@ def evaluate_state(
     results = evaluate.evaluate(config, build_model(config), variables)
     writer.write_scalars(step, {f"eval/{k}": v for k, v in results.items()})
     writer.flush()
-    _announce(f"Evaluation at step {step}:\n{evaluate.format_report(results)}")
+    report = evaluate.format_report(results, knn_k=config.eval.knn_k)
+    _announce(f"Evaluation at step {step}:\n{report}")
     return results
 
 
@@ -509,7 +514,7 @@ def evaluate_workdir(
     """
     workdir = os.path.abspath(workdir)
     config = load_config(workdir) if config is None else config
-    test_source = _open_split(config, config.dataset.test_split)
+    test_source = _open_split(config, "test_split")
     channels = np.asarray(test_source[0]["image"]).shape[-1]
     tx = optim.make_optimizer(config, total_steps=1)  # gives the state's structure only
     model = build_model(config)
