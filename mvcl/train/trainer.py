@@ -255,7 +255,7 @@ def create_train_state(
             params=variables["params"],
             batch_stats=variables["batch_stats"],
             opt_state=tx.init(variables["params"]),
-            rng=jax.random.PRNGKey(config.seed),
+            rng=jax.random.key_data(jax.random.key(config.seed)),
         )
 
     return jax.jit(init, out_shardings=NamedSharding(mesh, P()))()
