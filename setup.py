@@ -25,7 +25,6 @@ setup(
         "scikit-learn",  # the bundled digits data set
         "pillow",
         "dm-pix",
-        "clu",
         "tensorboard",
         "tqdm",
         "matplotlib",

@@ -2,7 +2,7 @@
 
 Deliberately independent of ``mvcl``: each loss is written the plain way, from its formula, with
 an explicit similarity matrix over all rows of the batch, boolean masks built from instance and
-view ids, and ``scipy.special.logsumexp``. Nothing is streamed, tiled or shared with the JAX code.
+view ids, and a max-shifted log-sum-exp. Nothing is streamed, tiled or shared with the JAX code.
 
 Every function takes ``z`` of shape (N, V, D) (instance-major, any real dtype; it is converted to
 float64) and returns a Python float. Every operation is analytic, so a complex ``z`` (complex128)
