@@ -31,10 +31,8 @@ def _flat(x):
 
 def _keep(mask, n, a, m, b, q_offset=0):
     """(n·A, m·B) mask of a query block (instances from ``q_offset``) against all keys."""
-    rows, cols = jnp.arange(n * a), jnp.arange(m * b)
-    same_instance = (q_offset + rows // a)[:, None] == (cols // b)[None, :]
-    same_view = (rows % a)[:, None] == (cols % b)[None, :]
-    return reductions.keep(mask, same_instance, same_view)
+    rows = q_offset * a + jnp.arange(n * a)
+    return reductions.keep_rows(mask, rows[:, None], jnp.arange(m * b)[None, :], a, b)
 
 
 def rows_against(q, k_all, *, q_offset, mask: str, reduction: reductions.Reduction):

@@ -42,6 +42,19 @@ def keep(mask: str, same_instance: jax.Array, same_view: jax.Array) -> jax.Array
     raise ValueError(f"mask must be one of {MASKS}, got {mask!r}")
 
 
+def keep_rows(mask: str, row: jax.Array, col: jax.Array, a: int, b: int) -> jax.Array:
+    """:func:`keep` from global row ids ``instance · A + view`` of queries and keys (int arrays,
+    broadcastable), with A (``a``) views per query instance and B (``b``) per key instance.
+
+    Where the mask only needs "is it the same row" it is one compare (no division per element).
+    """
+    if a == b and (mask == "self" or (mask == "instance" and a == 1)):
+        return row != col
+    div, rem = jax.lax.div, jax.lax.rem  # the ids are non-negative: no floor-division fix-ups
+    same_instance = div(row, a) == div(col, b)
+    return keep(mask, same_instance, rem(row, a) == rem(col, b))
+
+
 @dataclasses.dataclass(frozen=True)
 class Reduction:
     """A row reduction: ``combine`` over keys, written for dense tiles and for streams.

@@ -1,7 +1,8 @@
 """The memory-linear backend: online row reductions over key tiles, blocks passed round a ring.
 
 Forward, per device: the local query rows are cut into tiles of at most ``tile`` rows, the keys
-into tiles of at most ``tile`` keys. For each key block (the device's own first, then, with
+into tiles of at most ``tile`` keys (by default :func:`default_tile`: G·tile² ≈ 512², so the
+similarity tile stays in cache). For each key block (the device's own first, then, with
 ``axis_name``, the block of the previous device on the ring, arriving by ``lax.ppermute`` while
 the current one is being computed) every (query tile, key tile) similarity matrix is formed,
 masked by *global* instance and view ids, and folded into a running carry (running max and sum
@@ -28,6 +29,7 @@ kernel, a ring of one device being the single-device case.
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -35,13 +37,27 @@ import numpy as np
 
 from mvcl.kernels import reductions
 
-DEFAULT_TILE = 1024
+TILE_ELEMENTS = 512 * 512
+"""Default similarity-tile size, over all G groups: 1 MiB of float32, cache-sized."""
+MIN_TILE = 128
 
 
-def streaming(q, k, *, mask, reduction, axis_name=None, tile: int = DEFAULT_TILE):
-    """Row reductions of ``q`` (G, n, A, D) over global keys ``k`` (G, n, B, D): (G, n, A)."""
+def default_tile(groups: int) -> int:
+    """Rows per tile when none is given: ``sqrt(TILE_ELEMENTS / G)``, at least ``MIN_TILE``."""
+    return max(MIN_TILE, math.isqrt(TILE_ELEMENTS // groups) // 8 * 8)
+
+
+def _check_tile(tile, x):
+    if tile is None:
+        return default_tile(x.shape[0])
     if tile < 1:
         raise ValueError(f"tile must be a positive number of rows, got {tile}")
+    return tile
+
+
+def streaming(q, k, *, mask, reduction, axis_name=None, tile: int | None = None):
+    """Row reductions of ``q`` (G, n, A, D) over global keys ``k`` (G, n, B, D): (G, n, A)."""
+    tile = _check_tile(tile, q)
     return _stream(q, k, mask, reduction, axis_name, tile)
 
 
@@ -69,17 +85,15 @@ class _Tiling:
         return flat[:, : self.rows].reshape(self.g, self.n, self.per, *trailing)
 
     def ids(self, index, offset):
-        """Global instance ids, view ids and validity of the rows of tile ``index``."""
+        """Global row ids (instance · A + view) and validity of the rows of tile ``index``."""
         r = index * self.size + jnp.arange(self.size)
-        return offset + r // self.per, r % self.per, r < self.rows
+        return offset * self.per + r, r < self.rows
 
 
 def _keep(mask, qt: _Tiling, qi, q_off, kt: _Tiling, ki, k_off):
-    q_inst, q_view, q_ok = qt.ids(qi, q_off)
-    k_inst, k_view, k_ok = kt.ids(ki, k_off)
-    keep = reductions.keep(
-        mask, q_inst[:, None] == k_inst[None, :], q_view[:, None] == k_view[None, :]
-    )
+    q_row, q_ok = qt.ids(qi, q_off)
+    k_row, k_ok = kt.ids(ki, k_off)
+    keep = reductions.keep_rows(mask, q_row[:, None], k_row[None, :], qt.per, kt.per)
     return (keep & q_ok[:, None] & k_ok[None, :])[None]  # (1, Tq, Tk), shared by the G groups
 
 
@@ -202,10 +216,9 @@ def _stream_bwd(mask, reduction, axis_name, tile, residuals, g):
 _stream.defvjp(_stream_fwd, _stream_bwd)
 
 
-def streaming_self(v, *, mask, reduction, axis_name=None, tile: int = DEFAULT_TILE):
+def streaming_self(v, *, mask, reduction, axis_name=None, tile: int | None = None):
     """Row reductions of ``v`` (G, n, A, D) over the global rows of ``v`` themselves: (G, n, A)."""
-    if tile < 1:
-        raise ValueError(f"tile must be a positive number of rows, got {tile}")
+    tile = _check_tile(tile, v)
     return _self(v, mask, reduction, axis_name, tile)
 
 
