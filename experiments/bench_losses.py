@@ -1,0 +1,493 @@
+"""Loss benchmark: forward+backward time and memory of every loss and backend, against a floor.
+
+For each loss of the registry, backend and size (N instances, V views, D features, float32), the
+time of ``jax.jit(jax.value_and_grad(loss))`` (median of repeats after a warm-up call) is compared
+with its *FLOP floor*: the matmul FLOPs the loss cannot avoid (see :data:`FLOPS`) divided by this
+machine's float32 matmul rate, measured at the start of the same run. Memory is the compiled
+temporary bytes per device (``memory_analysis()``) and the peak resident memory of the process
+running the row.
+
+Every (loss, backend) group runs in its own worker process, rows in increasing size, so each
+row's peak RSS is its own (the high-water mark is reset before each row where Linux allows it).
+Workers run with glibc's malloc told to keep freed memory (``GLIBC_TUNABLES``, see
+:data:`MALLOC_TUNABLES`): XLA allocates its temporaries afresh on every call, and on this machine
+first-touching fresh pages costs more than the arithmetic of a large dense loss. Pass
+``--system-malloc`` to measure without it. The setting is worth using for training runs too.
+
+Usage::
+
+    python experiments/bench_losses.py                  # default grid, < 10 min on 2 cores
+    python experiments/bench_losses.py --quick          # small smoke grid
+    python experiments/bench_losses.py --losses mv_infonce,mv_dhel --n 2048 --v 4
+    python experiments/bench_losses.py --devices 4      # adds gather and ring on 4 CPU devices
+    python experiments/bench_losses.py --large          # mv_infonce at N·V = 65,536 and 262,144
+
+Results go to ``experiments/results/bench_losses.json`` (``--out``) and a markdown table to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+# Freed memory stays with the process (no munmap/trim), so XLA's per-call temporaries reuse pages
+# that are already mapped instead of page-faulting fresh ones on every call.
+MALLOC_TUNABLES = (
+    "glibc.malloc.arena_max=1:glibc.malloc.mmap_threshold=4294967295"
+    ":glibc.malloc.trim_threshold=68719476736"
+)
+
+D = 128
+TEMPERATURE = 0.5
+DEFAULT_N = (256, 1024, 4096)
+DEFAULT_V = (2, 4, 8)
+EXTRA_ROWS = (("mv_infonce", 2048, 4), ("mv_dhel", 2048, 4))  # the sizes of issues 2 and 3
+LARGE_ROWS = (16384, 65536)  # N at V = 4: N·V = 65,536 and 262,144
+NO_WARMUP_FLOPS = 1e13  # rows above this (a minute or more per call) are timed once, cold
+MAX_MATRIX_BYTES = 1 << 29  # materialising backends: skip rows whose similarity matrices exceed it
+BASE_TIME = 3.0  # seconds of timed calls per row (at least one call, at most MAX_REPEATS)
+MAX_REPEATS = 5
+
+
+# ------------------------------------------------------------------------------------------------
+# FLOP floors: the matmul FLOPs a loss must do. An energy over `rows` query rows and `keys` keys
+# needs the similarity matmul (2·rows·keys·D) forward and, backward, dQ = P·K and dK = Pᵀ·Q
+# (2·rows·keys·D each): 6·rows·keys·D. The O(N·V²·D) alignment terms are left out.
+
+
+def _energy(rows: int, keys: int, d: int) -> int:
+    return 6 * rows * keys * d
+
+
+def flops_mv_infonce(n, v, d):
+    """One energy of all N·V rows against all N·V keys: 6·(NV)²·D."""
+    return _energy(n * v, n * v, d)
+
+
+def flops_mv_dhel(n, v, d):
+    """V energies, each view's N rows against its own N keys: 6·V·N²·D."""
+    return v * _energy(n, n, d)
+
+
+def flops_pwe(n, v, d):
+    """V(V−1)/2 two-view InfoNCE problems of 2N rows × 2N keys: V(V−1)/2 · 6·(2N)²·D."""
+    return v * (v - 1) // 2 * _energy(2 * n, 2 * n, d)
+
+
+def flops_avg(n, v, d):
+    """V two-view problems (u_l against the mean of the others), 2N × 2N each: V · 6·(2N)²·D."""
+    return v * _energy(2 * n, 2 * n, d)
+
+
+def flops_pvc(n, v, d):
+    """One energy of all N·V rows against all N·V keys: 6·(NV)²·D."""
+    return _energy(n * v, n * v, d)
+
+
+def flops_multipos_infonce(n, v, d):
+    """One energy of all N·V rows against all N·V keys: 6·(NV)²·D."""
+    return _energy(n * v, n * v, d)
+
+
+def flops_infonce(n, v, d):
+    """2N rows against 2N keys (V = 2): 6·(2N)²·D."""
+    return _energy(2 * n, 2 * n, d)
+
+
+def flops_dcl(n, v, d):
+    """2N rows against 2N keys (V = 2): 6·(2N)²·D."""
+    return _energy(2 * n, 2 * n, d)
+
+
+def flops_dhel(n, v, d):
+    """Two energies, each view against itself: 2 · 6·N²·D."""
+    return 2 * _energy(n, n, d)
+
+
+def flops_kcl(n, v, d):
+    """Two kernel sums, each view against itself: 2 · 6·N²·D."""
+    return 2 * _energy(n, n, d)
+
+
+FLOPS = {
+    "mv_infonce": flops_mv_infonce,
+    "mv_dhel": flops_mv_dhel,
+    "pwe": flops_pwe,
+    "avg": flops_avg,
+    "pvc": flops_pvc,
+    "multipos_infonce": flops_multipos_infonce,
+    "infonce": flops_infonce,
+    "dcl": flops_dcl,
+    "dhel": flops_dhel,
+    "kcl": flops_kcl,
+}
+
+
+def matrix_bytes(loss: str, n: int, v: int, devices: int) -> int:
+    """Bytes of the float32 similarity matrices a materialising backend holds per device."""
+    if loss in ("mv_infonce", "pvc", "multipos_infonce"):
+        groups, rows = 1, n * v
+    elif loss in ("mv_dhel", "dhel", "kcl"):
+        groups, rows = v, n
+    else:  # pairs of views: pwe, avg, infonce, dcl
+        groups, rows = {"pwe": v * (v - 1) // 2, "avg": v}.get(loss, 1), 2 * n
+    return 4 * groups * rows * rows // devices
+
+
+# ------------------------------------------------------------------------------------------------
+# Measurements (run inside the worker processes and, for the matmul rate, in the parent).
+
+
+def _timed(fn, *args):
+    import jax
+
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    return time.perf_counter() - start
+
+
+SHAPES = {"square_2048": (2048, 2048, 2048), "rows_8192_d128": (8192, 128, 8192)}
+
+
+def matmul_rate(repeats: int = 9, shapes=tuple(SHAPES)) -> dict:
+    """float32 matmul GFLOP/s (median of repeats) of a 2048³ product and of a loss-shaped
+    (8192×128)·(128×8192) one; ``gflops`` is the faster (the stricter floor)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    shapes = {name: SHAPES[name] for name in shapes}
+    rates = {}
+    for name, (m, k, n) in shapes.items():
+        a = jnp.asarray(rng.standard_normal((m, k)), jnp.float32)
+        b = jnp.asarray(rng.standard_normal((k, n)), jnp.float32)
+        f = jax.jit(jnp.matmul)
+        _timed(f, a, b)
+        seconds = float(np.median([_timed(f, a, b) for _ in range(repeats)]))
+        rates[name] = 2 * m * k * n / seconds / 1e9
+    rates["gflops"] = max(rates.values())  # the faster shape: the stricter floor
+    return rates
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_bytes() -> int:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def run_row(row: dict, mesh_cache: dict) -> dict:
+    """Compiles and times one row in this process; returns the measurements."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    import mvcl
+    from mvcl import parallel
+
+    loss = mvcl.losses.get(row["loss"])
+    kwargs = {} if row["loss"] in mvcl.losses.TEMPERATURE_FREE else {"temperature": TEMPERATURE}
+    backend = row["backend"]
+    if row.get("tile") and backend in ("blockwise", "ring"):
+        backend = mvcl.kernels.get(backend, tile=row["tile"])
+    shape = (row["n"], row["v"], row["d"])
+    local_rate = matmul_rate(repeats=3, shapes=("square_2048",))["gflops"]
+    clean = _reset_peak_rss()
+    z = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    if row["devices"] > 1:
+        mesh = mesh_cache.setdefault(row["devices"], parallel.make_mesh(row["devices"]))
+        fn = parallel.shard_loss(loss, mesh, backend=backend, **kwargs)
+        z = jax.device_put(z, parallel.batch_sharding(mesh))
+    else:
+        fn = lambda z: loss(z, backend=backend, **kwargs)  # noqa: E731
+        z = jnp.asarray(z)
+    start = time.perf_counter()
+    compiled = jax.jit(jax.value_and_grad(fn)).lower(z).compile()
+    out = dict(row, compile_s=time.perf_counter() - start, local_gflops=local_rate)
+    stats = compiled.memory_analysis()
+    out["temp_bytes"] = int(stats.temp_size_in_bytes) if stats is not None else None
+    first = _timed(compiled, z)
+    times = [] if row.get("no_warmup") else [_timed(compiled, z)]
+    if times:  # the warm-up was `first`; repeat within the time budget
+        repeats = int(min(MAX_REPEATS, max(1, BASE_TIME // max(times[0], 1e-3))))
+        times += [_timed(compiled, z) for _ in range(repeats - 1)]
+    else:
+        times = [first]
+    loss_value, grad = compiled(z)
+    out.update(
+        first_call_s=first,
+        times_s=times,
+        time_s=float(np.median(times)),
+        peak_rss_bytes=_peak_rss_bytes(),
+        peak_rss_clean=clean,
+        finite=bool(np.isfinite(float(loss_value)) and jnp.all(jnp.isfinite(grad))),
+    )
+    return out
+
+
+def worker() -> None:
+    """Reads rows (JSON) from stdin, prints one JSON line per row."""
+    spec = json.load(sys.stdin)
+    mesh_cache: dict = {}
+    for row in spec["rows"]:
+        try:
+            result = run_row(row, mesh_cache)
+        except Exception as e:  # a failing row is reported, the others still run
+            result = dict(row, error=f"{type(e).__name__}: {e}"[:500])
+        print(json.dumps(result), flush=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# The parent: plans the rows, starts the workers, prints and writes the results.
+
+
+def plan(args) -> list[dict]:
+    import mvcl
+
+    losses = args.losses.split(",") if args.losses else list(mvcl.losses.NAMES)
+    for name in losses:
+        if name not in FLOPS:
+            raise SystemExit(f"unknown loss {name!r}; known: {', '.join(FLOPS)}")
+    if args.large:
+        backends = [("blockwise", 1)] + ([("ring", args.devices)] if args.devices > 1 else [])
+        sizes = [("mv_infonce", n, 4) for n in LARGE_ROWS]
+    else:
+        single = ["dense", "blockwise"]
+        multi = ["gather", "ring"] if args.devices > 1 else []
+        chosen = args.backends.split(",") if args.backends else single + multi
+        backends = [(b, 1 if b in single else args.devices) for b in chosen]
+        ns = [int(x) for x in args.n.split(",")] if args.n else list(DEFAULT_N)
+        vs = [int(x) for x in args.v.split(",")] if args.v else list(DEFAULT_V)
+        if args.quick:
+            ns, vs = [256, 1024], [2, 4]
+        sizes = [(name, n, v) for name in losses for n in ns for v in vs]
+        if not (args.n or args.v or args.quick):
+            sizes += [s for s in EXTRA_ROWS if s[0] in losses]
+    rows = []
+    for name, n, v in sizes:
+        if name in mvcl.losses.TWO_VIEW and v != 2:
+            continue
+        for backend, devices in backends:
+            row = dict(loss=name, backend=backend, devices=devices, n=n, v=v, d=D, tile=args.tile)
+            row["flops"] = FLOPS[name](n, v, D)
+            if row["flops"] > NO_WARMUP_FLOPS:
+                row["no_warmup"] = True  # minutes per call: time the first call only
+            if n % devices:
+                row["skipped"] = f"N = {n} does not divide over {devices} devices"
+            elif backend in ("dense", "gather"):
+                size = matrix_bytes(name, n, v, devices)
+                if size > args.max_matrix_bytes:
+                    row["skipped"] = f"would materialise {size / 2**30:.1f} GiB of similarities"
+            rows.append(row)
+    return rows
+
+
+def _worker_env(args) -> dict:
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    if not args.system_malloc:
+        env["GLIBC_TUNABLES"] = MALLOC_TUNABLES
+    if args.devices > 1:
+        env["XLA_FLAGS"] = (
+            env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={args.devices}"
+        ).strip()
+    return env
+
+
+def run_workers(groups: list[list[dict]], args, rate: float) -> list[dict]:
+    results = []
+    for rows in groups:
+        proc = subprocess.Popen(
+            [sys.executable, __file__, "--worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=_worker_env(args),
+        )
+        proc.stdin.write(json.dumps({"rows": rows}))
+        proc.stdin.close()
+        for line in proc.stdout:
+            result = json.loads(line)
+            finish(result, rate)
+            results.append(result)
+            print(progress(result), file=sys.stderr, flush=True)
+            if "local_gflops" in result:
+                rate = max(rate, result["local_gflops"])
+        proc.wait()
+        done = {(r["loss"], r["backend"], r["n"], r["v"]) for r in results}
+        for row in rows:  # a worker that died takes its remaining rows with it
+            if (row["loss"], row["backend"], row["n"], row["v"]) not in done:
+                results.append(dict(row, error=f"worker exited with {proc.returncode}"))
+    return results
+
+
+def finish(result: dict, rate: float) -> None:
+    """Floor and multiple of it at the run's reference rate (and at the rate measured just
+    before the row, which follows the load of a shared machine)."""
+    result["floor_s"] = result["flops"] / (rate * 1e9)
+    if "time_s" in result:
+        result["x_floor"] = result["time_s"] / result["floor_s"]
+        result["x_floor_local"] = result["time_s"] * result["local_gflops"] * 1e9 / result["flops"]
+
+
+def progress(r: dict) -> str:
+    head = f"{r['loss']:>16} {r['backend']:>9} P={r['devices']} N={r['n']:>5} V={r['v']}"
+    if "time_s" in r:
+        return (
+            f"{head}  {r['time_s']:8.3f} s  {r['x_floor_local']:5.2f}x floor at "
+            f"{r['local_gflops']:.0f} GFLOP/s"
+        )
+    return f"{head}  {r.get('skipped') or r.get('error')}"
+
+
+def _mib(x):
+    return "" if x is None else f"{x / 2**20:,.0f}"
+
+
+def table(results: list[dict]) -> str:
+    lines = [
+        "| loss | backend | devices | N | V | N·V | floor GFLOP | floor (s) | time (s) | × floor "
+        "| × floor at row's rate | temp MiB/device | peak RSS MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        cells = [
+            r["loss"],
+            r["backend"],
+            str(r["devices"]),
+            str(r["n"]),
+            str(r["v"]),
+            f"{r['n'] * r['v']:,}",
+            f"{r['flops'] / 1e9:,.1f}",
+            f"{r['floor_s']:.3f}",
+        ]
+        if "time_s" in r:
+            cells += [
+                f"{r['time_s']:.3f}",
+                f"{r['x_floor']:.2f}",
+                f"{r['x_floor_local']:.2f}",
+                _mib(r["temp_bytes"]),
+                _mib(r["peak_rss_bytes"]),
+            ]
+        else:
+            cells += ["—", "—", "—", "—", f"skipped: {r.get('skipped') or r.get('error')}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def summary(results: list[dict]) -> str:
+    """One line per (loss, N, V): each backend's time and its multiple of the floor."""
+    backends = list(
+        dict.fromkeys(
+            f"{r['backend']}" + (f" ×{r['devices']}" if r["devices"] > 1 else "") for r in results
+        )
+    )
+    cells: dict = {}
+    for r in results:
+        name = r["backend"] + (f" ×{r['devices']}" if r["devices"] > 1 else "")
+        key = (r["loss"], r["n"], r["v"])
+        cells.setdefault(key, {"floor": r["floor_s"]})[name] = (
+            f"{r['time_s']:.3f} s ({r['x_floor']:.2f}×)" if "time_s" in r else "skipped"
+        )
+    head = "| loss | N | V | N·V | floor (s) | " + " | ".join(backends) + " |"
+    lines = [head, "|---" * (5 + len(backends)) + "|"]
+    for (loss, n, v), c in cells.items():
+        row = [loss, str(n), str(v), f"{n * v:,}", f"{c['floor']:.3f}"]
+        lines.append("| " + " | ".join(row + [c.get(b, "") for b in backends]) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--losses", help="comma-separated registry names (default: all)")
+    parser.add_argument("--backends", help="comma-separated: dense, blockwise, gather, ring")
+    parser.add_argument("--n", help=f"comma-separated N (default {DEFAULT_N} + issue sizes)")
+    parser.add_argument("--v", help=f"comma-separated V (default {DEFAULT_V})")
+    parser.add_argument("--devices", type=int, default=1, help="simulated CPU devices for ring")
+    parser.add_argument("--tile", type=int, default=None, help="tile rows of blockwise/ring")
+    parser.add_argument("--quick", action="store_true", help="N in {256, 1024}, V in {2, 4}")
+    parser.add_argument("--large", action="store_true", help="mv_infonce at N·V = 65,536, 262,144")
+    parser.add_argument("--max-matrix-bytes", type=float, default=MAX_MATRIX_BYTES)
+    parser.add_argument("--system-malloc", action="store_true", help="no GLIBC_TUNABLES")
+    parser.add_argument("--out", default=str(HERE / "results" / "bench_losses.json"))
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return worker()
+
+    import jax
+
+    start = time.perf_counter()
+    rows = plan(args)
+    rate = matmul_rate()
+    print(
+        f"float32 matmul: {rate['square_2048']:.1f} GFLOP/s (2048³), "
+        f"{rate['rows_8192_d128']:.1f} GFLOP/s ((8192×128)·(128×8192)); floor at "
+        f"{rate['gflops']:.1f} GFLOP/s",
+        file=sys.stderr,
+        flush=True,
+    )
+    todo = [r for r in rows if "skipped" not in r]
+    groups: dict = {}
+    for r in sorted(todo, key=lambda r: r["flops"]):
+        key = (r["loss"], r["backend"], r["devices"])
+        if args.large:
+            key += (r["n"],)  # each large row alone: its own clean peak
+        groups.setdefault(key, []).append(r)
+    results = run_workers(list(groups.values()), args, rate["gflops"])
+    # The reference rate: the fastest the machine multiplied during the run (at the start or
+    # just before any row), so every floor is as strict as this machine allows.
+    rate["gflops_start"] = rate["gflops"]
+    rate["gflops"] = max([rate["gflops"]] + [r.get("local_gflops", 0.0) for r in results])
+    results += [r for r in rows if "skipped" in r]
+    for r in results:
+        finish(r, rate["gflops"])
+    order = {k: i for i, k in enumerate((r["loss"], r["backend"], r["n"], r["v"]) for r in rows)}
+    results.sort(key=lambda r: order[(r["loss"], r["backend"], r["n"], r["v"])])
+    report = {
+        "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+        "matmul_gflops": rate,
+        "d": D,
+        "temperature": TEMPERATURE,
+        "dtype": "float32",
+        "malloc": "system" if args.system_malloc else f"GLIBC_TUNABLES={MALLOC_TUNABLES}",
+        "jax": jax.__version__,
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "load_average": os.getloadavg(),
+        "wall_s": time.perf_counter() - start,
+        "rows": results,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
+    print(f"\nfloat32 matmul rate: {rate['gflops']:.1f} GFLOP/s; wall {report['wall_s']:.0f} s\n")
+    print(summary(results))
+    print()
+    print(table(results))
+    print(f"\nwritten to {out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
