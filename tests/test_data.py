@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from mvcl import data
-from mvcl.data import digits
+from mvcl.data import augment, digits
 
 
 @pytest.fixture(scope="module")
@@ -264,6 +264,51 @@ def test_grayscale_jitter_and_blur_are_applied(rgb_images):
     # Blur never sharpens; with sigma ~ U[0.1, 2] most draws visibly smooth the block edges.
     smoothing = total_variation(centre) - total_variation(views(p_blur=1.0))
     assert np.all(smoothing > -1e-3) and np.mean(smoothing > 1.0) > 0.5
+
+
+@pytest.mark.parametrize(
+    "height, width, min_scale, max_scale",
+    [(32, 32, 0.08, 1.0), (32, 32, 0.05, 0.14), (24, 40, 0.2, 0.3)],
+)
+def test_crop_area_fraction_is_within_min_and_max_scale(height, width, min_scale, max_scale):
+    u = jax.random.uniform(jax.random.key(0), (4000, augment._NUM_UNIFORMS))
+    y0, x0, h, w = np.asarray(
+        jax.vmap(lambda v: augment._random_box(v, height, width, min_scale, max_scale))(u)
+    )
+    area = h * w / (height * width)
+    assert area.min() >= min_scale - 1e-6 and area.max() <= max_scale + 1e-6
+    spread = 0.05 * (max_scale - min_scale)  # the draws cover the whole interval
+    assert area.min() < min_scale + spread and area.max() > max_scale - spread
+    assert y0.min() >= 0 and x0.min() >= 0
+    assert np.all(y0 + h <= height + 1e-4) and np.all(x0 + w <= width + 1e-4)
+
+
+def test_make_views_max_scale_zooms_in_and_defaults_to_full_range():
+    # Red grows along x, green along y: a view's red and green ranges measure its crop box.
+    ramp = np.arange(32, dtype=np.uint8) * 8
+    image = np.stack(np.broadcast_arrays(ramp[None, :], ramp[:, None], np.uint8(0)), -1)
+    images = jnp.asarray(np.repeat(image[None], 4, 0))
+    plain = dict(crop_size=16, p_jitter=0.0, p_gray=0.0, flip=False)
+
+    def extents(views):  # box width * height in pixels, from the value ranges in [-1, 1]
+        spans = (views.max((2, 3)) - views.min((2, 3)))[..., :2] * 255 / 2 / 8
+        return np.prod(spans + 1, axis=-1)  # + 1: samples sit inside the box edges
+
+    key = jax.random.key(0)
+    full = np.asarray(data.make_views(key, images, 4, **plain))
+    np.testing.assert_array_equal(full, data.make_views(key, images, 4, max_scale=1.0, **plain))
+    small = np.asarray(data.make_views(key, images, 4, min_scale=0.05, max_scale=0.14, **plain))
+    assert small.shape == full.shape and not np.array_equal(small, full)
+    assert extents(small).max() <= 0.14 * 32 * 32 * 1.1
+    assert extents(full).max() > 0.5 * 32 * 32
+
+
+@pytest.mark.parametrize("min_scale, max_scale", [(0.2, 0.1), (0.08, 1.5)])
+def test_make_views_rejects_max_scale_outside_min_scale_to_1(rgb_images, min_scale, max_scale):
+    with pytest.raises(ValueError, match="max_scale"):
+        data.make_views(
+            jax.random.key(0), rgb_images, 2, crop_size=8, min_scale=min_scale, max_scale=max_scale
+        )
 
 
 def test_center_view_crop_and_bad_input(rgb_images):

@@ -6,11 +6,14 @@ therefore independent of V; only device compute grows with it.
 
 One view of an image in [0, 1] is, in order (SimCLR, Chen et al. 2020, appendix A):
 
-1. random resized crop: area fraction ``a ~ U[min_scale, 1]``, aspect ratio
+1. random resized crop: area fraction ``a ~ U[min_scale, max_scale]``, aspect ratio
    ``r ~ logU[3/4, 4/3]``, box ``h = sqrt(a H W / r)``, ``w = sqrt(a H W r)`` placed uniformly
-   inside the image (first of 10 draws that fits; the whole image if none does), resampled to
-   ``S x S`` with antialiased bilinear `jax.image.scale_and_translate` (sub-pixel boxes, static
-   output shape, fully jittable);
+   inside the image (first of 10 draws that fits; the whole image if none does, as torchvision:
+   never on a square image with ``max_scale <= 3/4``), resampled to ``S x S`` with antialiased
+   bilinear `jax.image.scale_and_translate` (sub-pixel boxes, static output shape, fully
+   jittable). ``max_scale < 1`` gives the small crops of multi-crop (SwAV, Caron et al. 2020:
+   two large crops of scale (0.14, 1) plus small ones of scale (0.05, 0.14) at a lower
+   resolution);
 2. horizontal flip with probability 1/2 (if `flip`);
 3. with probability `p_jitter`, colour jitter of strength ``s``: brightness factor
    ``U[1 - 0.8s, 1 + 0.8s]`` (multiplicative, as SimCLR v2), contrast and saturation factors
@@ -104,9 +107,11 @@ def _between(u: jax.Array, lo: float, hi: float) -> jax.Array:
     return lo + (hi - lo) * u
 
 
-def _random_box(u: jax.Array, height: int, width: int, min_scale: float) -> tuple[jax.Array, ...]:
-    """Inception-style crop box (y0, x0, h, w) of area fraction in [min_scale, 1]."""
-    area = height * width * _between(u[_U["area"]], min_scale, 1.0)
+def _random_box(
+    u: jax.Array, height: int, width: int, min_scale: float, max_scale: float
+) -> tuple[jax.Array, ...]:
+    """Inception-style crop box (y0, x0, h, w) of area fraction in [min_scale, max_scale]."""
+    area = height * width * _between(u[_U["area"]], min_scale, max_scale)
     ratio = jnp.exp(_between(u[_U["ratio"]], *_LOG_RATIO))
     ws, hs = jnp.sqrt(area * ratio), jnp.sqrt(area / ratio)
     fits = (ws <= width) & (hs <= height)
@@ -148,6 +153,7 @@ def _one_view(
     *,
     crop_size: int,
     min_scale: float,
+    max_scale: float,
     jitter_strength: float,
     p_jitter: float,
     p_gray: float,
@@ -161,7 +167,9 @@ def _one_view(
     """
     height, width = image.shape[:2]
     x = jnp.clip(
-        _crop_resize(image, *_random_box(u, height, width, min_scale), crop_size), 0.0, 1.0
+        _crop_resize(image, *_random_box(u, height, width, min_scale, max_scale), crop_size),
+        0.0,
+        1.0,
     )
     if flip:
         x = jnp.where(u[_U["flip"]] < 0.5, x[:, ::-1], x)
@@ -187,6 +195,7 @@ def _one_view(
         "num_views",
         "crop_size",
         "min_scale",
+        "max_scale",
         "jitter_strength",
         "p_jitter",
         "p_gray",
@@ -202,6 +211,7 @@ def make_views(
     *,
     crop_size: int,
     min_scale: float = 0.08,
+    max_scale: float = 1.0,
     jitter_strength: float = 0.5,
     p_jitter: float = 0.8,
     p_gray: float = 0.2,
@@ -217,6 +227,8 @@ def make_views(
       num_views: V >= 1.
       crop_size: S, side of the square output views.
       min_scale: smallest crop area as a fraction of the image (0.08 as in SimCLR).
+      max_scale: largest crop area as a fraction of the image (1 as in SimCLR; 0.14 for the
+        small crops of SwAV's multi-crop).
       jitter_strength: colour jitter strength s (SimCLR: 0.5 on CIFAR, 1.0 on ImageNet).
       p_jitter, p_gray, p_blur: probabilities of colour jitter, grayscale and blur per view.
       flip: random horizontal flips.
@@ -231,10 +243,13 @@ def make_views(
         raise ValueError(f"num_views must be >= 1, got {num_views}")
     if not 0 < min_scale <= 1:
         raise ValueError(f"min_scale must be in (0, 1], got {min_scale}")
+    if not min_scale <= max_scale <= 1:
+        raise ValueError(f"max_scale must be in [min_scale, 1] = [{min_scale}, 1], got {max_scale}")
     view = functools.partial(
         _one_view,
         crop_size=crop_size,
         min_scale=min_scale,
+        max_scale=max_scale,
         jitter_strength=jitter_strength,
         p_jitter=p_jitter,
         p_gray=p_gray,
