@@ -18,8 +18,18 @@ Arguments understood by every config (``apply_args``):
   views=V         ``config.num_views``, views per image (>= 2; exactly 2 for two-view losses).
   backend=B       ``config.loss.backend``: "gather" or "ring" (the step runs inside shard_map).
   width=W         ``config.model.kwargs.width``: backbone channel multiplier (e.g. 0.0625 in tests).
+  multicrop=K     ``config.augment.multicrop.num_small``: K small crops per image on top of the
+                  ``views`` large ones (0, the default, is off); the loss sees views + K views.
   fake=True       random uint8 images of ``config.dataset.fake_shape`` instead of the data set
                   (``config.dataset.fake``); evaluation is then skipped. For tests and smoke runs.
+
+Multi-crop (SwAV, Caron et al. 2020), ``config.augment.multicrop``: every image gives
+``config.num_views`` large crops (``crop_size``, area fraction in ``[min_scale, 1]``) and
+``num_small`` small crops (``small_size``, area fraction in ``[small_min_scale,
+small_max_scale]``), all with the same colour augmentation; the model runs once per resolution
+and the loss sees ``(N, num_views + num_small, D)``. SwAV's ImageNet recipe is 2 large crops of
+scale (0.14, 1) at 224 and 6 small ones of scale (0.05, 0.14) at 96: ``views=2,multicrop=6`` with
+``--config.augment.min_scale=0.14``. Two-view losses cannot take multi-crop.
 """
 
 from __future__ import annotations
@@ -101,6 +111,12 @@ def base_config() -> config_dict.ConfigDict:
     config.augment.p_gray = 0.2
     config.augment.p_blur = 0.0
     config.augment.flip = True
+    config.augment.multicrop = config_dict.ConfigDict()
+    config.augment.multicrop.num_small = 0  # small crops per image; 0: off
+    # Side of the small crops: 3/7 of crop_size (SwAV's 96 of 224) unless set.
+    config.augment.multicrop.small_size = config.augment.get_ref("crop_size") * 3 // 7
+    config.augment.multicrop.small_min_scale = 0.05  # area fraction range of the small crops
+    config.augment.multicrop.small_max_scale = 0.14
 
     config.model = config_dict.ConfigDict()
     config.model.name = "resnet18"
@@ -148,7 +164,14 @@ def base_config() -> config_dict.ConfigDict:
 
 def common_args(**defaults: Any) -> dict[str, Any]:
     """Defaults of the arguments every config understands, updated with ``defaults``."""
-    args = {"loss": "mv_dhel", "views": 2, "backend": "gather", "width": 1.0, "fake": False}
+    args = {
+        "loss": "mv_dhel",
+        "views": 2,
+        "backend": "gather",
+        "width": 1.0,
+        "fake": False,
+        "multicrop": 0,
+    }
     args.update(defaults)
     return args
 
@@ -159,9 +182,11 @@ def apply_args(config: config_dict.ConfigDict, args: config_dict.ConfigDict):
     config.num_views = args.views
     config.loss.backend = args.backend
     config.model.kwargs.width = args.width
+    config.augment.multicrop.num_small = args.multicrop
     if args.fake:
         config.dataset.fake = True
         config.eval.enabled = False
     fake = "_fake" if args.fake else ""
-    config.name = f"{config.dataset.name}{fake}_{args.loss}_v{args.views}"
+    multicrop = f"_mc{args.multicrop}" if args.multicrop else ""
+    config.name = f"{config.dataset.name}{fake}_{args.loss}_v{args.views}{multicrop}"
     return config

@@ -5,7 +5,8 @@
 
 The data set ships with mvcl (scikit-learn's digits, 1,437 train / 360 test images) and is written
 to ``config.dataset.data_dir`` on first use. Augmentations are milder than SimCLR's (crops keep at
-least a third of an 8x8 image; no flips, which would turn digits into other glyphs).
+least a third of an 8x8 image; no flips, which would turn digits into other glyphs). With
+``multicrop=K`` the K small crops are 4x4 views of 10-30% of the image.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.augment.p_gray = 0.0
     config.augment.p_blur = 0.0
     config.augment.flip = False
+    config.augment.multicrop.small_size = 4
+    config.augment.multicrop.small_min_scale = 0.1
+    config.augment.multicrop.small_max_scale = 0.3
 
     config.model.name = "small_cnn"
     config.model.kwargs = config_dict.ConfigDict({"width": 1.0})

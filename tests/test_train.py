@@ -26,8 +26,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # configs/
 
-from mvcl import train  # noqa: E402
-from mvcl.train import evaluate, optim  # noqa: E402
+from mvcl import data, losses, parallel, train  # noqa: E402
+from mvcl.train import evaluate, optim, trainer  # noqa: E402
 
 PRETRAIN = str(REPO / "experiments" / "pretrain.py")
 EVALUATE = str(REPO / "experiments" / "evaluate.py")
@@ -242,6 +242,26 @@ BAD_CONFIGS = {
         "config.dataset.name",
     ),
     "unknown data set": ({"dataset__fake": False, "dataset__name": "nope"}, "config.dataset.name"),
+    "negative small crops": (
+        {"augment__multicrop__num_small": -1},
+        "config.augment.multicrop.num_small",
+    ),
+    "multi-crop for a two-view loss": (
+        {"loss__name": "infonce", "num_views": 2, "augment__multicrop__num_small": 2},
+        "config.augment.multicrop.num_small",
+    ),
+    "small crops larger than the large": (
+        {"augment__multicrop__num_small": 2, "augment__multicrop__small_size": 9},
+        "config.augment.multicrop.small_size",
+    ),
+    "small crop scale 0": (
+        {"augment__multicrop__num_small": 2, "augment__multicrop__small_min_scale": 0.0},
+        "config.augment.multicrop.small_min_scale",
+    ),
+    "small crop scales reversed": (
+        {"augment__multicrop__num_small": 2, "augment__multicrop__small_max_scale": 0.05},
+        "config.augment.multicrop.small_max_scale",
+    ),
 }
 
 
@@ -260,6 +280,57 @@ def test_batch_that_does_not_divide_over_the_devices_is_rejected():
     train.validate_config(config, device_count=4, process_count=1)
     with pytest.raises(ValueError, match=r"config\.batch_size: 12 images do not divide over 8"):
         train.validate_config(config, device_count=8, process_count=1)
+
+
+# --- multi-crop ---------------------------------------------------------------------------------
+
+
+def test_multicrop_argument_sets_the_small_crops_and_names_the_run():
+    assert get_config("digits").augment.multicrop.num_small == 0
+    config = get_config("digits", "views=2,multicrop=3")
+    assert (config.num_views, config.augment.multicrop.num_small) == (2, 3)
+    assert config.name == "digits_mv_dhel_v2_mc3"
+    assert get_config("imagenet100").augment.multicrop.small_size == 96  # SwAV's 96 of 224
+
+
+def test_multicrop_step_gives_the_loss_large_and_small_crops_and_keeps_large_crop_statistics():
+    """One step against a direct computation: per-instance keys split into a large-crop and a
+    small-crop key, one model pass per resolution, the loss on (N, 2 + 3, D)."""
+    config = tiny_config(num_views=2, augment__multicrop__num_small=3, batch_size=4)
+    config.dataset.fake_num_examples = 4
+    mesh = parallel.make_mesh(1)
+    model = train.build_model(config, axis_name=trainer.AXIS)
+    tx, schedule = optim.make_optimizer(config, 1), optim.learning_rate_schedule(config, 1)
+    state = train.create_train_state(config, model, tx, mesh, channels=1)
+    images = np.stack([record["image"] for record in trainer.fake_source(config)])
+    step = train.make_train_step(config, model, tx, schedule, mesh)
+    new_state, metrics = step(state, jnp.asarray(images))
+
+    large = {k: v for k, v in config.augment.to_dict().items() if k != "multicrop"}
+    small = dict(large, crop_size=4, min_scale=0.1, max_scale=0.3)  # configs/digits.py
+    step_key = jax.random.fold_in(state.rng, 0)
+    views = {"large": [], "small": []}
+    for i in range(4):
+        large_key, small_key = jax.random.split(jax.random.fold_in(step_key, i))
+        views["large"].append(data.make_views(large_key, images[i : i + 1], 2, **large))
+        views["small"].append(data.make_views(small_key, images[i : i + 1], 3, **small))
+    variables = jax.device_get(state.variables())
+    z, stats = [], {}
+    for name, group in views.items():
+        x = jnp.concatenate(group)  # (4, V_group, S, S, 1)
+        (_, z_group), stats[name] = train.build_model(config).apply(
+            variables, x.reshape(-1, *x.shape[2:]), train=True, mutable=["batch_stats"]
+        )
+        z.append(z_group.reshape(4, -1, z_group.shape[-1]))
+    z = jnp.concatenate(z, axis=1)
+    assert z.shape == (4, 5, 16)
+    expected = losses.get(config.loss.name)(z, temperature=config.loss.temperature)
+    np.testing.assert_allclose(metrics["loss"], expected, rtol=1e-5)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+        jax.device_get(new_state.batch_stats),
+        stats["large"]["batch_stats"],
+    )
 
 
 # --- whole runs in this process -----------------------------------------------------------------
@@ -304,13 +375,15 @@ def test_digits_run_reports_probe_knn_pixels_and_geometry_and_evaluate_cli_agree
 # --- whole runs in fresh interpreters -----------------------------------------------------------
 
 
-def test_losses_match_on_1_and_8_devices_and_across_2_processes(tmp_path):
-    one = start([*TINY_RUN, f"--workdir={tmp_path / 'one'}"], devices=1)
-    eight = start([*TINY_RUN, f"--workdir={tmp_path / 'eight'}"], devices=8)
+@pytest.mark.parametrize("small_crops", [0, 2], ids=["views", "multicrop"])
+def test_losses_match_on_1_and_8_devices_and_across_2_processes(tmp_path, small_crops):
+    run = [*TINY_RUN, f"--config.augment.multicrop.num_small={small_crops}"]
+    one = start([*run, f"--workdir={tmp_path / 'one'}"], devices=1)
+    eight = start([*run, f"--workdir={tmp_path / 'eight'}"], devices=8)
     port = free_port()
     two_processes = [
         start(
-            [*TINY_RUN, f"--workdir={tmp_path / 'two'}"],
+            [*run, f"--workdir={tmp_path / 'two'}"],
             devices=2,
             env={
                 "MVCL_COORDINATOR": f"127.0.0.1:{port}",

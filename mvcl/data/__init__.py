@@ -3,7 +3,7 @@
 The host reads and sends each image once (uint8); `make_views` makes the V views on the device.
 """
 
-from mvcl.data.augment import center_view, make_views, normalize
+from mvcl.data.augment import center_view, make_views, normalize, view_groups
 from mvcl.data.digits import (
     DIGITS_NAME,
     MvclDigits,
@@ -25,4 +25,5 @@ __all__ = [
     "make_views",
     "normalize",
     "prepare_digits",
+    "view_groups",
 ]

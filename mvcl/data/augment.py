@@ -38,6 +38,8 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import dm_pix as pix
 import jax
@@ -261,6 +263,31 @@ def make_views(
     x = images.astype(jnp.float32) / 255.0
     views = jax.vmap(jax.vmap(view, in_axes=(0, None)), in_axes=(0, 0))(uniforms, x)
     return normalize(views)
+
+
+def view_groups(num_views: int, augment: Mapping[str, Any]) -> list[tuple[int, dict[str, Any]]]:
+    """The views an augmentation config asks for, one group per resolution: ``(count, kwargs)``.
+
+    ``augment`` holds `make_views` keyword arguments and, optionally, a ``multicrop`` mapping
+    (``num_small``, ``small_size``, ``small_min_scale``, ``small_max_scale``; see
+    ``configs/common.py``). The first group is ``num_views`` views made with ``augment`` (the large
+    crops). If ``num_small > 0``, a second group follows: ``num_small`` small crops with the same
+    colour augmentation, of side ``small_size`` and area fraction in
+    ``[small_min_scale, small_max_scale]``. Call ``make_views(rng, images, count, **kwargs)`` for
+    each group, with its own key.
+    """
+    large = {k: v for k, v in augment.items() if k != "multicrop"}
+    groups = [(num_views, large)]
+    multicrop = augment.get("multicrop", {"num_small": 0})
+    if multicrop["num_small"]:
+        small = dict(
+            large,
+            crop_size=multicrop["small_size"],
+            min_scale=multicrop["small_min_scale"],
+            max_scale=multicrop["small_max_scale"],
+        )
+        groups.append((multicrop["num_small"], small))
+    return groups
 
 
 @functools.partial(jax.jit, static_argnames=("crop_size", "crop_fraction"))

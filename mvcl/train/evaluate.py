@@ -12,8 +12,8 @@ the host's devices in plain ``jax.jit`` (no mesh):
 * **raw-pixel baseline**: the same probe and kNN on the flattened centre views, so a number can
   be read against what the pixels alone give.
 * **geometry** (``mvcl.metrics.all_metrics``) of backbone features and projections of V random
-  views (the training augmentation) of test images: alignment, uniformity, effective rank,
-  covariance rank, Wasserstein uniformity.
+  views (the training augmentation; with multi-crop, the V large crops) of test images:
+  alignment, uniformity, effective rank, covariance rank, Wasserstein uniformity.
 
 `evaluate` does all of it from a config and the encoder's variables; `format_report` prints it.
 """
@@ -269,13 +269,14 @@ def evaluate(
             k=ev.knn_k,
             temperature=ev.knn_temperature,
         )
+    num_views, augment = data.view_groups(config.num_views, config.augment.to_dict())[0]  # large
     results.update(
         view_geometry(
             model,
             variables,
             test_images[: ev.geometry_examples],
-            num_views=config.num_views,
-            augment=config.augment.to_dict(),
+            num_views=num_views,
+            augment=augment,
         )
     )
     return results

@@ -16,7 +16,9 @@ One run, ``train_and_evaluate(config, workdir)``:
    (``axis_name``) and calls the loss with ``axis_name``, which returns the global-batch loss;
    ``jax.grad`` of the shard_map-ed function is the gradient of that loss. The views of instance
    ``i`` of the global batch at step ``s`` come from the key ``fold_in(fold_in(rng, s), i)``: the
-   same on one device or many.
+   same on one device or many. With multi-crop (``config.augment.multicrop.num_small = K > 0``)
+   that key is split in two, for the V large and the K small crops; the model runs once per
+   resolution and the loss sees ``(n, V + K, D)``.
 5. **Loop.** Progress bar, metrics (TensorBoard + ``metrics.jsonl``), checkpoints every
    ``config.checkpoint_every_steps``, on SIGTERM (save, then return) and at the end; a rerun in
    the same workdir resumes from the newest good checkpoint. Evaluation (`mvcl.train.evaluate`)
@@ -90,6 +92,7 @@ def validate_config(
         "num_views",
         f"{loss!r} is a two-view loss and needs num_views = 2, got {views}",
     )
+    _validate_multicrop(config)
     _require(
         config.loss.backend in LOSS_BACKENDS,
         "loss.backend",
@@ -145,6 +148,41 @@ def validate_config(
     )
     for field in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
         _require(config[field] >= 1, field, f"must be >= 1, got {config[field]}")
+
+
+def _validate_multicrop(config: config_dict.ConfigDict) -> None:
+    """The checks of ``config.augment.multicrop``; its other fields only matter if it is on."""
+    multicrop, loss = config.augment.multicrop, config.loss.name
+    field = "augment.multicrop."
+    _require(
+        multicrop.num_small >= 0,
+        field + "num_small",
+        f"must be >= 0 (0: no multi-crop), got {multicrop.num_small}",
+    )
+    if not multicrop.num_small:
+        return
+    _require(
+        loss not in losses.TWO_VIEW,
+        field + "num_small",
+        f"{loss!r} is a two-view loss: multi-crop would give it num_views + num_small = "
+        f"{config.num_views + multicrop.num_small} views",
+    )
+    _require(
+        1 <= multicrop.small_size <= config.augment.crop_size,
+        field + "small_size",
+        f"must be in [1, crop_size = {config.augment.crop_size}], got {multicrop.small_size}",
+    )
+    _require(
+        0 < multicrop.small_min_scale <= 1,
+        field + "small_min_scale",
+        f"must be in (0, 1], got {multicrop.small_min_scale}",
+    )
+    _require(
+        multicrop.small_min_scale <= multicrop.small_max_scale <= 1,
+        field + "small_max_scale",
+        f"must be in [small_min_scale, 1] = [{multicrop.small_min_scale}, 1], "
+        f"got {multicrop.small_max_scale}",
+    )
 
 
 # --- 2. data ------------------------------------------------------------------------------------
@@ -285,24 +323,42 @@ def make_train_step(
 
     ``images`` is the uint8 (B, H, W, C) global batch sharded over ``AXIS``; ``model`` must have
     ``axis_name=AXIS``. Metrics: ``loss`` (before the update), ``learning_rate``, ``grad_norm``.
+
+    Views come in groups of one resolution (`mvcl.data.view_groups`): the V views, or with
+    multi-crop the V large and the K small crops, each group from its own part of the instance's
+    key (``jax.random.split``; one group uses the key itself). The model runs on each group
+    separately, so every BatchNorm normalises a group with that group's global-batch statistics
+    (as SwAV); the backbone's global pooling gives every group the same feature width, and the
+    projections are concatenated to ``(n, V + K, D)``. The running BatchNorm averages are those
+    of the first (large-crop) pass only: evaluation feeds centre crops at ``crop_size``, whose
+    statistics the small crops' would bias (SwAV's PyTorch code updates them with both passes).
     """
-    num_views, augment = config.num_views, config.augment.to_dict()
+    groups = data.view_groups(config.num_views, config.augment.to_dict())
     loss_fn = make_loss_fn(config)
 
-    def views_of(key: jax.Array, image: jax.Array) -> jax.Array:
-        return data.make_views(key, image[None], num_views, **augment)[0]
+    def views_of(key: jax.Array, image: jax.Array) -> list[jax.Array]:
+        keys = [key] if len(groups) == 1 else jax.random.split(key, len(groups))
+        return [
+            data.make_views(k, image[None], count, **kwargs)[0]
+            for k, (count, kwargs) in zip(keys, groups)
+        ]
 
     def device_loss(params, batch_stats, images, rng, step):
         n = images.shape[0]
         index = jax.lax.axis_index(AXIS) * n + jnp.arange(n)  # global instance index
         step_key = jax.random.fold_in(rng, step)
         keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(step_key, index)
-        views = jax.vmap(views_of)(keys, images)  # (n, V, S, S, C)
-        x = views.reshape(n * num_views, *views.shape[2:])
-        (_, z), updates = model.apply(
-            {"params": params, "batch_stats": batch_stats}, x, train=True, mutable=["batch_stats"]
-        )
-        return loss_fn(z.reshape(n, num_views, -1)), updates["batch_stats"]
+        outputs = [
+            model.apply(
+                {"params": params, "batch_stats": batch_stats},
+                views.reshape(-1, *views.shape[2:]),  # (n * count, S, S, C), instance-major
+                train=True,
+                mutable=["batch_stats"],
+            )
+            for views in jax.vmap(views_of)(keys, images)  # (n, count, S, S, C) per group
+        ]
+        z = jnp.concatenate([z.reshape(n, -1, z.shape[-1]) for (_, z), _ in outputs], axis=1)
+        return loss_fn(z), outputs[0][1]["batch_stats"]
 
     global_loss = jax.shard_map(
         device_loss,
@@ -428,8 +484,10 @@ def train_and_evaluate(
     writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
     train_step = make_train_step(config, model, tx, schedule, mesh)
     sharding = parallel.batch_sharding(mesh, AXIS)
+    small = config.augment.multicrop.num_small
+    views = f"V={config.num_views}" + (f"+{small} small crops" if small else "")
     _announce(
-        f"{config.name}: {config.loss.name}, V={config.num_views}, batch {config.batch_size} on "
+        f"{config.name}: {config.loss.name}, {views}, batch {config.batch_size} on "
         f"{mesh.size} device(s) in {jax.process_count()} process(es), steps {start}->{num_steps}"
     )
 
