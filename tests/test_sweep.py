@@ -129,6 +129,23 @@ def test_a_done_cell_with_another_config_is_an_error(tmp_path):
         studies.run_sweep(sweep, tmp_path, train_fn=refuse, progress=False)
 
 
+def test_multicrop_settings_change_a_cell_only_when_multicrop_is_on():
+    sweep = tiny_sweep(a=(("mv_dhel",), (2,)))
+    current = runner._plain(studies.cell_config(sweep, studies.cells(sweep)[0]))
+    before_multicrop = json.loads(json.dumps(current))
+    del before_multicrop["augment"]["multicrop"]  # as stored by runs before multi-crop existed
+    assert runner.config_changes(before_multicrop, current) == []
+    current["augment"]["multicrop"]["small_size"] = 2  # inert while num_small = 0
+    assert runner.config_changes(before_multicrop, current) == []
+    current["augment"]["multicrop"]["num_small"] = 2
+    assert runner.config_changes(before_multicrop, current) == [
+        "augment.multicrop.num_small",
+        "augment.multicrop.small_max_scale",
+        "augment.multicrop.small_min_scale",
+        "augment.multicrop.small_size",
+    ]
+
+
 @pytest.mark.parametrize("path", SWEEP_CONFIGS, ids=[p.stem for p in SWEEP_CONFIGS])
 @pytest.mark.parametrize("arg", ["", "fake=True", "seeds=2"])
 def test_every_sweep_config_builds_valid_cells(path, arg):

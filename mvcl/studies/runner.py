@@ -80,10 +80,19 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _result_fields(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The flattened fields of a plain config that decide its result: the multi-crop settings
+    count only when multi-crop is on (configs stored before it existed have none)."""
+    flat = _flatten(config)
+    if flat.get("augment.multicrop.num_small", 0):
+        return flat
+    return {k: v for k, v in flat.items() if not k.startswith("augment.multicrop.")}
+
+
 def config_changes(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
     """Dotted names of the fields that differ between two plain configs (`RERUN_SAFE_FIELDS`
-    excepted)."""
-    a, b = _flatten(stored), _flatten(current)
+    excepted, and multi-crop settings while it is off)."""
+    a, b = _result_fields(stored), _result_fields(current)
     return sorted(
         k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and k not in RERUN_SAFE_FIELDS
     )
