@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # configs/
 
 from mvcl import data, losses, parallel, train  # noqa: E402
+from mvcl.studies import runner  # noqa: E402
 from mvcl.train import evaluate, optim, trainer  # noqa: E402
 
 PRETRAIN = str(REPO / "experiments" / "pretrain.py")
@@ -370,6 +371,16 @@ def test_digits_run_reports_probe_knn_pixels_and_geometry_and_evaluate_cli_agree
     report = evaluate.format_report(results, knn_k=config.eval.knn_k)
     assert report.splitlines()[1] in out  # the backbone row: the same accuracies
     assert "raw pixels" in out and "effective_rank" in out
+
+    step, variables = train.restore_variables(tmp_path / "run")
+    assert step == 2
+    jax.tree.map(
+        np.testing.assert_array_equal, variables, jax.device_get(result["state"].variables())
+    )
+    embeddings = runner.test_embeddings(config, tmp_path / "run")  # a sweep's restore path
+    assert embeddings["projector"].shape == (360, 16) and embeddings["labels"].shape == (360,)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train.restore_variables(tmp_path / "nothing", config)
 
 
 # --- whole runs in fresh interpreters -----------------------------------------------------------

@@ -27,7 +27,7 @@ import numpy as np
 from ml_collections import config_dict
 from tqdm import tqdm
 
-from mvcl import data, parallel, train
+from mvcl import data, train
 from mvcl.studies import grid
 
 CELLS_DIR = "cells"
@@ -126,29 +126,11 @@ def last_train_loss(directory: Path) -> float | None:
     return losses[-1] if losses else None
 
 
-def final_variables(config: config_dict.ConfigDict, directory: Path, channels: int) -> dict:
-    """``{"params", "batch_stats"}`` of the newest checkpoint of the run in ``directory``."""
-    model = train.build_model(config)
-    tx = train.make_optimizer(config, total_steps=1)  # gives the state's structure only
-    mesh = parallel.make_mesh(None if config.num_devices == -1 else config.num_devices)
-    target = train.create_train_state(config, model, tx, mesh, channels)
-    checkpointer = train.Checkpointer(
-        directory / train.trainer.CHECKPOINT_DIR,
-        max_to_keep=config.keep_checkpoints,
-        read_only=True,
-    )
-    restored = checkpointer.restore_latest(target)
-    checkpointer.close()
-    if restored is None:
-        raise FileNotFoundError(f"no checkpoint to restore in {checkpointer.directory}")
-    return jax.device_get(restored[1].variables())
-
-
 def test_embeddings(config: config_dict.ConfigDict, directory: Path) -> dict[str, np.ndarray]:
     """Backbone features, projections and labels of the centre views of the test split."""
     ds = config.dataset
     images, labels = data.load_numpy(ds.name, ds.test_split, ds.data_dir, image_size=ds.image_size)
-    variables = final_variables(config, directory, channels=images.shape[-1])
+    _, variables = train.restore_variables(directory, config)
     backbone, projector = train.evaluate.embed(
         train.build_model(config),
         variables,

@@ -3,6 +3,7 @@
     from mvcl import train
     result = train.train_and_evaluate(config, workdir)   # pretrain (resumes), then evaluate
     results = train.evaluate_workdir(workdir)            # evaluate the newest checkpoint
+    step, variables = train.restore_variables(workdir)   # its encoder, {"params", "batch_stats"}
     train.evaluate.knn_accuracy(...)                      # the evaluation pieces
 
 The command-line entry points are ``experiments/pretrain.py`` and ``experiments/evaluate.py``.
@@ -18,6 +19,7 @@ from mvcl.train.trainer import (
     evaluate_workdir,
     load_config,
     make_train_step,
+    restore_variables,
     train_and_evaluate,
     validate_config,
 )
@@ -35,6 +37,7 @@ __all__ = [
     "load_config",
     "make_optimizer",
     "make_train_step",
+    "restore_variables",
     "train_and_evaluate",
     "validate_config",
 ]

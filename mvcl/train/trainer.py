@@ -531,7 +531,7 @@ def train_and_evaluate(
 
     results = {}
     if config.eval.enabled:
-        results = evaluate_state(config, state, writer, step)
+        results = evaluate_variables(config, jax.device_get(state.variables()), writer, step)
     writer.close()
     _announce(
         f"Checkpoints: {checkpoints}\nMetrics: {writer.jsonl_path} and TensorBoard events "
@@ -543,11 +543,14 @@ def train_and_evaluate(
 # --- evaluation of a state or of a workdir ------------------------------------------------------
 
 
-def evaluate_state(
-    config: config_dict.ConfigDict, state: TrainState, writer: MetricWriter, step: int
+def evaluate_variables(
+    config: config_dict.ConfigDict,
+    variables: Mapping[str, Any],
+    writer: MetricWriter,
+    step: int,
 ) -> dict[str, float]:
-    """Evaluates the encoder of ``state``, logs ``eval/*`` at ``step`` and prints the report."""
-    variables = jax.device_get(state.variables())
+    """Evaluates the encoder ``variables`` (``{"params", "batch_stats"}``), logs ``eval/*`` at
+    ``step`` and prints the report."""
     results = evaluate.evaluate(config, build_model(config), variables)
     writer.write_scalars(step, {f"eval/{k}": v for k, v in results.items()})
     writer.flush()
@@ -562,6 +565,40 @@ def load_config(workdir: str | os.PathLike) -> config_dict.ConfigDict:
         return config_dict.ConfigDict(json.load(f))
 
 
+def restore_variables(
+    workdir: str | os.PathLike, config: config_dict.ConfigDict | None = None
+) -> tuple[int, dict[str, Any]]:
+    """The step and encoder variables of the newest good checkpoint of the run in ``workdir``.
+
+    ``config`` (default: the one the run saved) gives the structure of the train state; the
+    image channels come from ``config.dataset.fake_shape`` or the first test image. Nothing in
+    ``workdir`` is written or deleted.
+
+    Returns:
+      ``(step, {"params": ..., "batch_stats": ...})`` with numpy arrays on the host.
+
+    Raises:
+      FileNotFoundError: ``workdir`` has no checkpoint that restores.
+    """
+    workdir = os.path.abspath(workdir)
+    config = load_config(workdir) if config is None else config
+    if config.dataset.fake:
+        channels = config.dataset.fake_shape[-1]
+    else:
+        channels = np.asarray(_open_split(config, "test_split")[0]["image"]).shape[-1]
+    tx = optim.make_optimizer(config, total_steps=1)  # gives the state's structure only
+    target = create_train_state(config, build_model(config), tx, parallel.make_mesh(), channels)
+    checkpointer = Checkpointer(
+        os.path.join(workdir, CHECKPOINT_DIR), max_to_keep=config.keep_checkpoints, read_only=True
+    )
+    restored = checkpointer.restore_latest(target)
+    checkpointer.close()
+    if restored is None:
+        raise FileNotFoundError(f"no checkpoint to restore in {checkpointer.directory}")
+    step, state, _ = restored
+    return step, jax.device_get(state.variables())
+
+
 def evaluate_workdir(
     workdir: str | os.PathLike, config: config_dict.ConfigDict | None = None
 ) -> dict[str, float]:
@@ -572,19 +609,8 @@ def evaluate_workdir(
     """
     workdir = os.path.abspath(workdir)
     config = load_config(workdir) if config is None else config
-    test_source = _open_split(config, "test_split")
-    channels = np.asarray(test_source[0]["image"]).shape[-1]
-    tx = optim.make_optimizer(config, total_steps=1)  # gives the state's structure only
-    model = build_model(config)
-    target = create_train_state(config, model, tx, parallel.make_mesh(), channels)
-    checkpointer = Checkpointer(
-        os.path.join(workdir, CHECKPOINT_DIR), max_to_keep=config.keep_checkpoints, read_only=True
-    )
-    restored = checkpointer.restore_latest(target)
-    if restored is None:
-        raise FileNotFoundError(f"no checkpoint to evaluate in {checkpointer.directory}")
-    step, state, _ = restored
+    step, variables = restore_variables(workdir, config)
     writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
-    results = evaluate_state(config, state, writer, step)
+    results = evaluate_variables(config, variables, writer, step)
     writer.close()
     return results
