@@ -10,7 +10,8 @@ a ``custom_jvp`` whose tangent ``dS = X + Xᵀ`` (``X = dv vᵀ``) transposes, i
 the single matmul ``dv = (W + Wᵀ) v`` (``W = ∂out/∂S · g``), where autodiff of the plain
 formula would do two (``W k`` and ``Wᵀ q``); ``W + Wᵀ`` is formed from S in one elementwise pass
 (S is symmetric, so no transpose is read). Forward mode stays available, as the float64 gradient
-checks need it.
+checks need it. S is computed and reduced in chunks of rows (faster matmuls, reductions from
+cache) but kept whole: memory stays O(rows²), as this backend promises.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mvcl.kernels import reductions
 
@@ -64,17 +66,62 @@ def _single_device(axis_name):
         )
 
 
-def _self_matrix(v, mask):
+DENSE_CHUNK = 512
+"""Rows of the similarity matrix computed (and reduced) at a time: cache-sized pieces."""
+
+
+def _chunk_rows(n: int, a: int) -> int:
+    """Rows per chunk: whole instances (a multiple of A dividing n·A), about DENSE_CHUNK."""
+    return a * max(k for k in range(1, n + 1) if n % k == 0 and k * a <= max(DENSE_CHUNK, a))
+
+
+def _excluded(mask, n, a):
+    """(row, col) ids of the pairs a mask leaves out when they are few (O(n·A²)), else None."""
+    if mask == "self":
+        rows = np.arange(n * a)
+        return rows, rows
+    if mask == "instance":
+        instance, l, m = np.meshgrid(np.arange(n), np.arange(a), np.arange(a), indexing="ij")
+        return (instance * a + l).ravel(), (instance * a + m).ravel()
+    return None
+
+
+def _self_matrix(v, mask, reduction):
+    """Rows, S = v vᵀ (G, R, R), the keep mask and the reduction of every row (G, R).
+
+    S is computed and reduced a chunk of rows at a time (smaller matmul outputs run faster and
+    the reductions read S from cache), then kept whole for the backward pass. For a log-sum-exp
+    whose mask leaves out few pairs (self, instance) those entries of S are set to -inf instead
+    (exp(-inf) = 0), so that nothing downstream needs a select over the whole matrix.
+    """
     rows = _flat(v)
-    s = jnp.einsum("gqd,gkd->gqk", rows, rows, preferred_element_type=v.dtype)
+    g, r, _ = rows.shape
     n, a = v.shape[1:3]
-    return rows, s, _keep(mask, n, a, n, a)[None]
+    size = _chunk_rows(n, a)
+    count = r // size
+    excluded = _excluded(mask, size // a, a) if reduction.name == "lse" else None
+
+    def chunk(index):
+        group, first = index // count, (index % count) * size
+        keys = jax.lax.dynamic_index_in_dim(rows, group, keepdims=False)
+        queries = jax.lax.dynamic_slice_in_dim(keys, first, size)
+        s = jnp.einsum("qd,kd->qk", queries, keys, preferred_element_type=v.dtype)
+        if excluded is None:
+            keep = reductions.keep_rows(
+                mask, (first + jnp.arange(size))[:, None], jnp.arange(r)[None, :], a, a
+            )
+        else:
+            s, keep = s.at[excluded[0], first + excluded[1]].set(-jnp.inf), np.True_
+        return s, reduction.dense(s, keep, axes=(1,))
+
+    s, out = jax.lax.map(chunk, jnp.arange(g * count))
+    keep = np.True_ if excluded is not None else _keep(mask, n, a, n, a)[None]
+    return rows, s.reshape(g, r, r), keep, out.reshape(g, r)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
 def _dense_self(v, mask, reduction):
-    _, s, keep = _self_matrix(v, mask)
-    return reduction.dense(s, keep, axes=(2,)).reshape(v.shape[:3])
+    return _self_matrix(v, mask, reduction)[3].reshape(v.shape[:3])
 
 
 @_dense_self.defjvp
@@ -84,8 +131,7 @@ def _dense_self_jvp(mask, reduction, primals, tangents):
     # reverse mode this transposes into X̄ = ḡ_a W_ab + ḡ_b W_ba (one elementwise pass over S)
     # and dv = X̄ v (one matmul).
     (v,), (dv,) = primals, tangents
-    rows, s, keep = _self_matrix(v, mask)
-    out = reduction.dense(s, keep, axes=(2,))
+    rows, s, keep, out = _self_matrix(v, mask, reduction)
     w_rows = reduction.weights(s, keep, out[:, :, None])
     w_cols = reduction.weights(s, keep, out[:, None, :])
     x = jnp.einsum("gqd,gkd->gqk", _flat(dv), rows, preferred_element_type=v.dtype)
