@@ -397,7 +397,8 @@ def table(results: list[dict]) -> str:
 
 
 def summary(results: list[dict]) -> str:
-    """One line per (loss, N, V): each backend's time and its multiple of the floor."""
+    """One line per (loss, N, V): each backend's time and its multiple of the floor, at the run's
+    reference rate / at the rate measured just before the row."""
     backends = list(
         dict.fromkeys(
             f"{r['backend']}" + (f" ×{r['devices']}" if r["devices"] > 1 else "") for r in results
@@ -408,7 +409,9 @@ def summary(results: list[dict]) -> str:
         name = r["backend"] + (f" ×{r['devices']}" if r["devices"] > 1 else "")
         key = (r["loss"], r["n"], r["v"])
         cells.setdefault(key, {"floor": r["floor_s"]})[name] = (
-            f"{r['time_s']:.3f} s ({r['x_floor']:.2f}×)" if "time_s" in r else "skipped"
+            f"{r['time_s']:.3f} s ({r['x_floor']:.2f}× / {r['x_floor_local']:.2f}×)"
+            if "time_s" in r
+            else "skipped"
         )
     head = "| loss | N | V | N·V | floor (s) | " + " | ".join(backends) + " |"
     lines = [head, "|---" * (5 + len(backends)) + "|"]
@@ -431,10 +434,16 @@ def main() -> None:
     parser.add_argument("--max-matrix-bytes", type=float, default=MAX_MATRIX_BYTES)
     parser.add_argument("--system-malloc", action="store_true", help="no GLIBC_TUNABLES")
     parser.add_argument("--out", default=str(HERE / "results" / "bench_losses.json"))
+    parser.add_argument("--render", metavar="JSON", help="print the tables of an earlier run")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker()
+    if args.render:
+        report = json.loads(Path(args.render).read_text())
+        print(f"float32 matmul rate: {report['matmul_gflops']['gflops']:.1f} GFLOP/s\n")
+        print(summary(report["rows"]) + "\n\n" + table(report["rows"]))
+        return
 
     import jax
 
