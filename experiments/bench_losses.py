@@ -3,12 +3,15 @@
 For each loss of the registry, backend and size (N instances, V views, D features, float32), the
 time of ``jax.jit(jax.value_and_grad(loss))`` (median of repeats after a warm-up call) is compared
 with its *FLOP floor*: the matmul FLOPs the loss cannot avoid (see :data:`FLOPS`) divided by this
-machine's float32 matmul rate, measured at the start of the same run. Memory is the compiled
-temporary bytes per device (``memory_analysis()``) and the peak resident memory of the process
-running the row.
+machine's float32 matmul rate. The rate is measured in the same run, at the start and again just
+before every row; the floor uses the fastest of these (the strictest floor), and each row also
+reports its multiple of the floor at the rate measured just before it, which follows the load on
+a shared machine. Memory is the compiled temporary bytes per device (``memory_analysis()``) and
+the peak resident memory of the process running the row.
 
 Every (loss, backend) group runs in its own worker process, rows in increasing size, so each
-row's peak RSS is its own (the high-water mark is reset before each row where Linux allows it).
+row's peak RSS is its own (the high-water mark is reset before each row where Linux allows it;
+it includes the JAX runtime and memory the allocator kept from the group's earlier rows).
 Workers run with glibc's malloc told to keep freed memory (``GLIBC_TUNABLES``, see
 :data:`MALLOC_TUNABLES`): XLA allocates its temporaries afresh on every call, and on this machine
 first-touching fresh pages costs more than the arithmetic of a large dense loss. Pass
@@ -21,6 +24,7 @@ Usage::
     python experiments/bench_losses.py --losses mv_infonce,mv_dhel --n 2048 --v 4
     python experiments/bench_losses.py --devices 4      # adds gather and ring on 4 CPU devices
     python experiments/bench_losses.py --large          # mv_infonce at N·V = 65,536 and 262,144
+    python experiments/bench_losses.py --large --n 16384  # only N·V = 65,536 (V = 4)
 
 Results go to ``experiments/results/bench_losses.json`` (``--out``) and a markdown table to stdout.
 """
@@ -272,7 +276,8 @@ def plan(args) -> list[dict]:
             raise SystemExit(f"unknown loss {name!r}; known: {', '.join(FLOPS)}")
     if args.large:
         backends = [("blockwise", 1)] + ([("ring", args.devices)] if args.devices > 1 else [])
-        sizes = [("mv_infonce", n, 4) for n in LARGE_ROWS]
+        chosen_n = [int(x) for x in args.n.split(",")] if args.n else LARGE_ROWS
+        sizes = [("mv_infonce", n, 4) for n in chosen_n]
     else:
         single = ["dense", "blockwise"]
         multi = ["gather", "ring"] if args.devices > 1 else []
