@@ -11,12 +11,13 @@ printed and appended to ``<workdir>/metrics.jsonl`` and the TensorBoard events a
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # for configs/
 
-from mvcl import parallel, train  # noqa: E402
+from mvcl import train  # noqa: E402
+from mvcl.train import cli  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file; default: the config saved in the workdir."
@@ -26,11 +27,7 @@ flags.mark_flags_as_required(["workdir"])
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO: keep it quiet
-        logging.set_verbosity(logging.WARNING)
-    parallel.initialize()
+    cli.start(argv)
     train.evaluate_workdir(_WORKDIR.value, _CONFIG.value)
 
 

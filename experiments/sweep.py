@@ -19,12 +19,13 @@ Several processes (one per host): set ``MVCL_COORDINATOR=host:port``, ``MVCL_NUM
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # for configs/
 
-from mvcl import parallel, studies  # noqa: E402
+from mvcl import studies  # noqa: E402
+from mvcl.train import cli  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Sweep config (configs/sweeps/*.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory; default workdirs/sweeps/<name>.")
@@ -34,11 +35,7 @@ flags.mark_flags_as_required(["config"])
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO: keep it quiet
-        logging.set_verbosity(logging.WARNING)
-    parallel.initialize()
+    cli.start(argv)
     sweep = _CONFIG.value
     workdir = _WORKDIR.value or os.path.join("workdirs", "sweeps", sweep.name)
     if _LIST.value:

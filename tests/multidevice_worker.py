@@ -1,12 +1,15 @@
 """Runs the losses sharded over simulated CPU devices and prints their errors against one device.
 
 Started by tests/test_multidevice.py in a fresh interpreter (the device count must be set before
-JAX starts): ``python tests/multidevice_worker.py MODE DEVICES [DEVICES ...]``. Prints one JSON
-line per case with the loss and gradient errors relative to the dense single-device result
-(float64 unless the line says otherwise) and the spread of the loss over the devices.
+JAX starts): ``python tests/multidevice_worker.py MODE DEVICES [DEVICES ...] [--cases=I,J,...]``.
+Prints one JSON line per case with the loss and gradient errors relative to the dense
+single-device result (float64 unless the line says otherwise) and the spread of the loss over the
+devices.
 
 Modes:
-  grid     every loss × {gather, ring} × device count × V ∈ {2, 3, 5} × {float64, float32}.
+  grid     every loss × {gather, ring} × device count × V ∈ {2, 3, 5} × {float64, float32}; with
+           ``--cases`` only those entries of CASES (the tests split the grid to balance workers).
+           The first line is ``{"num_cases": len(CASES)}``.
   recipes  the ways to call a loss on many devices: mvcl.parallel.shard_loss, jax.pmap with the
            documented gradient recipe, and plain jax.jit on NamedSharding-ed inputs.
   errors   the error message of each misuse that needs several devices (one JSON line each).
@@ -18,7 +21,9 @@ import json
 import os
 import sys
 
-mode, counts = sys.argv[1], [int(a) for a in sys.argv[2:]]
+mode = sys.argv[1]
+counts = [int(a) for a in sys.argv[2:] if not a.startswith("--")]
+selected = [a.removeprefix("--cases=") for a in sys.argv[2:] if a.startswith("--cases=")]
 os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={max(counts)}"
 
 import jax  # noqa: E402
@@ -57,20 +62,37 @@ def loss_kwargs(name, options):
     return dict(options) if name in mvcl.losses.TEMPERATURE_FREE else dict(options, temperature=0.3)
 
 
-def every_device(loss, mesh, **kwargs):
-    """Every device's copy of the loss, (devices,), and the gradient of their mean."""
-    per_device = jax.shard_map(
-        lambda z: loss(z, axis_name="data", **kwargs)[None],
-        mesh=mesh,
-        in_specs=P("data"),
-        out_specs=P("data"),
-    )
+def every_device(loss, mesh, backends, **kwargs):
+    """One jitted function of z: for each backend, every device's copy of the loss (devices,) and
+    the gradient of their mean (all backends in one program: one compilation, not one each)."""
 
-    def mean(z):
-        values = per_device(z)
-        return jnp.mean(values), values
+    def mean_over_devices(backend):
+        per_device = jax.shard_map(
+            lambda z: loss(z, axis_name="data", backend=backend, **kwargs)[None],
+            mesh=mesh,
+            in_specs=P("data"),
+            out_specs=P("data"),
+        )
 
-    return jax.jit(jax.value_and_grad(mean, has_aux=True))
+        def mean(z):
+            values = per_device(z)
+            return jnp.mean(values), values
+
+        return mean
+
+    def value_and_grad(z):
+        results = []
+        for backend in backends:
+            (_, values), grad = jax.value_and_grad(mean_over_devices(backend), has_aux=True)(z)
+            results.append((values, grad))
+        return results
+
+    return jax.jit(value_and_grad)
+
+
+def reference(loss, **kwargs):
+    """The dense single-device loss and gradient, jitted (eager dispatch is many times slower)."""
+    return jax.jit(jax.value_and_grad(lambda z: loss(z, **kwargs)))
 
 
 def report(ref, ref_grad, values, grad, **case):
@@ -85,23 +107,27 @@ def report(ref, ref_grad, values, grad, **case):
 
 
 def grid():
-    rng = np.random.default_rng(0)
-    for name, options in CASES:
+    print(json.dumps({"num_cases": len(CASES)}), flush=True)
+    indices = [int(i) for i in selected[0].split(",")] if selected else range(len(CASES))
+    for index in indices:
+        name, options = CASES[index]
         loss, kwargs = mvcl.losses.get(name), loss_kwargs(name, options)
+        rng = np.random.default_rng(index)
         for v in [2] if name in mvcl.losses.TWO_VIEW else [2, 3, 5]:
             z64 = rng.standard_normal((N, v, D))
             for dtype in ("float64", "float32") if v < 5 else ("float64",):
                 z = jnp.asarray(z64, dtype)
-                ref, ref_grad = jax.value_and_grad(lambda z: loss(z, **kwargs))(z)
+                ref, ref_grad = reference(loss, **kwargs)(z)
                 for count in counts:
                     mesh = parallel.make_mesh(count)
-                    for backend_name, backend in BACKENDS.items():
-                        (_, values), grad = every_device(loss, mesh, backend=backend, **kwargs)(z)
+                    results = every_device(loss, mesh, list(BACKENDS.values()), **kwargs)(z)
+                    for backend_name, (values, grad) in zip(BACKENDS, results):
                         report(
                             ref,
                             ref_grad,
                             values,
                             grad,
+                            case=index,
                             loss=name,
                             options=options,
                             backend=backend_name,
@@ -115,7 +141,7 @@ def recipes():
     z = jnp.asarray(np.random.default_rng(1).standard_normal((N, 3, D)))
     for name in ("mv_infonce", "mv_dhel", "pvc"):
         loss, kwargs = mvcl.losses.get(name), loss_kwargs(name, {})
-        ref, ref_grad = jax.value_and_grad(lambda z: loss(z, **kwargs))(z)
+        ref, ref_grad = reference(loss, **kwargs)(z)
         for count in counts:
             mesh = parallel.make_mesh(count)
             for backend_name, backend in BACKENDS.items():

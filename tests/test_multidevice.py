@@ -48,14 +48,27 @@ def assert_all_match(rows):
     assert not bad, f"{len(bad)} of {len(rows)} cases differ from one device: {bad[:5]}"
 
 
-@pytest.mark.parametrize("devices", [1, 3, 8])
-def test_every_loss_and_backend_equals_one_device(devices):
-    rows = run_worker("grid", devices)
-    losses = {(r["loss"], json.dumps(r["options"])) for r in rows}
-    assert len(losses) == 15
+# The grid's cases (multidevice_worker.CASES: 9 multi-view ones with 5 (V, dtype) pairs each,
+# then 6 two-view ones with 2) in groups of about equal cost, one worker process each, so that
+# pytest-xdist can spread them; each group runs on 1, 3 and 8 devices.
+GRID_GROUPS = [(0, 1), (2, 3), (4, 5), (6, 7), (8, 9, 10, 11), (12, 13, 14)]
+GRID_DEVICES = {1, 3, 8}
+
+
+@pytest.mark.parametrize("cases", GRID_GROUPS, ids=lambda g: "cases" + "-".join(map(str, g)))
+def test_every_loss_and_backend_equals_one_device(cases):
+    selection = "--cases=" + ",".join(map(str, cases))
+    header, *rows = run_worker("grid", *sorted(GRID_DEVICES), selection)
+    assert sorted(sum(GRID_GROUPS, ())) == list(range(header["num_cases"])), "a case is untested"
+    assert {r["case"] for r in rows} == set(cases)
+    assert {r["devices"] for r in rows} == GRID_DEVICES
     assert {r["backend"] for r in rows} == {"gather", "ring"}
-    assert {r["views"] for r in rows} == {2, 3, 5}
-    assert {r["dtype"] for r in rows} == {"float64", "float32"}
+    for case in cases:
+        mine = [r for r in rows if r["case"] == case]
+        multi_view = mine[0]["loss"] not in mvcl.losses.TWO_VIEW
+        assert {r["views"] for r in mine} == ({2, 3, 5} if multi_view else {2})
+        assert {r["dtype"] for r in mine} == {"float64", "float32"}
+        assert len(mine) == len(GRID_DEVICES) * 2 * (5 if multi_view else 2)
     assert_all_match(rows)
 
 
