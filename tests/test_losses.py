@@ -274,6 +274,18 @@ def test_matches_oracle_float32(case, shape):
         _check_gradient(reference, z64, np.asarray(grad, np.float64), 1e-4, seed=len(shape))
 
 
+def test_logsumexp_last_has_the_value_and_derivatives_of_jax_logsumexp(x64):
+    # mv_infonce pools its anchors' energies with it (a custom_jvp, for speed): value, gradient
+    # and Hessian must be jax.nn.logsumexp's, also for a -inf entry (a key left out by a mask).
+    from mvcl.losses._common import logsumexp_last
+
+    x = jnp.asarray(_z((3, 5), seed=4) * 3).at[1, 2].set(-jnp.inf)
+    reference = lambda x: jnp.sum(jnp.sin(jnp.arange(1, 4)) * jax.nn.logsumexp(x, axis=-1))
+    ours = lambda x: jnp.sum(jnp.sin(jnp.arange(1, 4)) * logsumexp_last(x))
+    for transform in (lambda f: f, jax.grad, jax.hessian):
+        np.testing.assert_allclose(transform(ours)(x), transform(reference)(x), rtol=1e-12)
+
+
 def test_complex_step_oracle_agrees_with_finite_differences():
     # The oracle's gradient tool itself, against central differences (to their 1e-6 accuracy).
     z = _z((3, 3, 2), seed=1)

@@ -41,7 +41,7 @@ def mv_infonce(
     u = c.prepare(z, loss="mv_infonce", axis_name=axis_name)[None]
     mask = "self" if negatives == "all" else "view"
     rows = c.energy(u, temperature, mask=mask, axis_name=axis_name, backend=backend)[0]
-    uniformity = jax.nn.logsumexp(rows, axis=-1)
+    uniformity = c.logsumexp_last(rows)  # see its docstring for why not jax.nn.logsumexp
     alignment = c.lse_over_pairs(c.view_similarities(u[0], temperature), ordered=True)
     return c.mean_over_instances(uniformity - alignment, axis_name)
 
