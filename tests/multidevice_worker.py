@@ -23,7 +23,7 @@ import sys
 
 mode = sys.argv[1]
 counts = [int(a) for a in sys.argv[2:] if not a.startswith("--")]
-selected = [a.removeprefix("--cases=") for a in sys.argv[2:] if a.startswith("--cases=")]
+selected = next((a.removeprefix("--cases=") for a in sys.argv[2:] if a.startswith("--cases=")), "")
 os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={max(counts)}"
 
 import jax  # noqa: E402
@@ -108,7 +108,7 @@ def report(ref, ref_grad, values, grad, **case):
 
 def grid():
     print(json.dumps({"num_cases": len(CASES)}), flush=True)
-    indices = [int(i) for i in selected[0].split(",")] if selected else range(len(CASES))
+    indices = [int(i) for i in selected.split(",")] if selected else range(len(CASES))
     for index in indices:
         name, options = CASES[index]
         loss, kwargs = mvcl.losses.get(name), loss_kwargs(name, options)

@@ -276,7 +276,7 @@ def test_matches_oracle_float32(case, shape):
 
 def test_logsumexp_last_has_the_value_and_derivatives_of_jax_logsumexp(x64):
     # mv_infonce pools its anchors' energies with it (a custom_jvp, for speed): value, gradient
-    # and Hessian must be jax.nn.logsumexp's, also for a -inf entry (a key left out by a mask).
+    # and Hessian must be jax.nn.logsumexp's, also where an entry is -inf.
     from mvcl.losses._common import logsumexp_last
 
     x = jnp.asarray(_z((3, 5), seed=4) * 3).at[1, 2].set(-jnp.inf)
