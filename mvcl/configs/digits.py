@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from ml_collections import config_dict
 
-from configs import common
+from mvcl.configs import common
 
 
 def get_config(arg: str | None = None) -> config_dict.ConfigDict:

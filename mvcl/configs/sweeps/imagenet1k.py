@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from ml_collections import config_dict
 
-from configs import common
-from configs.sweeps import common as sweeps
+from mvcl.configs import common
+from mvcl.configs.sweeps import common as sweeps
 
 
 def get_config(arg: str | None = None) -> config_dict.ConfigDict:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from ml_collections import config_dict
 
-from configs import common
+from mvcl.configs import common
 
 
 def imagenet_config(dataset: str, arg: str | None) -> config_dict.ConfigDict:

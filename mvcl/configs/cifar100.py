@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from ml_collections import config_dict
 
-from configs import cifar10
+from mvcl.configs import cifar10
 
 
 def get_config(arg: str | None = None) -> config_dict.ConfigDict:

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from ml_collections import config_dict
 
-from configs import common
-from configs.sweeps import common as sweeps
+from mvcl.configs import common
+from mvcl.configs.sweeps import common as sweeps
 
 LOSSES = ("mv_dhel", "mv_infonce", "pwe", "avg", "pvc")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from ml_collections import config_dict
 
-from configs import imagenet100
+from mvcl.configs import imagenet100
 
 
 def get_config(arg: str | None = None) -> config_dict.ConfigDict:
