@@ -225,7 +225,7 @@ def run_row(row: dict, mesh_cache: dict) -> dict:
         fn = parallel.shard_loss(loss, mesh, backend=backend, **kwargs)
         z = jax.device_put(z, parallel.batch_sharding(mesh))
     else:
-        fn = lambda z: loss(z, backend=backend, **kwargs)  # noqa: E731
+        fn = lambda z: loss(z, backend=backend, **kwargs)
         z = jnp.asarray(z)
     start = time.perf_counter()
     compiled = jax.jit(jax.value_and_grad(fn)).lower(z).compile()

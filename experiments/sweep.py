@@ -1,58 +1,6 @@
-r"""A scaling sweep: losses x views x batch sizes (x seeds), one pretraining run + evaluation each.
+"""``python experiments/sweep.py`` still works: it runs ``mvcl-sweep`` (`mvcl.sweep`)."""
 
-    python experiments/sweep.py --config=configs/sweeps/digits_claims.py \
-        --workdir=workdirs/sweeps/digits_claims --outdir=experiments/results/digits_claims
-    python experiments/sweep.py --config=configs/sweeps/cifar10.py:seeds=3 \
-        --config.overrides.num_epochs=100
-
-Cells run one after another with the same budget (``config.overrides``), each in
-``<workdir>/cells/<cell>/``. A cell is done when its ``result.json`` exists: rerunning the same
-command skips done cells and resumes an interrupted one from its checkpoints. SIGTERM stops the
-sweep after the running cell saved a checkpoint. When every cell is done the CSV, markdown table,
-plots, kernel costs and embeddings are written to ``--outdir`` (default: the workdir); see
-`mvcl.studies.outputs`. ``--list`` prints the cells and exits.
-
-Several processes (one per host): set ``MVCL_COORDINATOR=host:port``, ``MVCL_NUM_PROCESSES`` and
-``MVCL_PROCESS_ID`` in each (see ``mvcl.parallel.initialize``); the workdir must be shared.
-"""
-
-import os
-import sys
-
-from absl import app, flags
-from ml_collections import config_flags
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # for configs/
-
-from mvcl import studies  # noqa: E402
-from mvcl.train import cli  # noqa: E402
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Sweep config (configs/sweeps/*.py).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory; default workdirs/sweeps/<name>.")
-_OUTDIR = flags.DEFINE_string("outdir", None, "Where the tables and plots go; default: workdir.")
-_LIST = flags.DEFINE_bool("list", False, "Print the cells and their status, then exit.")
-flags.mark_flags_as_required(["config"])
-
-
-def main(argv):
-    cli.start(argv)
-    sweep = _CONFIG.value
-    workdir = _WORKDIR.value or os.path.join("workdirs", "sweeps", sweep.name)
-    if _LIST.value:
-        for cell in studies.cells(sweep):
-            done = studies.runner.read_result(studies.runner.cell_dir(workdir, cell)) is not None
-            print(f"{cell.name:<32} {'done' if done else 'to run'}")
-        return
-    run = studies.run_sweep(sweep, workdir)
-    if not run.complete:
-        print(f"Stopped after {len(run.results)} cells; rerun the command to resume.")
-        return
-    import jax
-
-    if jax.process_index() == 0:
-        written = studies.write_outputs(sweep, run.results, workdir, _OUTDIR.value or workdir)
-        print("\n".join(["Written:", *map(str, written)]))
-
+from mvcl.sweep import run
 
 if __name__ == "__main__":
-    app.run(main)
+    run()

@@ -13,8 +13,6 @@ import pytest
 
 from mvcl.models import ContrastiveModel, ProjectionHead, SmallCNN, get_backbone, get_model
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 def _images(shape, seed=0):
     return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
@@ -302,7 +300,6 @@ def test_axis_name_gives_global_batch_norm_under_shard_map():
     flag = "--xla_force_host_platform_device_count=4"
     env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {flag}".strip()
     env["JAX_PLATFORMS"] = "cpu"
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO_ROOT, env.get("PYTHONPATH")]))
     proc = subprocess.run(
         [sys.executable, "-c", _SHARDED_SCRIPT],
         env=env,

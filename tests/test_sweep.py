@@ -1,25 +1,19 @@
-"""Sweeps (mvcl.studies, experiments/sweep.py): tiny fake-data grids run, write their tables and
+"""Sweeps (mvcl.studies, mvcl-sweep): tiny fake-data grids run, write their tables and
 plots, skip done cells, resume an interrupted one; every sweep config builds valid cells."""
 
 import csv
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from ml_collections import config_dict
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # configs/
+from mvcl import configs, studies, train
+from mvcl.studies import grid, kernel_cost, outputs, plots, report, runner
 
-from mvcl import studies, train  # noqa: E402
-from mvcl.studies import grid, kernel_cost, outputs, plots, report, runner  # noqa: E402
-
-SWEEP_CONFIGS = sorted(
-    p for p in (REPO / "configs" / "sweeps").glob("*.py") if p.stem not in ("__init__", "common")
-)
+SWEEP_CONFIGS = [name for name in configs.names() if name.startswith("sweeps/")]
 OUTPUTS = (
     "results.csv",
     "results.md",
@@ -33,7 +27,7 @@ OUTPUTS = (
 
 def tiny_sweep(**blocks) -> config_dict.ConfigDict:
     """The fake (smoke) digits sweep with its grid replaced by ``blocks`` ((losses, views))."""
-    sweep = grid.load_config_file("configs/sweeps/digits_claims.py", "fake=True")
+    sweep = grid.load_config_file("sweeps/digits_claims", "fake=True")
     sweep.grid = config_dict.ConfigDict(
         {
             name: {"losses": l, "views": v, "batch_sizes": (8,), "seeds": (0,)}
@@ -146,7 +140,7 @@ def test_multicrop_settings_change_a_cell_only_when_multicrop_is_on():
     ]
 
 
-@pytest.mark.parametrize("path", SWEEP_CONFIGS, ids=[p.stem for p in SWEEP_CONFIGS])
+@pytest.mark.parametrize("path", SWEEP_CONFIGS)
 @pytest.mark.parametrize("arg", ["", "fake=True", "seeds=2"])
 def test_every_sweep_config_builds_valid_cells(path, arg):
     sweep = grid.load_config_file(path, arg)
@@ -172,12 +166,13 @@ def test_sweep_command_lists_cells(tmp_path):
     out = subprocess.run(
         [
             sys.executable,
-            str(REPO / "experiments" / "sweep.py"),
-            "--config=configs/sweeps/digits_claims.py:fake=True",
+            "-m",
+            "mvcl.sweep",
+            "--config=sweeps/digits_claims:fake=True",
             f"--workdir={tmp_path}",
             "--list",
         ],
-        cwd=REPO,
+        cwd=tmp_path,  # the packaged configs are found from any directory
         capture_output=True,
         text=True,
         check=True,

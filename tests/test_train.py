@@ -1,11 +1,10 @@
 """Tests for mvcl.train: optimiser, evaluation, checkpoints, config checks, and whole runs.
 
 Whole runs use tiny random images and narrow models. Runs that need their own device count or a
-crash (8 simulated devices, 2 processes, SIGKILL, SIGTERM) start experiments/pretrain.py in fresh
+crash (8 simulated devices, 2 processes, SIGKILL, SIGTERM) start `mvcl.pretrain` in fresh
 interpreters; the others call `mvcl.train.train_and_evaluate` in this process.
 """
 
-import importlib
 import json
 import logging
 import os
@@ -23,24 +22,20 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from mvcl import configs, data, losses, parallel, train
+from mvcl.studies import runner
+from mvcl.train import evaluate, optim, trainer
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # configs/
-
-from mvcl import data, losses, parallel, train  # noqa: E402
-from mvcl.studies import runner  # noqa: E402
-from mvcl.train import evaluate, optim, trainer  # noqa: E402
-
-PRETRAIN = str(REPO / "experiments" / "pretrain.py")
-EVALUATE = str(REPO / "experiments" / "evaluate.py")
-CONFIGS = sorted(
-    p.stem for p in (REPO / "configs").glob("*.py") if p.stem not in ("__init__", "common")
-)
+PRETRAIN = ("-m", "mvcl.pretrain")
+EVALUATE = ("-m", "mvcl.evaluate")
+CONFIGS = [name for name in configs.names() if "/" not in name]
 WIDTH = {"small_cnn": 0.125, "resnet18": 1 / 16, "resnet50": 1 / 32}
 # A tiny run on random 8x8 images: 16 per batch, 4 views, 20 steps, every step logged. The small
 # learning rate keeps float rounding (which differs with the device count) from being amplified
 # by the training dynamics on noise images beyond the 1e-4 the runs are compared to.
 TINY_RUN = [
-    "--config=configs/digits.py:fake=True,width=0.125",
+    "--config=digits:fake=True,width=0.125",
     "--config.dataset.fake_num_examples=64",
     "--config.batch_size=16",
     "--config.optim.lr=0.05",
@@ -53,11 +48,11 @@ TINY_RUN = [
 
 
 def get_config(name: str, arg: str = ""):
-    return importlib.import_module(f"configs.{name}").get_config(arg)
+    return configs.load(name, arg)
 
 
 def tiny_config(name: str = "digits", **overrides):
-    """A config of ``configs/<name>.py`` on two fake images, one step, narrow model."""
+    """A config of ``mvcl/configs/<name>.py`` on two fake images, one step, narrow model."""
     config = get_config(name, "fake=True")
     config.model.kwargs.width = WIDTH[config.model.name]
     config.model.proj_dim = 16
@@ -101,12 +96,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(args, *, devices: int = 1, env: dict | None = None, script: str = PRETRAIN):
-    """Starts ``script args`` in a fresh interpreter on ``devices`` simulated CPU devices."""
+def start(args, *, devices: int = 1, env: dict | None = None, script: tuple = PRETRAIN):
+    """Starts ``python *script *args`` in a fresh interpreter on ``devices`` simulated CPUs."""
     flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
     full_env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flags.strip(), **(env or {}))
     return subprocess.Popen(
-        [sys.executable, script, *args],
+        [sys.executable, *script, *args],
         cwd=REPO,
         env=full_env,
         stdout=subprocess.PIPE,
@@ -308,7 +303,7 @@ def test_multicrop_step_gives_the_loss_large_and_small_crops_and_keeps_large_cro
     new_state, metrics = step(state, jnp.asarray(images))
 
     large = {k: v for k, v in config.augment.to_dict().items() if k != "multicrop"}
-    small = dict(large, crop_size=4, min_scale=0.1, max_scale=0.3)  # configs/digits.py
+    small = dict(large, crop_size=4, min_scale=0.1, max_scale=0.3)  # mvcl/configs/digits.py
     step_key = jax.random.fold_in(state.rng, 0)
     views = {"large": [], "small": []}
     for i in range(4):
@@ -418,7 +413,7 @@ def test_rerun_after_sigkill_ends_with_the_params_of_an_uninterrupted_run(tmp_pa
     uninterrupted = start([*run, f"--workdir={tmp_path / 'uninterrupted'}"])
     crashing = start(
         ["13", "10", "--", *run, f"--workdir={tmp_path / 'resumed'}"],
-        script=str(REPO / "tests" / "train_worker.py"),
+        script=(str(REPO / "tests" / "train_worker.py"),),
     )
     crashing.communicate(timeout=600)
     assert crashing.returncode == -signal.SIGKILL

@@ -1,6 +1,6 @@
-"""Runs experiments/pretrain.py in this process and crashes it with SIGKILL at a chosen step.
+"""Runs `mvcl.pretrain` in this process and crashes it with SIGKILL at a chosen step.
 
-``python tests/train_worker.py KILL_STEP CHECKPOINT_STEP -- <pretrain.py arguments>``
+``python tests/train_worker.py KILL_STEP CHECKPOINT_STEP -- <mvcl-pretrain arguments>``
 
 Before the input pipeline hands out the batch of step ``KILL_STEP + 1`` (after ``KILL_STEP``
 steps), the worker waits until the checkpoint of step ``CHECKPOINT_STEP`` is complete on disk
@@ -15,14 +15,11 @@ import signal
 import sys
 import time
 
+from mvcl import data
+
 kill_step, checkpoint_step = int(sys.argv[1]), int(sys.argv[2])
 assert sys.argv[3] == "--", sys.argv
 pretrain_args = sys.argv[4:]
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-
-from mvcl import data  # noqa: E402
 
 workdir = next(a.split("=", 1)[1] for a in pretrain_args if a.startswith("--workdir="))
 checkpoint = os.path.join(workdir, "checkpoints", str(checkpoint_step))
@@ -40,5 +37,5 @@ def next_batch_or_crash(self):
 
 
 data.BatchIterator.__next__ = next_batch_or_crash
-sys.argv = [os.path.join(REPO, "experiments", "pretrain.py"), *pretrain_args]
-runpy.run_path(sys.argv[0], run_name="__main__")
+sys.argv = ["mvcl-pretrain", *pretrain_args]
+runpy.run_module("mvcl.pretrain", run_name="__main__", alter_sys=True)

@@ -4,7 +4,7 @@ ResNet-18 with the CIFAR stem, 256 images per batch, 200 epochs, SGD (momentum 0
 1e-6) at lr 1.0 with 1% linear warmup then cosine to zero, τ = 0.5, colour-jitter strength 0.5,
 crops of 32x32 with scale in [0.08, 1].
 
-    python experiments/pretrain.py --config=configs/cifar10.py:loss=mv_dhel,views=4
+    mvcl-pretrain --config=cifar10:loss=mv_dhel,views=4
 
 The data set must be prepared as ArrayRecord in ``config.dataset.data_dir`` (see mvcl.data).
 """

@@ -1,6 +1,6 @@
-"""CIFAR-100, the paper's setup: as CIFAR-10 (``configs/cifar10.py``) on ``cifar100``.
+"""CIFAR-100, the paper's setup: as CIFAR-10 (``mvcl/configs/cifar10.py``) on ``cifar100``.
 
-python experiments/pretrain.py --config=configs/cifar100.py:loss=mv_dhel,views=4
+mvcl-pretrain --config=cifar100:loss=mv_dhel,views=4
 """
 
 from __future__ import annotations

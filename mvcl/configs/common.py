@@ -9,8 +9,8 @@ A config file is a tiny program::
         ...
         return common.apply_args(config, args)
 
-and is used as ``--config=configs/cifar10.py:loss=mv_infonce,views=4``; any field can then be
-overridden with ``--config.optim.lr=0.5`` (ml_collections ``config_flags``).
+and is used as ``--config=cifar10:loss=mv_infonce,views=4`` (see `mvcl.configs`); any field can
+then be overridden with ``--config.optim.lr=0.5`` (ml_collections ``config_flags``).
 
 Arguments understood by every config (``apply_args``):
 

@@ -1,7 +1,7 @@
 """The bundled default: 8x8 handwritten digits, small CNN, a few minutes on a laptop CPU.
 
-    python experiments/pretrain.py --config=configs/digits.py            # mv_dhel, V = 4
-    python experiments/pretrain.py --config=configs/digits.py:loss=mv_infonce,views=2
+    mvcl-pretrain --config=digits            # mv_dhel, V = 4
+    mvcl-pretrain --config=digits:loss=mv_infonce,views=2
 
 The data set ships with mvcl (scikit-learn's digits, 1,437 train / 360 test images) and is written
 to ``config.dataset.data_dir`` on first use. Augmentations are milder than SimCLR's (crops keep at

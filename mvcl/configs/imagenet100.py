@@ -4,7 +4,7 @@ ResNet-50 (ImageNet stem), 256 images per batch, 200 epochs, SGD (momentum 0.9, 
 1e-6) at lr 1.4 with 10% linear warmup then cosine to zero, τ = 0.5, colour-jitter strength 1.0,
 Gaussian blur with probability 0.5, 224x224 crops with scale in [0.08, 1].
 
-    python experiments/pretrain.py --config=configs/imagenet100.py:loss=mv_dhel,views=4
+    mvcl-pretrain --config=imagenet100:loss=mv_dhel,views=4
 
 ``config.dataset.name`` is "imagenet100": a tfds data set of the 100 ImageNet classes of CMC
 (Tian et al. 2019), prepared as ArrayRecord in ``config.dataset.data_dir``; point it elsewhere with

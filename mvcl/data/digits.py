@@ -45,7 +45,7 @@ def digits_split_indices(split: str) -> np.ndarray:
 
 def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     """All of `load_digits()` as (uint8 (1797, 8, 8, 1) images scaled to 0..255, int64 labels)."""
-    from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
+    from sklearn.datasets import load_digits
 
     digits = load_digits()
     images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
@@ -54,7 +54,7 @@ def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
 
 def _png(image: np.ndarray) -> bytes:
     # tfds encodes numpy images with TensorFlow; handing it PNG bytes made by Pillow avoids TF.
-    from PIL import Image  # pylint: disable=g-import-not-at-top
+    from PIL import Image
 
     buf = io.BytesIO()
     Image.fromarray(image[..., 0], mode="L").save(buf, format="PNG")

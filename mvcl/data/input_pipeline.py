@@ -92,7 +92,7 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None)
 
 def _fit_square(image: np.ndarray, size: int) -> np.ndarray:
     """Resizes the shorter side to `size` (antialiased bilinear) and crops the centre square."""
-    from PIL import Image  # pylint: disable=g-import-not-at-top
+    from PIL import Image
 
     h, w, c = image.shape
     if (h, w) == (size, size):

@@ -1,8 +1,8 @@
 """Sweep grids: which runs a sweep config asks for, and the pretraining config of each.
 
-A sweep config (``configs/sweeps/*.py``) names a base pretraining config file and a grid::
+A sweep config (``mvcl/configs/sweeps/*.py``) names a base pretraining config and a grid::
 
-    config.base = "configs/digits.py"      # relative to the repository root (or absolute)
+    config.base = "digits"                 # a packaged config or a .py path (`mvcl.configs.path`)
     config.base_arg = ""                   # extra arguments of the base file, e.g. "fake=True"
     config.grid.main = ConfigDict(losses=("mv_dhel", "pwe"), views=(2, 4),
                                   batch_sizes=(256,), seeds=(0,))
@@ -17,15 +17,12 @@ two-view losses at V = 2 only).
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import itertools
 import os
-from pathlib import Path
 
 from ml_collections import config_dict
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-"""The checkout holding ``configs/``: config paths in sweep configs are relative to it."""
+from mvcl import configs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,25 +54,10 @@ def cells(sweep: config_dict.ConfigDict) -> list[Cell]:
     return list(out)
 
 
-def resolve(path: str | os.PathLike) -> Path:
-    """``path`` if absolute, else relative to the repository root (`REPO_ROOT`)."""
-    path = Path(path)
-    return path if path.is_absolute() else REPO_ROOT / path
-
-
 def load_config_file(path: str | os.PathLike, arg: str | None = None) -> config_dict.ConfigDict:
-    """``get_config(arg)`` of the config file at ``path`` (see `resolve`).
-
-    The file may import ``configs.common``: the repository root must be importable (the entry
-    points put it on ``sys.path``).
-    """
-    path = resolve(path)
-    if not path.is_file():
-        raise ValueError(f"config file {str(path)!r} does not exist")
-    spec = importlib.util.spec_from_file_location(f"_mvcl_config_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    """``get_config(arg)`` of the config named ``path``: a packaged config (``"digits"``,
+    ``"sweeps/digits_claims"``) or a ``.py`` file (see `mvcl.configs.path`)."""
+    return configs.load(path, arg)
 
 
 def cell_config(sweep: config_dict.ConfigDict, cell: Cell) -> config_dict.ConfigDict:

@@ -31,7 +31,7 @@ def kernel_rows(sweep: config_dict.ConfigDict, workdir: str | os.PathLike) -> li
     settings = sweep.kernel_cost
     names = list(dict.fromkeys(cell.loss for cell in grid.cells(sweep)))
     views = sorted({cell.views for cell in grid.cells(sweep)})
-    bench = kernel_cost.from_bench(grid.resolve(settings.bench_json), settings.backend)
+    bench = kernel_cost.from_bench(settings.bench_json, settings.backend)
     if bench:
         return [r for r in bench if r["loss"] in names]
     cache = Path(workdir) / KERNEL_COST_FILE

@@ -79,7 +79,7 @@ class Checkpointer(Generic[State]):
                         state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()
                     ),
                 )
-            except Exception as e:  # noqa: BLE001  (any failure means: use an older one)
+            except Exception as e:  # any failure means: use an older one
                 logging.warning(
                     "Checkpoint at step %d in %s failed to restore (%s: %s); "
                     "falling back to the previous checkpoint.",

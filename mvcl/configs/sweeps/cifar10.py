@@ -1,11 +1,11 @@
 """Reproduction sweep, CIFAR-10: the paper's setup, unchanged.
 
-``configs/cifar10.py``: ResNet-18, batch 256, 200 epochs.
+``mvcl/configs/cifar10.py``: ResNet-18, batch 256, 200 epochs.
 
 The distinct losses at V = 2 and every multi-view loss at V = 4, 11 runs (see
-``configs/sweeps/common.py``, ``paper_sweep``)::
+``mvcl/configs/sweeps/common.py``, ``paper_sweep``)::
 
-    python experiments/sweep.py --config=configs/sweeps/cifar10.py \
+    mvcl-sweep --config=sweeps/cifar10 \
         --workdir=/mnt/shared/sweeps/cifar10 --outdir=experiments/results/cifar10
 
 Published linear-probe accuracy (%): MV-DHEL 87.4 (V = 2) and 89.5 (V = 4); the best
@@ -24,7 +24,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     args = common.parse_arg(arg, **sweeps.sweep_args())
     config = sweeps.paper_sweep(
         "cifar10",
-        "configs/cifar10.py",
+        "cifar10",
         epochs=200,
         mv_dhel=(87.4, 89.5),
         best_baseline=(86.0, 88.7),

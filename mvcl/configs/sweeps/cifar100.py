@@ -1,11 +1,11 @@
 """Reproduction sweep, CIFAR-100: the paper's setup, unchanged.
 
-``configs/cifar100.py``: ResNet-18, batch 256, 200 epochs.
+``mvcl/configs/cifar100.py``: ResNet-18, batch 256, 200 epochs.
 
 The distinct losses at V = 2 and every multi-view loss at V = 4, 11 runs (see
-``configs/sweeps/common.py``, ``paper_sweep``)::
+``mvcl/configs/sweeps/common.py``, ``paper_sweep``)::
 
-    python experiments/sweep.py --config=configs/sweeps/cifar100.py \
+    mvcl-sweep --config=sweeps/cifar100 \
         --workdir=/mnt/shared/sweeps/cifar100 --outdir=experiments/results/cifar100
 
 Published linear-probe accuracy (%): MV-DHEL 59.4 (V = 2) and 62.7 (V = 4); the best
@@ -24,7 +24,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     args = common.parse_arg(arg, **sweeps.sweep_args())
     config = sweeps.paper_sweep(
         "cifar100",
-        "configs/cifar100.py",
+        "cifar100",
         epochs=200,
         mv_dhel=(59.4, 62.7),
         best_baseline=(58.1, 61.1),

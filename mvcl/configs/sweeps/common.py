@@ -1,18 +1,19 @@
-"""What every sweep config shares (``experiments/sweep.py --config=configs/sweeps/<file>.py``).
+"""What every sweep config shares (``mvcl-sweep --config=sweeps/<name>``).
 
 A sweep config is a tiny program, like a pretraining config::
 
     def get_config(arg=None):
         args = common.parse_arg(arg, **sweeps.sweep_args())
-        config = sweeps.sweep_config("cifar10", "configs/cifar10.py")
+        config = sweeps.sweep_config("cifar10", "cifar10")
         config.grid.main = sweeps.block(["mv_dhel", "pwe"], views=[2, 4], batch_sizes=[256])
         return sweeps.apply_args(config, args)
 
-Fields (see `mvcl.studies`): ``base`` / ``base_arg`` (the pretraining config file and extra
-arguments), ``grid`` (named blocks of losses x views x batch sizes x seeds), ``overrides``
-(nested config fields set in every cell: the fixed budget goes here), ``targets`` (published
-linear-probe accuracies, optional), ``kernel_cost`` (where the loss-kernel costs come from),
-``save_embeddings``, ``cell_progress_bar``.
+Fields (see `mvcl.studies`): ``base`` / ``base_arg`` (the pretraining config, named as for
+``--config``, see `mvcl.configs.path`, and extra arguments), ``grid`` (named blocks of losses x
+views x batch sizes x seeds), ``overrides`` (nested config fields set in every cell: the fixed
+budget goes here), ``targets`` (published linear-probe accuracies, optional), ``kernel_cost``
+(where the loss-kernel costs come from: ``experiments/bench_losses.py``'s JSON, relative to the
+working directory, if present), ``save_embeddings``, ``cell_progress_bar``.
 
 Arguments understood by every sweep config (``apply_args``):
 
@@ -59,7 +60,7 @@ def block(
 
 
 def sweep_config(name: str, base: str) -> config_dict.ConfigDict:
-    """An empty sweep over the pretraining config file ``base`` (relative to the repo root)."""
+    """An empty sweep over the pretraining config ``base`` (``"digits"``: `mvcl.configs`)."""
     config = config_dict.ConfigDict()
     config.name = name
     config.base = base
@@ -72,7 +73,7 @@ def sweep_config(name: str, base: str) -> config_dict.ConfigDict:
 
     config.kernel_cost = config_dict.ConfigDict()
     config.kernel_cost.enabled = True
-    config.kernel_cost.bench_json = BENCH_JSON  # used if present (experiments/bench_losses.py)
+    config.kernel_cost.bench_json = BENCH_JSON  # used if present (see above)
     config.kernel_cost.backend = "dense"  # the benchmark rows to use, or the backend timed here
     config.kernel_cost.ns = (256, 1024)  # else: instances N timed here, at every V of the grid
     config.kernel_cost.d = 128

@@ -1,0 +1,42 @@
+r"""Contrastive pretraining from a config file, then evaluation.
+
+    mvcl-pretrain --config=digits
+    mvcl-pretrain --config=digits:loss=mv_infonce,views=2 \
+        --workdir=/tmp/digits --config.num_epochs=20
+
+Any config field can be overridden with ``--config.<field>=<value>``. The default workdir is
+``./workdirs/<config.name>``; rerunning the same command with the same workdir resumes from its
+newest checkpoint. SIGTERM saves a checkpoint and exits with status 0.
+
+Several processes (one per host): set ``MVCL_COORDINATOR=host:port``, ``MVCL_NUM_PROCESSES`` and
+``MVCL_PROCESS_ID`` in each (see ``mvcl.parallel.initialize``).
+"""
+
+import os
+
+from absl import app, flags
+
+from mvcl import configs, train
+from mvcl.train import cli
+
+_CONFIG = configs.define_flag(
+    "config", None, "Config name[:args], e.g. digits:views=2 (mvcl.configs), or a .py file."
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory; default ./workdirs/<config.name>.")
+flags.mark_flags_as_required(["config"])
+
+
+def main(argv):
+    cli.start(argv)
+    config = _CONFIG.value
+    workdir = _WORKDIR.value or os.path.join("workdirs", config.name)
+    train.train_and_evaluate(config, workdir)
+
+
+def run() -> None:
+    """The console script ``mvcl-pretrain`` (also ``python -m mvcl.pretrain``)."""
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

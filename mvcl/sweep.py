@@ -1,0 +1,61 @@
+r"""A scaling sweep: losses x views x batch sizes (x seeds), one pretraining run + evaluation each.
+
+    mvcl-sweep --config=sweeps/digits_claims \
+        --workdir=workdirs/sweeps/digits_claims --outdir=experiments/results/digits_claims
+    mvcl-sweep --config=sweeps/cifar10:seeds=3 \
+        --config.overrides.num_epochs=100
+
+Cells run one after another with the same budget (``config.overrides``), each in
+``<workdir>/cells/<cell>/``. A cell is done when its ``result.json`` exists: rerunning the same
+command skips done cells and resumes an interrupted one from its checkpoints. SIGTERM stops the
+sweep after the running cell saved a checkpoint. When every cell is done the CSV, markdown table,
+plots, kernel costs and embeddings are written to ``--outdir`` (default: the workdir); see
+`mvcl.studies.outputs`. ``--list`` prints the cells and exits.
+
+Several processes (one per host): set ``MVCL_COORDINATOR=host:port``, ``MVCL_NUM_PROCESSES`` and
+``MVCL_PROCESS_ID`` in each (see ``mvcl.parallel.initialize``); the workdir must be shared.
+"""
+
+import os
+
+from absl import app, flags
+
+from mvcl import configs, studies
+from mvcl.train import cli
+
+_CONFIG = configs.define_flag(
+    "config", None, "Sweep config[:args], e.g. sweeps/digits_claims, or a .py file."
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory; default workdirs/sweeps/<name>.")
+_OUTDIR = flags.DEFINE_string("outdir", None, "Where the tables and plots go; default: workdir.")
+_LIST = flags.DEFINE_bool("list", False, "Print the cells and their status, then exit.")
+flags.mark_flags_as_required(["config"])
+
+
+def main(argv):
+    cli.start(argv)
+    sweep = _CONFIG.value
+    workdir = _WORKDIR.value or os.path.join("workdirs", "sweeps", sweep.name)
+    if _LIST.value:
+        for cell in studies.cells(sweep):
+            done = studies.runner.read_result(studies.runner.cell_dir(workdir, cell)) is not None
+            print(f"{cell.name:<32} {'done' if done else 'to run'}")
+        return
+    run = studies.run_sweep(sweep, workdir)
+    if not run.complete:
+        print(f"Stopped after {len(run.results)} cells; rerun the command to resume.")
+        return
+    import jax
+
+    if jax.process_index() == 0:
+        written = studies.write_outputs(sweep, run.results, workdir, _OUTDIR.value or workdir)
+        print("\n".join(["Written:", *map(str, written)]))
+
+
+def run() -> None:
+    """The console script ``mvcl-sweep`` (also ``python -m mvcl.sweep``)."""
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
