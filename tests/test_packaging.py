@@ -35,7 +35,8 @@ _CORE_ONLY = textwrap.dedent(
     import mvcl.kernels, mvcl.losses, mvcl.metrics, mvcl.parallel
 
     z = jnp.ones((4, 2, 3)) / 3**0.5
-    print(float(mvcl.losses.mv_dhel(z, temperature=0.5)), sorted(n for n in sys.modules if n.startswith("mvcl")))
+    loss = mvcl.losses.mv_dhel(z, temperature=0.5)
+    print(float(loss), sorted(n for n in sys.modules if n.startswith("mvcl")))
     """
 )
 
