@@ -55,7 +55,7 @@ D = 128
 TEMPERATURE = 0.5
 DEFAULT_N = (256, 1024, 4096)
 DEFAULT_V = (2, 4, 8)
-EXTRA_ROWS = (("mv_infonce", 2048, 4), ("mv_dhel", 2048, 4))  # the sizes of issues 2 and 3
+EXTRA_ROWS = (("mv_infonce", 2048, 4), ("mv_dhel", 2048, 4))  # every backend at N = 2048, V = 4
 LARGE_ROWS = (16384, 65536)  # N at V = 4: N·V = 65,536 and 262,144
 NO_WARMUP_FLOPS = 1e13  # rows above this (a minute or more per call) are timed once, cold
 MAX_MATRIX_BYTES = 1 << 29  # materialising backends: skip rows whose similarity matrices exceed it

@@ -1,4 +1,4 @@
-"""Geometry metrics of contrastive embeddings (SPEC-losses.md, "Geometry metrics").
+"""Geometry metrics of contrastive embeddings (definitions: ``docs/losses.md``).
 
 Every metric is a pure, jit-able function of an embedding array:
 

@@ -156,7 +156,7 @@ def _close(actual, expected, tol, err_msg=""):
 
 
 # ------------------------------------------------------------------------------------------------
-# 1. Golden values (SPEC-losses.md): z = default_rng(0).standard_normal((6, V, 8)), τ = 0.5.
+# 1. Golden values (docs/losses.md): z = default_rng(0).standard_normal((6, V, 8)), τ = 0.5.
 
 GOLDEN = {
     "mv_infonce": (2.731915, 2.322870, 2.023857, 2.017126),
@@ -212,8 +212,8 @@ def test_two_view_losses_reject_other_view_counts(case, v):
 # ------------------------------------------------------------------------------------------------
 # 2. Agreement with the oracle. float64: loss and gradient to 1e-9, the gradient against the
 # oracle's complex-step derivative (exact to rounding, see tests/oracle.py). float32: loss and
-# gradient to 1e-4 relative. Shapes cover every N, V and D of the brief; each compiled function
-# is evaluated at every temperature.
+# gradient to 1e-4 relative. Shapes cover N in {2, 5, 16}, V in {2, 3, 5} and D in {3, 16}; each
+# compiled function is evaluated at every temperature.
 
 MV_SHAPES = [(2, 5, 3), (5, 3, 16), (16, 2, 3), (16, 5, 16)]
 TWO_VIEW_SHAPES = [(2, 2, 16), (5, 2, 3), (16, 2, 16)]

@@ -1,6 +1,6 @@
 """Bad input to the losses fails early with a ValueError that names the problem.
 
-One test per kind of mistake (DESIGN.md, public contract): wrong rank, V < 2, V != 2 for the
+One test per kind of mistake the public API checks: wrong rank, V < 2, V != 2 for the
 two-view losses (in test_losses.py), N < 2, temperature <= 0, unknown loss / backend / kernel /
 option names, non-float dtypes, the single-device backend asked for an axis, an axis that no
 shard_map binds. The multi-device cases (a batch that does not divide over the mesh, a mesh

@@ -1,11 +1,11 @@
 """Scaling studies: grids of pretraining runs (sweeps), their result tables and plots.
 
     from mvcl import studies
-    sweep = studies.grid.load_config_file("configs/sweeps/digits_claims.py")
+    sweep = studies.grid.load_config_file("sweeps/digits_claims")
     run = studies.run_sweep(sweep, "workdirs/sweeps/digits_claims")   # resumable
     studies.write_outputs(sweep, run.results, "workdirs/sweeps/digits_claims", "out/")
 
-The command-line entry point is ``experiments/sweep.py``. Imported on demand (it pulls in
+The command-line entry point is ``mvcl-sweep`` (`mvcl.sweep`). Imported on demand (it pulls in
 ``mvcl.train``).
 """
 

@@ -6,7 +6,8 @@
     step, variables = train.restore_variables(workdir)   # its encoder, {"params", "batch_stats"}
     train.evaluate.knn_accuracy(...)                      # the evaluation pieces
 
-The command-line entry points are ``experiments/pretrain.py`` and ``experiments/evaluate.py``.
+The command-line entry points are ``mvcl-pretrain`` and ``mvcl-evaluate`` (`mvcl.pretrain`,
+`mvcl.evaluate`).
 """
 
 from mvcl.train import evaluate

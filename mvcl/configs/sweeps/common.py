@@ -31,7 +31,7 @@ from ml_collections import config_dict
 
 BENCH_JSON = "experiments/results/bench_losses.json"
 MULTI_VIEW_LOSSES = ("mv_dhel", "mv_infonce", "pwe", "avg", "pvc", "multipos_infonce")
-# At V = 2, pwe = avg = pvc = multipos_infonce = infonce and mv_dhel = dhel (SPEC-losses.md):
+# At V = 2, pwe = avg = pvc = multipos_infonce = infonce and mv_dhel = dhel (docs/losses.md):
 # the two-view block runs each distinct loss once.
 TWO_VIEW_LOSSES = ("mv_dhel", "mv_infonce", "infonce", "dcl", "kcl")
 FAKE_WIDTH = 0.0625  # backbone channel multiplier of smoke runs
