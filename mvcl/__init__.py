@@ -2,8 +2,10 @@
 
 ``mvcl.losses`` (the loss functions and their registry), ``mvcl.kernels`` (the row-reduction
 backends), ``mvcl.parallel`` (meshes, sharded losses, multi-host start-up) and ``mvcl.metrics``
-(embedding geometry) are imported with the package; ``mvcl.data``, ``mvcl.models`` and
-``mvcl.train`` (which pull in tensorflow-datasets and flax) are imported on demand.
+(embedding geometry) are imported with the package and need only JAX and NumPy
+(``pip install mvcl``). ``mvcl.data``, ``mvcl.models``, ``mvcl.train``, ``mvcl.studies`` and
+``mvcl.configs`` need the training stack (``pip install 'mvcl[train]'``: flax, optax, orbax,
+tensorflow-datasets, ...) and are imported on demand.
 """
 
 from mvcl import kernels, losses, metrics, parallel
