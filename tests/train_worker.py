@@ -26,11 +26,11 @@ from mvcl import data  # noqa: E402
 
 workdir = next(a.split("=", 1)[1] for a in pretrain_args if a.startswith("--workdir="))
 checkpoint = os.path.join(workdir, "checkpoints", str(checkpoint_step))
-next_batch = data.BatchIterator.__next__
+next_batch = data.DevicePrefetcher.__next__  # what the loop takes; the host reads ahead of it
 
 
 def next_batch_or_crash(self):
-    if self.step == kill_step:
+    if self.get_state()["step"] == kill_step:
         deadline = time.time() + 120
         while not os.path.isdir(checkpoint):
             assert time.time() < deadline, f"no checkpoint at {checkpoint}"
@@ -39,6 +39,6 @@ def next_batch_or_crash(self):
     return next_batch(self)
 
 
-data.BatchIterator.__next__ = next_batch_or_crash
+data.DevicePrefetcher.__next__ = next_batch_or_crash
 sys.argv = [os.path.join(REPO, "experiments", "pretrain.py"), *pretrain_args]
 runpy.run_path(sys.argv[0], run_name="__main__")
