@@ -19,6 +19,7 @@ setup(
         "tensorflow-datasets",
         "importlib_resources",  # tfds needs it on Python 3.11 but does not declare it
         "array_record",
+        "grain",  # the host input pipeline (worker processes, prefetch)
         "ml-collections",
         "chex",
         "numpy",
