@@ -382,18 +382,36 @@ def test_workers_above_the_core_count_warn_once(train_source, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def jpeg_source(tmp_path_factory):
+def jpeg_dir(tmp_path_factory):
     from mvcl.data import synthetic
 
     path = tmp_path_factory.mktemp("jpeg")
     settings = synthetic.Settings(num_train=12, num_validation=2, min_side=20, max_side=60)
     synthetic.prepare_synthetic_jpeg(path, dataclasses.replace(settings, corrupt=(6,)))
-    return data.load_split(synthetic.SYNTHETIC_NAME, "train", path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def jpeg_source(jpeg_dir):
+    return data.load_split("mvcl_synthetic_jpeg", "train", jpeg_dir)
+
+
+def test_data_set_prepared_only_as_tfrecord_says_to_rebuild(jpeg_dir, tmp_path):
+    import shutil
+
+    shutil.copytree(jpeg_dir, tmp_path, dirs_exist_ok=True)
+    info = tmp_path / "mvcl_synthetic_jpeg" / "1.0.0" / "dataset_info.json"
+    text = info.read_text()
+    assert '"fileFormat": "array_record"' in text
+    info.write_text(text.replace('"fileFormat": "array_record"', '"fileFormat": "tfrecord"'))
+    with pytest.raises(ValueError, match="no ArrayRecord files.*--file_format=array_record"):
+        data.load_split("mvcl_synthetic_jpeg", "train", tmp_path)
 
 
 def test_corrupt_record_is_named_with_its_split(jpeg_source):
     it = data.BatchIterator(jpeg_source, 12, seed=0, whole_image_size=32)
-    with pytest.raises(ValueError, match=r"record 6 of split 'train' of 'mvcl_synthetic_jpeg'"):
+    message = r"record 6 of split 'train' of 'mvcl_synthetic_jpeg'.*'train\[:6\]\+train\[7:\]'"
+    with pytest.raises(ValueError, match=message):
         next(it)
     it.close()
     probe = data.BatchIterator(jpeg_source, 3, seed=0)

@@ -165,10 +165,12 @@ def _records(source: Source, idx: list[int]) -> list[Mapping[str, Any]]:
             try:
                 source[i]
             except Exception as e:  # noqa: BLE001
+                split = str(getattr(source, "split", None) or "train")
                 raise ValueError(
                     f"record {i} of {_describe(source)} cannot be read or decoded "
                     f"({type(e).__name__}: {e}); the file is corrupt: rebuild the data set, or "
-                    f"leave the record out with split slices (e.g. 'train[:{i}]+train[{i + 1}:]')"
+                    f"leave the record out with split slices (e.g. "
+                    f"'{split}[:{i}]+{split}[{i + 1}:]' if {split!r} is unsliced)"
                 ) from e
         raise
 

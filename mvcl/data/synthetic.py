@@ -59,7 +59,6 @@ class MvclSyntheticJpeg(tfds.core.GeneratorBasedBuilder):
     RELEASE_NOTES = {"1.0.0": "Initial release."}
 
     def __init__(self, *, settings: Settings | None = None, **kwargs):
-        kwargs.setdefault("file_format", "array_record")
         self.settings = settings or Settings()
         super().__init__(**kwargs)
 
@@ -98,6 +97,8 @@ def prepare_synthetic_jpeg(
 ) -> MvclSyntheticJpeg:
     """Writes the data set into `data_dir` unless already there; returns its builder."""
     builder = MvclSyntheticJpeg(data_dir=data_dir, settings=settings)
-    if not builder.is_prepared():
-        builder.download_and_prepare()
+    if builder.is_prepared():
+        return builder
+    builder = MvclSyntheticJpeg(data_dir=data_dir, settings=settings, file_format="array_record")
+    builder.download_and_prepare()
     return builder
