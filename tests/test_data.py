@@ -326,6 +326,7 @@ def test_center_view_crop_and_bad_input(rgb_images):
 # --- grain workers, device prefetch, bad input ----------------------------------------------
 
 
+@pytest.mark.slow  # starts two worker processes (each imports the stack)
 def test_two_workers_give_the_batches_of_the_main_process_and_stop_on_close(train_source):
     import multiprocessing
 
