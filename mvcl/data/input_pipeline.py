@@ -231,17 +231,20 @@ class ReadBatch:
         self.image_size = image_size
         self.whole_image_size = whole_image_size
         self.steps_per_epoch = len(source) // global_batch_size
-        self._perm_epoch, self._perm = -1, np.empty(0, np.int64)
+        # (epoch, its order), replaced as one object: the background thread and the caller of
+        # `BatchIterator.local_indices` may both use it.
+        self._order: tuple[int, np.ndarray] = (-1, np.empty(0, np.int64))
 
     def local_indices(self, step: int) -> np.ndarray:
         """Record ids this process reads at global step `step`."""
         epoch, b = divmod(step, self.steps_per_epoch)
-        if epoch != self._perm_epoch:
-            rng = np.random.default_rng([self.seed, epoch])
-            self._perm_epoch, self._perm = epoch, rng.permutation(len(self.source))
+        cached_epoch, order = self._order
+        if epoch != cached_epoch:
+            order = np.random.default_rng([self.seed, epoch]).permutation(len(self.source))
+            self._order = (epoch, order)
         local = self.global_batch_size // self.process_count
         start = b * self.global_batch_size + self.process_index * local
-        return self._perm[start : start + local]
+        return order[start : start + local]
 
     def __call__(self, step: int) -> Batch:
         return _read(
