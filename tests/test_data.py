@@ -1,5 +1,6 @@
 """Tests for mvcl.data: the digits tfds builder, the host iterator and on-device views."""
 
+import dataclasses
 import os
 
 import jax
@@ -320,3 +321,197 @@ def test_center_view_crop_and_bad_input(rgb_images):
         data.make_views(jax.random.key(0), rgb_images.astype(jnp.float32), 2, crop_size=8)
     with pytest.raises(ValueError, match="shape"):
         data.center_view(rgb_images[0])
+
+
+# --- grain workers, device prefetch, bad input ----------------------------------------------
+
+
+@pytest.mark.slow  # starts two worker processes (each imports the stack)
+def test_two_workers_give_the_batches_of_the_main_process_and_stop_on_close(train_source):
+    import multiprocessing
+
+    main = _take(data.BatchIterator(train_source, 64, seed=5, step=19), 6)  # Crosses epoch 1.
+    workers = data.BatchIterator(train_source, 64, seed=5, step=19, num_workers=2)
+    _assert_same_batches(_take(workers, 6), main)
+    assert workers.get_state() == {"step": 25}
+    workers.close()
+    assert not multiprocessing.active_children()
+
+
+class _CountingIterator:
+    """A stateful host iterator whose batch at step s is s."""
+
+    def __init__(self):
+        self.step = 0
+
+    def __next__(self):
+        self.step += 1
+        return self.step - 1
+
+    def get_state(self):
+        return {"step": self.step}
+
+    def set_state(self, state):
+        self.step = state["step"]
+
+
+def test_device_prefetcher_puts_one_batch_ahead_and_saves_the_consumed_position():
+    put = []
+    host = _CountingIterator()
+    batches = data.DevicePrefetcher(host, lambda b: put.append(b) or -b)
+    assert batches.get_state() == {"step": 0}
+    assert [next(batches) for _ in range(3)] == [0, -1, -2]
+    assert put == [0, 1, 2, 3] and host.step == 4  # batch 3 is on its way
+    assert batches.get_state() == {"step": 3}  # ... but not consumed: a restore redoes it
+    batches.set_state({"step": 1})
+    assert next(batches) == -1 and put[-2:] == [1, 2]
+    assert data.DevicePrefetcher(_CountingIterator(), int, ahead=0).__next__() == 0
+
+
+def test_workers_above_the_core_count_warn_once(train_source, monkeypatch):
+    from mvcl.data import input_pipeline
+
+    monkeypatch.setattr(input_pipeline, "available_cores", lambda: 2)
+    monkeypatch.setattr(input_pipeline, "_warned_cores", False)
+    with pytest.warns(UserWarning, match="num_workers=5 exceeds the 2 CPU cores") as record:
+        data.BatchIterator(train_source, 8, seed=0, num_workers=5)
+        data.BatchIterator(train_source, 8, seed=0, num_workers=5)
+    assert len(record) == 1
+    assert data.BatchIterator(train_source, 8, seed=0, num_workers=-1).num_workers == 2
+    with pytest.raises(ValueError, match="num_workers must be >= 0"):
+        data.BatchIterator(train_source, 8, seed=0, num_workers=-2)
+
+
+@pytest.fixture(scope="module")
+def jpeg_dir(tmp_path_factory):
+    from mvcl.data import synthetic
+
+    path = tmp_path_factory.mktemp("jpeg")
+    settings = synthetic.Settings(num_train=12, num_validation=2, min_side=20, max_side=60)
+    synthetic.prepare_synthetic_jpeg(path, dataclasses.replace(settings, corrupt=(6,)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def jpeg_source(jpeg_dir):
+    return data.load_split("mvcl_synthetic_jpeg", "train", jpeg_dir)
+
+
+def test_data_set_prepared_only_as_tfrecord_says_to_rebuild(jpeg_dir, tmp_path):
+    import shutil
+
+    shutil.copytree(jpeg_dir, tmp_path, dirs_exist_ok=True)
+    info = tmp_path / "mvcl_synthetic_jpeg" / "1.0.0" / "dataset_info.json"
+    text = info.read_text()
+    assert '"fileFormat": "array_record"' in text
+    info.write_text(text.replace('"fileFormat": "array_record"', '"fileFormat": "tfrecord"'))
+    with pytest.raises(ValueError, match="no ArrayRecord files.*--file_format=array_record"):
+        data.load_split("mvcl_synthetic_jpeg", "train", tmp_path)
+
+
+def test_corrupt_record_is_named_with_its_split(jpeg_source):
+    it = data.BatchIterator(jpeg_source, 12, seed=0, whole_image_size=32)
+    message = r"record 6 of split 'train' of 'mvcl_synthetic_jpeg'.*'train\[:6\]\+train\[7:\]'"
+    with pytest.raises(ValueError, match=message):
+        next(it)
+    it.close()
+    probe = data.BatchIterator(jpeg_source, 3, seed=0)
+    step = next(s for s in range(4) if 6 not in probe.local_indices(s))
+    good = data.BatchIterator(jpeg_source, 3, seed=0, whole_image_size=32, step=step)
+    batch = next(good)  # Steps whose records are readable still work.
+    assert batch["image"].shape == (3, 32, 32, 3) and batch["image"].dtype == np.uint8
+    assert batch["valid"].shape == (3, 2) and batch["valid"].max() == 32
+    good.close()
+
+
+def test_images_of_different_sizes_need_a_resize(jpeg_source):
+    it = data.BatchIterator(jpeg_source, 3, seed=0)
+    with pytest.raises(ValueError, match="differ in shape.*whole_image_size"):
+        next(it)
+    it.close()
+
+
+# --- views over the whole image (torchvision's RandomResizedCrop) ---------------------------
+
+
+def test_fit_whole_keeps_the_aspect_ratio_and_pads_with_the_edge():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (30, 80, 3), dtype=np.uint8)
+    padded, (h, w) = data.fit_whole(image, 40)
+    assert padded.shape == (40, 40, 3) and (h, w) == (15, 40)
+    np.testing.assert_array_equal(padded[15:], np.broadcast_to(padded[14], (25, 40, 3)))
+    tall, (h, w) = data.fit_whole(image.transpose(1, 0, 2), 160)  # upsampling works too
+    assert tall.shape == (160, 160, 3) and (h, w) == (160, 60)
+    np.testing.assert_array_equal(tall[:, 60:], np.broadcast_to(tall[:, 59:60], (160, 100, 3)))
+    same, hw = data.fit_whole(image[:40, :40], 40)
+    assert hw == (30, 40) and np.array_equal(same[:30], image[:30, :40])
+
+
+def _torchvision_boxes(rng, height, width, n, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+    """(area fraction, aspect w/h) of n boxes of torchvision's RandomResizedCrop.get_params."""
+    area = height * width
+    log_ratio = np.log(ratio)
+    out = np.empty((n, 2))
+    for k in range(n):
+        for _ in range(10):
+            target_area = area * rng.uniform(*scale)
+            aspect = np.exp(rng.uniform(*log_ratio))
+            w = int(round(np.sqrt(target_area * aspect)))
+            h = int(round(np.sqrt(target_area / aspect)))
+            if 0 < w <= width and 0 < h <= height:
+                break
+        else:  # Fallback to a central crop.
+            in_ratio = width / height
+            if in_ratio < min(ratio):
+                w, h = width, int(round(width / min(ratio)))
+            elif in_ratio > max(ratio):
+                h, w = height, int(round(height * max(ratio)))
+            else:
+                w, h = width, height
+        out[k] = (h * w / area, w / h)
+    return out
+
+
+@pytest.mark.parametrize("shape", [(375, 500), (500, 333), (256, 256), (180, 640)])
+def test_crop_boxes_over_the_whole_image_follow_torchvision(shape):
+    from scipy import stats
+
+    n, size = 20000, 320
+    height, width = shape
+    image = np.zeros((height, width, 3), np.uint8)
+    _, (vh, vw) = data.fit_whole(image, size)
+    boxes = np.asarray(
+        data.crop_boxes(jax.random.key(sum(shape)), jnp.asarray([[vh, vw]]).repeat(n // 4, 0), 4)
+    ).reshape(-1, 4)
+    y0, x0, h, w = boxes.T
+    assert np.all(y0 >= 0) and np.all(y0 + h <= vh + 1e-3)  # inside the image, not the padding
+    assert np.all(x0 >= 0) and np.all(x0 + w <= vw + 1e-3)
+    # Relative to the original image: the host's resize scales each axis by vh / H and vw / W.
+    ours = np.stack([h * w / (vh * vw), (w / vw * width) / (h / vh * height)], axis=1)
+    ref = _torchvision_boxes(np.random.default_rng(sum(shape)), height, width, n)
+    area_bins = np.linspace(0, 1, 11)
+    aspect_bins = np.exp(np.linspace(np.log(3 / 4), np.log(4 / 3), 11))
+    aspect_bins[0], aspect_bins[-1] = 0, np.inf  # torchvision's rounding can step past them
+    for column, bins in ((0, area_bins), (1, aspect_bins)):
+        counts = [np.histogram(x[:, column], bins)[0] for x in (ours, ref)]
+        assert sum(counts[0]) == sum(counts[1]) == n  # nothing falls outside the bins
+        table = np.asarray(counts)
+        table = table[:, table.sum(0) > 0]
+        p_value = stats.chi2_contingency(table)[1]
+        assert p_value > 1e-3, (shape, column, table)
+    if shape == (180, 640):  # so elongated that torchvision often falls back to a centre crop
+        fallback = np.isclose(ref[:, 1], 4 / 3, atol=0.01) & np.isclose(
+            ref[:, 0], 180 * 240 / (180 * 640), atol=0.01
+        )
+        assert fallback.mean() > 0.01
+
+
+def test_make_views_with_the_full_extent_as_valid_equals_without(rgb_images):
+    key = jax.random.key(4)
+    valid = jnp.full((6, 2), 32, jnp.int32)
+    with_valid = data.make_views(key, rgb_images, 2, crop_size=16, valid=valid)
+    np.testing.assert_allclose(
+        with_valid, data.make_views(key, rgb_images, 2, crop_size=16), atol=1e-5
+    )
+    with pytest.raises(ValueError, match="valid must have shape"):
+        data.make_views(key, rgb_images, 2, crop_size=16, valid=valid[:3])

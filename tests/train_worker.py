@@ -23,11 +23,11 @@ pretrain_args = sys.argv[4:]
 
 workdir = next(a.split("=", 1)[1] for a in pretrain_args if a.startswith("--workdir="))
 checkpoint = os.path.join(workdir, "checkpoints", str(checkpoint_step))
-next_batch = data.BatchIterator.__next__
+next_batch = data.DevicePrefetcher.__next__  # what the loop takes; the host reads ahead of it
 
 
 def next_batch_or_crash(self):
-    if self.step == kill_step:
+    if self.get_state()["step"] == kill_step:
         deadline = time.time() + 120
         while not os.path.isdir(checkpoint):
             assert time.time() < deadline, f"no checkpoint at {checkpoint}"
@@ -36,6 +36,6 @@ def next_batch_or_crash(self):
     return next_batch(self)
 
 
-data.BatchIterator.__next__ = next_batch_or_crash
+data.DevicePrefetcher.__next__ = next_batch_or_crash
 sys.argv = ["mvcl-pretrain", *pretrain_args]
 runpy.run_module("mvcl.pretrain", run_name="__main__", alter_sys=True)

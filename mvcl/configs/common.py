@@ -98,9 +98,19 @@ def base_config() -> config_dict.ConfigDict:
     config.dataset.test_split = "test"  # evaluation: linear probe and kNN test accuracy
     # Host-side resize (shorter side) + centre crop, for data sets of varying image sizes.
     config.dataset.image_size = config_dict.placeholder(int)
+    # Training only: longer side resized to this, padded to a square, valid extent sent along;
+    # the random crops then cover the whole image (torchvision's RandomResizedCrop). Evaluation
+    # keeps image_size's centre squares.
+    config.dataset.whole_image_size = config_dict.placeholder(int)
     config.dataset.fake = False
     config.dataset.fake_shape = (32, 32, 3)  # (H, W, C) of fake images
     config.dataset.fake_num_examples = 64
+
+    config.data = config_dict.ConfigDict()  # the host input pipeline (grain)
+    # Worker processes that read, decode and resize batches: 0 = a background thread of the main
+    # process (fastest for the small stored images of digits and CIFAR), -1 = one per CPU core.
+    config.data.num_workers = 0
+    config.data.prefetch = 2  # batches each worker keeps ready
 
     config.num_views = 2  # V views of every image, made on the device
     config.augment = config_dict.ConfigDict()

@@ -8,8 +8,10 @@ Gaussian blur with probability 0.5, 224x224 crops with scale in [0.08, 1].
 
 ``config.dataset.name`` is "imagenet100": a tfds data set of the 100 ImageNet classes of CMC
 (Tian et al. 2019), prepared as ArrayRecord in ``config.dataset.data_dir``; point it elsewhere with
-``--config.dataset.name=...``. Images are resized (shorter side) and centre-cropped to 224 on the
-host, so a batch is a dense array; the random crops are taken on the device.
+``--config.dataset.name=...``. For training the host resizes every image whole so that its longer
+side is 320 and pads it to 320 x 320 (the valid extent travels with it); the device draws the
+random crops over the whole image, as torchvision's RandomResizedCrop. Evaluation images are
+resized (shorter side) and centre-cropped to 224 on the host.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ def imagenet_config(dataset: str, arg: str | None) -> config_dict.ConfigDict:
     args = common.parse_arg(arg, **common.common_args())
     config = common.base_config()
     config.dataset.name = dataset
-    config.dataset.image_size = 224
+    config.dataset.image_size = 224  # evaluation: shorter side 224, centre square
+    config.dataset.whole_image_size = 320  # training: crops over the whole image (README)
+    config.data.num_workers = -1  # decoding JPEGs needs every host core
     config.dataset.test_split = "validation"
     config.dataset.fake_shape = (224, 224, 3)
 

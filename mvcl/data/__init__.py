@@ -1,9 +1,10 @@
-"""Data: tfds sources (incl. the bundled digits set), a resumable host iterator, on-device views.
+"""Data: tfds sources (incl. the bundled digits set), a resumable grain loader, on-device views.
 
 The host reads and sends each image once (uint8); `make_views` makes the V views on the device.
 """
 
-from mvcl.data.augment import center_view, make_views, normalize, view_groups
+from mvcl.data.augment import center_view, crop_boxes, make_views, normalize, view_groups
+from mvcl.data.device_prefetch import DevicePrefetcher
 from mvcl.data.digits import (
     DIGITS_NAME,
     MvclDigits,
@@ -11,15 +12,18 @@ from mvcl.data.digits import (
     digits_split_indices,
     prepare_digits,
 )
-from mvcl.data.input_pipeline import BatchIterator, load_numpy, load_split
+from mvcl.data.input_pipeline import BatchIterator, fit_whole, load_numpy, load_split
 
 __all__ = [
     "BatchIterator",
     "DIGITS_NAME",
+    "DevicePrefetcher",
     "MvclDigits",
     "center_view",
+    "crop_boxes",
     "digits_arrays",
     "digits_split_indices",
+    "fit_whole",
     "load_numpy",
     "load_split",
     "make_views",

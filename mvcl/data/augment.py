@@ -6,14 +6,17 @@ therefore independent of V; only device compute grows with it.
 
 One view of an image in [0, 1] is, in order (SimCLR, Chen et al. 2020, appendix A):
 
-1. random resized crop: area fraction ``a ~ U[min_scale, max_scale]``, aspect ratio
-   ``r ~ logU[3/4, 4/3]``, box ``h = sqrt(a H W / r)``, ``w = sqrt(a H W r)`` placed uniformly
-   inside the image (first of 10 draws that fits; the whole image if none does, as torchvision:
-   never on a square image with ``max_scale <= 3/4``), resampled to ``S x S`` with antialiased
-   bilinear `jax.image.scale_and_translate` (sub-pixel boxes, static output shape, fully
-   jittable). ``max_scale < 1`` gives the small crops of multi-crop (SwAV, Caron et al. 2020:
-   two large crops of scale (0.14, 1) plus small ones of scale (0.05, 0.14) at a lower
-   resolution);
+1. random resized crop (torchvision's RandomResizedCrop): area fraction
+   ``a ~ U[min_scale, max_scale]``, aspect ratio ``r ~ logU[3/4, 4/3]``, box
+   ``h = sqrt(a H W / r)``, ``w = sqrt(a H W r)`` placed uniformly inside the image (first of 10
+   draws that fits; if none does, the centred box of the image's aspect ratio clamped to
+   [3/4, 4/3], which is the whole image unless it is more elongated), resampled to ``S x S``
+   with antialiased bilinear `jax.image.scale_and_translate` (sub-pixel boxes, static output
+   shape, fully jittable). ``H x W`` is the array's, or, with ``valid``, the extent of an image
+   padded into the array (`mvcl.data.input_pipeline.fit_whole`): then the boxes cover the whole
+   image, whatever its aspect ratio, as torchvision's do on the original. ``max_scale < 1`` gives
+   the small crops of multi-crop (SwAV, Caron et al. 2020: two large crops of scale (0.14, 1)
+   plus small ones of scale (0.05, 0.14) at a lower resolution);
 2. horizontal flip with probability 1/2 (if `flip`);
 3. with probability `p_jitter`, colour jitter of strength ``s``: brightness factor
    ``U[1 - 0.8s, 1 + 0.8s]`` (multiplicative, as SimCLR v2), contrast and saturation factors
@@ -46,7 +49,8 @@ import jax
 import jax.numpy as jnp
 
 _CROP_ATTEMPTS = 10
-_LOG_RATIO = (math.log(3 / 4), math.log(4 / 3))
+_RATIO = (3 / 4, 4 / 3)
+_LOG_RATIO = (math.log(_RATIO[0]), math.log(_RATIO[1]))
 _BLUR_SIGMA = (0.1, 2.0)
 _BLUR_KERNEL_FRACTION = 0.1
 
@@ -110,17 +114,56 @@ def _between(u: jax.Array, lo: float, hi: float) -> jax.Array:
 
 
 def _random_box(
-    u: jax.Array, height: int, width: int, min_scale: float, max_scale: float
+    u: jax.Array, height: Any, width: Any, min_scale: float, max_scale: float
 ) -> tuple[jax.Array, ...]:
-    """Inception-style crop box (y0, x0, h, w) of area fraction in [min_scale, max_scale]."""
+    """Inception-style crop box (y0, x0, h, w) of area fraction in [min_scale, max_scale].
+
+    ``height`` and ``width`` are ints or traced scalars (the valid extent of a padded image).
+    When no draw fits, torchvision's fallback: the centred box of the image's aspect ratio
+    clamped to [3/4, 4/3], as large as fits (the whole image unless the image is more elongated).
+    """
     area = height * width * _between(u[_U["area"]], min_scale, max_scale)
     ratio = jnp.exp(_between(u[_U["ratio"]], *_LOG_RATIO))
     ws, hs = jnp.sqrt(area * ratio), jnp.sqrt(area / ratio)
     fits = (ws <= width) & (hs <= height)
     first = jnp.argmax(fits)
-    h = jnp.where(fits.any(), hs[first], height)
-    w = jnp.where(fits.any(), ws[first], width)
-    return u[_U["y"]] * (height - h), u[_U["x"]] * (width - w), h, w
+    in_ratio = width / height
+    fallback_h = jnp.where(in_ratio < _RATIO[0], width / _RATIO[0], height)
+    fallback_w = jnp.where(in_ratio > _RATIO[1], height * _RATIO[1], width)
+    h = jnp.where(fits.any(), hs[first], fallback_h)
+    w = jnp.where(fits.any(), ws[first], fallback_w)
+    y_u = jnp.where(fits.any(), u[_U["y"]], 0.5)
+    x_u = jnp.where(fits.any(), u[_U["x"]], 0.5)
+    return y_u * (height - h), x_u * (width - w), h, w
+
+
+def _extent(valid: jax.Array) -> tuple[jax.Array, jax.Array]:
+    valid = valid.astype(jnp.float32)
+    return valid[0], valid[1]
+
+
+def crop_boxes(
+    rng: jax.Array,
+    sizes: jax.Array,
+    num_views: int,
+    *,
+    min_scale: float = 0.08,
+    max_scale: float = 1.0,
+) -> jax.Array:
+    """The crop boxes `make_views` draws for the same `rng`: float32 (B, V, 4) ``(y0, x0, h, w)``.
+
+    Args:
+      rng: the key given to `make_views`.
+      sizes: (B, 2) image extents ``(h, w)``: the ``valid`` argument of `make_views`, or the
+        array's (H, W) repeated when it has none.
+      num_views, min_scale, max_scale: as for `make_views`.
+    """
+    uniforms = jax.random.uniform(rng, (sizes.shape[0], num_views, _NUM_UNIFORMS))
+
+    def box(u: jax.Array, size: jax.Array) -> jax.Array:
+        return jnp.stack(_random_box(u, *_extent(size), min_scale, max_scale))
+
+    return jax.vmap(jax.vmap(box, in_axes=(0, None)))(uniforms, sizes)
 
 
 def _color_jitter(u: jax.Array, x: jax.Array, strength: float, random_order: bool) -> jax.Array:
@@ -152,6 +195,7 @@ def _color_jitter(u: jax.Array, x: jax.Array, strength: float, random_order: boo
 def _one_view(
     u: jax.Array,
     image: jax.Array,
+    valid: jax.Array | None,
     *,
     crop_size: int,
     min_scale: float,
@@ -165,9 +209,10 @@ def _one_view(
 ) -> jax.Array:
     """One random view (crop_size, crop_size, C) in [0, 1] of an (H, W, C) image in [0, 1].
 
-    `u` holds this view's `_NUM_UNIFORMS` uniforms in [0, 1), laid out by `_U`.
+    `u` holds this view's `_NUM_UNIFORMS` uniforms in [0, 1), laid out by `_U`; `valid`, if not
+    None, the (h, w) extent of the image at the top left of the array (the rest is padding).
     """
-    height, width = image.shape[:2]
+    height, width = image.shape[:2] if valid is None else _extent(valid)
     x = jnp.clip(
         _crop_resize(image, *_random_box(u, height, width, min_scale, max_scale), crop_size),
         0.0,
@@ -212,6 +257,7 @@ def make_views(
     num_views: int,
     *,
     crop_size: int,
+    valid: jax.Array | None = None,
     min_scale: float = 0.08,
     max_scale: float = 1.0,
     jitter_strength: float = 0.5,
@@ -228,6 +274,10 @@ def make_views(
       images: uint8 (B, H, W, C), C in (1, 3), values 0..255.
       num_views: V >= 1.
       crop_size: S, side of the square output views.
+      valid: None, or int (B, 2): the extent (h, w) of each image, which fills the top-left
+        h x w of its array (the rest is padding, see
+        `mvcl.data.input_pipeline.fit_whole`); crop boxes are then drawn inside it, so over the
+        whole image whatever its aspect ratio.
       min_scale: smallest crop area as a fraction of the image (0.08 as in SimCLR).
       max_scale: largest crop area as a fraction of the image (1 as in SimCLR; 0.14 for the
         small crops of SwAV's multi-crop).
@@ -261,7 +311,11 @@ def make_views(
     )
     uniforms = jax.random.uniform(rng, (images.shape[0], num_views, _NUM_UNIFORMS))
     x = images.astype(jnp.float32) / 255.0
-    views = jax.vmap(jax.vmap(view, in_axes=(0, None)), in_axes=(0, 0))(uniforms, x)
+    if valid is not None and valid.shape != (images.shape[0], 2):
+        raise ValueError(
+            f"valid must have shape (B, 2) = ({images.shape[0]}, 2), got {valid.shape}"
+        )
+    views = jax.vmap(jax.vmap(view, in_axes=(0, None, None)), in_axes=(0, 0, 0))(uniforms, x, valid)
     return normalize(views)
 
 
@@ -270,7 +324,7 @@ def view_groups(num_views: int, augment: Mapping[str, Any]) -> list[tuple[int, d
 
     ``augment`` holds `make_views` keyword arguments and, optionally, a ``multicrop`` mapping
     (``num_small``, ``small_size``, ``small_min_scale``, ``small_max_scale``; see
-    ``configs/common.py``). The first group is ``num_views`` views made with ``augment`` (the large
+    ``mvcl/configs/common.py``). The first group is ``num_views`` views made with ``augment`` (the large
     crops). If ``num_small > 0``, a second group follows: ``num_small`` small crops with the same
     colour augmentation, of side ``small_size`` and area fraction in
     ``[small_min_scale, small_max_scale]``. Call ``make_views(rng, images, count, **kwargs)`` for

@@ -1,4 +1,4 @@
-"""Host input pipeline: tfds random-access sources and a deterministic, resumable batch iterator.
+"""Host input pipeline: tfds random-access sources and a deterministic, resumable grain loader.
 
 The host reads each image once and sends it as uint8; views are made on the device
 (`mvcl.data.augment.make_views`), so host work and host-to-device traffic do not grow with the
@@ -12,7 +12,25 @@ Order of examples. Global step ``s`` belongs to epoch ``e = s // steps_per_epoch
 ``[p * B / P, (p + 1) * B / P)`` of that global batch. Everything is a pure function of
 ``(seed, s)``, so the iterator's whole state is ``{"step": s}``: save `BatchIterator.get_state()`
 with the checkpoint and restore it with `set_state` (or ``step=``) to continue exactly where an
-uninterrupted run would be.
+uninterrupted run would be, with any number of workers.
+
+Parallelism (grain). `BatchIterator` is a ``grain.MapDataset`` over global steps whose element
+``s`` is this process's batch ``s`` (read, decoded and resized by `ReadBatch`), turned into an
+iterator with ``mp_prefetch``: ``num_workers`` worker processes each make every
+``num_workers``-th batch and keep ``prefetch`` batches ready; grain hands them back in step
+order, so the batches do not depend on ``num_workers`` (0 makes them in one background thread of
+the main process). grain's own iterator state records per-worker positions, which would tie a
+checkpoint to the worker count; the ``{"step": s}`` state does not, and a restore simply starts
+the pipeline at step ``s``.
+
+Image layouts (``image_size`` / ``whole_image_size``):
+
+* stored size (both None): every image must have the same shape;
+* ``image_size=S``: shorter side resized to S (antialiased bilinear), centre S x S square kept;
+* ``whole_image_size=L``: longer side resized to L, the image placed at the top left of an
+  L x L array whose rest repeats the edge pixels, and its extent sent as ``"valid"`` (int32
+  (h, w) per image). The device then draws crop boxes over the whole image, as torchvision's
+  RandomResizedCrop does on the original (`mvcl.data.augment.make_views` with ``valid=``).
 
 Sources come from `tfds.data_source` (ArrayRecord files; no TensorFlow needed). Nothing here
 downloads: a data set other than the bundled digits must already be prepared in ``data_dir``.
@@ -21,11 +39,14 @@ downloads: a data set other than the bundled digits must already be prepared in 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+import grain
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import flags
 
 from mvcl.data import digits
 
@@ -105,27 +126,172 @@ def _fit_square(image: np.ndarray, size: int) -> np.ndarray:
     return resized[top : top + size, left : left + size]
 
 
-def _read(source: Source, indices: np.ndarray, image_size: int | None) -> Batch:
-    """Reads records `indices` into ``{"image": uint8 (n, H, W, C), "label": int32 (n,)}``."""
-    idx = [int(i) for i in indices]
-    if hasattr(source, "__getitems__"):
-        records = source.__getitems__(idx)
-    else:
-        records = [source[i] for i in idx]
+def fit_whole(image: np.ndarray, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """The whole image in a ``size x size`` array, and its extent ``(h, w)`` there.
+
+    The longer side is resized to `size` (antialiased bilinear; the shorter one to
+    ``max(1, round(side * size / longer))``, so the aspect ratio is kept to within a pixel); the
+    image sits at the top left and the rest repeats its last row and column (not zeros, so a
+    resampling kernel that reaches past the image's edge sees the edge, as at the array's border).
+    """
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+
+    h, w, c = image.shape
+    scale = size / max(h, w)
+    new_h, new_w = max(1, min(size, round(h * scale))), max(1, min(size, round(w * scale)))
+    if (new_h, new_w) != (h, w):
+        pil = Image.fromarray(image[..., 0] if c == 1 else image)
+        image = np.asarray(pil.resize((new_w, new_h), Image.BILINEAR)).reshape(new_h, new_w, c)
+    padded = np.pad(image, ((0, size - new_h), (0, size - new_w), (0, 0)), mode="edge")
+    return padded, (new_h, new_w)
+
+
+def _describe(source: Source) -> str:
+    """``split 'train' of 'imagenet2012'`` for a tfds source, else the source's type."""
+    info, split = getattr(source, "dataset_info", None), getattr(source, "split", None)
+    if info is not None:
+        return f"split {str(split)!r} of {info.name!r}"
+    return f"the {type(source).__name__} source"
+
+
+def _records(source: Source, idx: list[int]) -> list[Mapping[str, Any]]:
+    """``source[i] for i in idx``; a record that fails to read or decode is named in the error."""
+    try:
+        if hasattr(source, "__getitems__"):
+            return list(source.__getitems__(idx))
+        return [source[i] for i in idx]
+    except Exception:  # noqa: BLE001  (find the record at fault, then re-raise naming it)
+        for i in idx:
+            try:
+                source[i]
+            except Exception as e:  # noqa: BLE001
+                split = str(getattr(source, "split", None) or "train")
+                raise ValueError(
+                    f"record {i} of {_describe(source)} cannot be read or decoded "
+                    f"({type(e).__name__}: {e}); the file is corrupt: rebuild the data set, or "
+                    f"leave the record out with split slices (e.g. "
+                    f"'{split}[:{i}]+{split}[{i + 1}:]' if {split!r} is unsliced)"
+                ) from e
+        raise
+
+
+def _read(
+    source: Source,
+    indices: np.ndarray,
+    image_size: int | None,
+    whole_image_size: int | None = None,
+) -> Batch:
+    """Reads records `indices` into ``{"image": uint8 (n, H, W, C), "label": int32 (n,)}``.
+
+    With `whole_image_size`, also ``"valid": int32 (n, 2)``, see `fit_whole`.
+    """
+    records = _records(source, [int(i) for i in indices])
     images = [np.asarray(r["image"], np.uint8) for r in records]
-    if image_size is not None:
+    batch = {}
+    if whole_image_size is not None:
+        fitted = [fit_whole(im, whole_image_size) for im in images]
+        images = [im for im, _ in fitted]
+        batch["valid"] = np.asarray([hw for _, hw in fitted], np.int32).reshape(-1, 2)
+    elif image_size is not None:
         images = [_fit_square(im, image_size) for im in images]
-    return {
-        "image": np.stack(images),
-        "label": np.asarray([r["label"] for r in records], np.int32),
-    }
+    shapes = {im.shape for im in images}
+    if len(shapes) > 1:
+        raise ValueError(
+            f"images of {_describe(source)} differ in shape ({sorted(shapes)[:3]}...): set "
+            f"config.dataset.image_size or config.dataset.whole_image_size to resize them"
+        )
+    batch["image"] = np.stack(images)
+    batch["label"] = np.asarray([r["label"] for r in records], np.int32)
+    return batch
+
+
+class ReadBatch:
+    """This process's batch at a global step: the map function of the grain pipeline.
+
+    A pure function of ``(seed, step)`` (see the module docstring); it holds the source and the
+    order of the last epoch it saw, so a grain worker process computes each permutation once.
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        global_batch_size: int,
+        *,
+        seed: int,
+        process_index: int,
+        process_count: int,
+        image_size: int | None,
+        whole_image_size: int | None,
+    ):
+        self.source = source
+        self.global_batch_size = global_batch_size
+        self.seed = seed
+        self.process_index = process_index
+        self.process_count = process_count
+        self.image_size = image_size
+        self.whole_image_size = whole_image_size
+        self.steps_per_epoch = len(source) // global_batch_size
+        # (epoch, its order), replaced as one object: the background thread and the caller of
+        # `BatchIterator.local_indices` may both use it.
+        self._order: tuple[int, np.ndarray] = (-1, np.empty(0, np.int64))
+
+    def local_indices(self, step: int) -> np.ndarray:
+        """Record ids this process reads at global step `step`."""
+        epoch, b = divmod(step, self.steps_per_epoch)
+        cached_epoch, order = self._order
+        if epoch != cached_epoch:
+            order = np.random.default_rng([self.seed, epoch]).permutation(len(self.source))
+            self._order = (epoch, order)
+        local = self.global_batch_size // self.process_count
+        start = b * self.global_batch_size + self.process_index * local
+        return order[start : start + local]
+
+    def __call__(self, step: int) -> Batch:
+        return _read(
+            self.source, self.local_indices(int(step)), self.image_size, self.whole_image_size
+        )
+
+
+_MAX_STEPS = 2**62  # the step dataset is "endless": grain maps it lazily
+_warned_cores = False
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _check_workers(num_workers: int) -> int:
+    """`num_workers` with -1 resolved to the core count; warns once if it exceeds the cores."""
+    global _warned_cores
+    if num_workers < -1:
+        raise ValueError(
+            f"num_workers must be >= 0 (0: in the main process) or -1 (one per core), "
+            f"got {num_workers}"
+        )
+    cores = available_cores()
+    if num_workers == -1:
+        return cores
+    if num_workers > cores and not _warned_cores:
+        _warned_cores = True
+        warnings.warn(
+            f"num_workers={num_workers} exceeds the {cores} CPU cores available: the workers "
+            f"will share them (this works, but is no faster than num_workers={cores})",
+            stacklevel=3,
+        )
+    return num_workers
 
 
 class BatchIterator(Iterator[Batch]):
     """Endless, deterministic, resumable iterator over this process's share of global batches.
 
-    Yields ``{"image": uint8 (B / P, H, W, C), "label": int32 (B / P,)}`` where ``B`` is
-    `global_batch_size` and ``P`` is `process_count`; see the module docstring for the order.
+    Yields ``{"image": uint8 (B / P, H, W, C), "label": int32 (B / P,)}`` (plus ``"valid"`` with
+    `whole_image_size`) where ``B`` is `global_batch_size` and ``P`` is `process_count`; see the
+    module docstring for the order and the layouts. Call `close` when done (it stops the worker
+    processes; they are also stopped when the iterator is garbage-collected).
 
     Args:
       source: random-access source, e.g. from `load_split`.
@@ -135,8 +301,14 @@ class BatchIterator(Iterator[Batch]):
         (``jax.process_index()``, ``jax.process_count()``).
       step: global step to start at (0, or the ``"step"`` of a saved state).
       image_size: if set, every image is resized (shorter side) and centre-cropped to
-        ``image_size x image_size`` on the host, for data sets of varying image sizes (ImageNet);
+        ``image_size x image_size`` on the host, for data sets of varying image sizes;
         None keeps the stored size, which must then be the same for all images.
+      whole_image_size: if set (instead of `image_size`), every image is resized (longer side)
+        to fit ``whole_image_size x whole_image_size`` whole, with its extent in ``"valid"``.
+      num_workers: grain worker processes that read, decode and resize batches; 0 makes them in
+        a background thread of this process, -1 starts one per available core. The batches are
+        the same for every value.
+      prefetch: batches each worker (or the background thread) keeps ready.
     """
 
     def __init__(
@@ -149,6 +321,9 @@ class BatchIterator(Iterator[Batch]):
         process_count: int = 1,
         step: int = 0,
         image_size: int | None = None,
+        whole_image_size: int | None = None,
+        num_workers: int = 0,
+        prefetch: int = 2,
     ):
         if process_count < 1 or not 0 <= process_index < process_count:
             raise ValueError(
@@ -166,15 +341,32 @@ class BatchIterator(Iterator[Batch]):
             )
         if seed < 0:
             raise ValueError(f"seed must be non-negative, got {seed}")
+        if image_size is not None and whole_image_size is not None:
+            raise ValueError("set image_size or whole_image_size, not both")
+        if prefetch < 1:
+            raise ValueError(f"prefetch must be >= 1, got {prefetch}")
+        num_workers = _check_workers(num_workers)
         self.source = source
         self.global_batch_size = global_batch_size
         self.seed = seed
         self.process_index = process_index
         self.process_count = process_count
         self.image_size = image_size
-        self.steps_per_epoch = len(source) // global_batch_size
+        self.whole_image_size = whole_image_size
+        self.num_workers = num_workers
+        self.prefetch = prefetch
+        self._read_batch = ReadBatch(
+            source,
+            global_batch_size,
+            seed=seed,
+            process_index=process_index,
+            process_count=process_count,
+            image_size=image_size,
+            whole_image_size=whole_image_size,
+        )
+        self.steps_per_epoch = self._read_batch.steps_per_epoch
         self.step = step
-        self._perm_epoch, self._perm = -1, np.empty(0, np.int64)
+        self._iterator: Iterator[Batch] | None = None  # started on the first `next`
 
     def get_state(self) -> dict[str, int]:
         """The position, ``{"step": next global step}``; store it with the checkpoint."""
@@ -182,7 +374,10 @@ class BatchIterator(Iterator[Batch]):
 
     def set_state(self, state: Mapping[str, Any]) -> None:
         """Continues from a state returned by `get_state`."""
-        self.step = int(state["step"])
+        step = int(state["step"])
+        if step != self.step:
+            self.close()
+        self.step = step
 
     @property
     def epoch(self) -> int:
@@ -190,21 +385,42 @@ class BatchIterator(Iterator[Batch]):
 
     def local_indices(self, step: int) -> np.ndarray:
         """Record ids this process reads at global step `step`."""
-        epoch, b = divmod(step, self.steps_per_epoch)
-        if epoch != self._perm_epoch:
-            rng = np.random.default_rng([self.seed, epoch])
-            self._perm_epoch, self._perm = epoch, rng.permutation(len(self.source))
-        local = self.global_batch_size // self.process_count
-        start = b * self.global_batch_size + self.process_index * local
-        return self._perm[start : start + local]
+        return self._read_batch.local_indices(step)
+
+    def _start(self) -> Iterator[Batch]:
+        steps = grain.MapDataset.range(self.step, _MAX_STEPS).map(self._read_batch)
+        threads = grain.ReadOptions(num_threads=1, prefetch_buffer_size=self.prefetch)
+        dataset = steps.to_iter_dataset(threads)
+        if self.num_workers:
+            if not flags.FLAGS.is_parsed():  # grain reads its absl flags when starting workers
+                flags.FLAGS.mark_as_parsed()
+            options = grain.MultiprocessingOptions(
+                num_workers=self.num_workers, per_worker_buffer_size=self.prefetch
+            )
+            dataset = dataset.mp_prefetch(options)
+        return iter(dataset)
 
     def __iter__(self) -> BatchIterator:
         return self
 
     def __next__(self) -> Batch:
-        batch = _read(self.source, self.local_indices(self.step), self.image_size)
+        if self._iterator is None:
+            self._iterator = self._start()
+        batch = next(self._iterator)
         self.step += 1
         return batch
+
+    def close(self) -> None:
+        """Stops the background thread and worker processes (a later `next` restarts them)."""
+        iterator, self._iterator = self._iterator, None
+        if iterator is not None and hasattr(iterator, "close"):
+            iterator.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001  (interpreter shutdown)
+            pass
 
 
 def load_numpy(

@@ -7,8 +7,9 @@ One run, ``train_and_evaluate(config, workdir)``:
    missing data set fails as ``config.dataset.name`` when the sources are opened, still before the
    first step.
 2. **Data.** The host reads each image of its share of the global batch once, as uint8
-   (`mvcl.data.BatchIterator`: a pure function of ``(seed, step)``), and the global batch is one
-   ``jax.Array`` sharded over the ``data`` axis of a mesh of every device of every process.
+   (`mvcl.data.BatchIterator`: a pure function of ``(seed, step)``, made by grain workers), and
+   the global batch is one ``jax.Array`` sharded over the ``data`` axis of a mesh of every device
+   of every process, copied there one step ahead (`mvcl.train.feed`).
 3. **State.** `TrainState`: step, params, batch_stats, optimiser state and the augmentation key,
    created replicated on the mesh.
 4. **Step.** `make_train_step`: inside ``jax.shard_map`` each device makes the V views of its
@@ -49,7 +50,7 @@ from ml_collections import config_dict
 from tqdm import tqdm
 
 from mvcl import data, kernels, losses, models, parallel
-from mvcl.train import evaluate, optim
+from mvcl.train import evaluate, feed, optim
 from mvcl.train.checkpoint import Checkpointer
 from mvcl.train.writers import MetricWriter
 
@@ -312,6 +313,10 @@ def make_loss_fn(config: config_dict.ConfigDict) -> Callable[[jax.Array], jax.Ar
     )
 
 
+def _whole(images: feed.DeviceBatch) -> bool:
+    return isinstance(images, dict)
+
+
 def make_train_step(
     config: config_dict.ConfigDict,
     model: nn.Module,
@@ -321,7 +326,8 @@ def make_train_step(
 ) -> Callable[[TrainState, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
     """The jitted step ``(state, images) -> (state, metrics)``.
 
-    ``images`` is the uint8 (B, H, W, C) global batch sharded over ``AXIS``; ``model`` must have
+    ``images`` is the uint8 (B, H, W, C) global batch sharded over ``AXIS`` (whole-image layout:
+    ``{"image": ..., "valid": int32 (B, 2)}``, see `mvcl.train.feed`); ``model`` must have
     ``axis_name=AXIS``. Metrics: ``loss`` (before the update), ``learning_rate``, ``grad_norm``.
 
     Views come in groups of one resolution (`mvcl.data.view_groups`): the V views, or with
@@ -336,15 +342,16 @@ def make_train_step(
     groups = data.view_groups(config.num_views, config.augment.to_dict())
     loss_fn = make_loss_fn(config)
 
-    def views_of(key: jax.Array, image: jax.Array) -> list[jax.Array]:
+    def views_of(key: jax.Array, image: feed.DeviceBatch) -> list[jax.Array]:
         keys = [key] if len(groups) == 1 else jax.random.split(key, len(groups))
+        image, valid = (image["image"], image["valid"][None]) if _whole(image) else (image, None)
         return [
-            data.make_views(k, image[None], count, **kwargs)[0]
+            data.make_views(k, image[None], count, valid=valid, **kwargs)[0]
             for k, (count, kwargs) in zip(keys, groups)
         ]
 
     def device_loss(params, batch_stats, images, rng, step):
-        n = images.shape[0]
+        n = (images["image"] if _whole(images) else images).shape[0]
         index = jax.lax.axis_index(AXIS) * n + jnp.arange(n)  # global instance index
         step_key = jax.random.fold_in(rng, step)
         keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(step_key, index)
@@ -452,14 +459,7 @@ def train_and_evaluate(
     validate_config(config)
     source = open_sources(config)
     mesh = parallel.make_mesh(None if config.num_devices == -1 else config.num_devices)
-    iterator = data.BatchIterator(
-        source,
-        config.batch_size,
-        seed=config.seed,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-        image_size=config.dataset.image_size,
-    )
+    iterator = feed.train_batches(config, source, mesh, AXIS)  # puts batches on the devices
     num_steps = num_train_steps(config, iterator.steps_per_epoch)
     schedule = optim.learning_rate_schedule(config, num_steps)
     tx = optim.make_optimizer(config, num_steps)
@@ -483,7 +483,6 @@ def train_and_evaluate(
     start = int(state.step)
     writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
     train_step = make_train_step(config, model, tx, schedule, mesh)
-    sharding = parallel.batch_sharding(mesh, AXIS)
     small = config.augment.multicrop.num_small
     views = f"V={config.num_views}" + (f"+{small} small crops" if small else "")
     _announce(
@@ -502,7 +501,7 @@ def train_and_evaluate(
     last_log = time.perf_counter()
     with _Sigterm() as sigterm:
         for step in range(start + 1, num_steps + 1):
-            images = global_batch(next(iterator)["image"], sharding, config.batch_size)
+            images = next(iterator)  # the next step's batch is already on its way
             state, metrics = train_step(state, images)
             history.append(metrics)
             progress.update()
@@ -520,6 +519,7 @@ def train_and_evaluate(
             if step % config.checkpoint_every_steps == 0:
                 checkpointer.save(step, state, iterator.get_state())
     progress.close()
+    iterator.close()  # stops the input workers
     checkpointer.save(step, state, iterator.get_state())
     checkpointer.close()
     writer.flush()
