@@ -324,7 +324,7 @@ def view_groups(num_views: int, augment: Mapping[str, Any]) -> list[tuple[int, d
 
     ``augment`` holds `make_views` keyword arguments and, optionally, a ``multicrop`` mapping
     (``num_small``, ``small_size``, ``small_min_scale``, ``small_max_scale``; see
-    ``mvcl.configs.common``). The first group is ``num_views`` views made with ``augment`` (the large
+    `mvcl.configs.common`). The first group is ``num_views`` views made with ``augment`` (the large
     crops). If ``num_small > 0``, a second group follows: ``num_small`` small crops with the same
     colour augmentation, of side ``small_size`` and area fraction in
     ``[small_min_scale, small_max_scale]``. Call ``make_views(rng, images, count, **kwargs)`` for
