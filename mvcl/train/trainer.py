@@ -49,6 +49,7 @@ from ml_collections import config_dict
 from tqdm import tqdm
 
 from mvcl import data, kernels, losses, models, parallel
+from mvcl.models import per_view
 from mvcl.train import evaluate, optim
 from mvcl.train.checkpoint import Checkpointer
 from mvcl.train.writers import MetricWriter
@@ -256,7 +257,13 @@ class TrainState:
 
 
 def build_model(config: config_dict.ConfigDict, axis_name: str | None = None) -> nn.Module:
-    """The ``ContrastiveModel`` of ``config.model``; ``axis_name`` for global BatchNorm."""
+    """The ``ContrastiveModel`` of ``config.model``; ``axis_name`` for global BatchNorm.
+
+    With ``config.model.per_view`` set (a list of per-group encoder specs), the
+    `mvcl.models.PerViewModel` of `mvcl.models.per_view.from_config` instead.
+    """
+    if config.model.get("per_view") is not None:
+        return per_view.from_config(config, axis_name=axis_name)
     return models.get_model(
         config.model.name,
         proj_dim=config.model.proj_dim,
@@ -283,10 +290,11 @@ def create_train_state(
 
     def init() -> TrainState:
         size = config.augment.crop_size
+        shape = (2, size, size, channels)
+        if isinstance(model, models.PerViewModel):  # takes (n, V, S, S, C)
+            shape = (2, config.num_views, *shape[1:])
         variables = model.init(
-            jax.random.key(config.seed, impl="rbg"),
-            jnp.zeros((2, size, size, channels)),
-            train=False,
+            jax.random.key(config.seed, impl="rbg"), jnp.zeros(shape), train=False
         )
         return TrainState(
             step=jnp.zeros((), jnp.int32),
@@ -335,6 +343,9 @@ def make_train_step(
     """
     groups = data.view_groups(config.num_views, config.augment.to_dict())
     loss_fn = make_loss_fn(config)
+    # A shared backbone takes the views flattened to (n * count, S, S, C), instance-major; a
+    # PerViewModel takes (n, V, S, S, C) and routes each view to its own encoder.
+    flatten = not isinstance(model, models.PerViewModel)
 
     def views_of(key: jax.Array, image: jax.Array) -> list[jax.Array]:
         keys = [key] if len(groups) == 1 else jax.random.split(key, len(groups))
@@ -351,7 +362,7 @@ def make_train_step(
         outputs = [
             model.apply(
                 {"params": params, "batch_stats": batch_stats},
-                views.reshape(-1, *views.shape[2:]),  # (n * count, S, S, C), instance-major
+                views.reshape(-1, *views.shape[2:]) if flatten else views,
                 train=True,
                 mutable=["batch_stats"],
             )
