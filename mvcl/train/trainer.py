@@ -21,8 +21,8 @@ One run, ``train_and_evaluate(config, workdir)``:
    resolution and the loss sees ``(n, V + K, D)``.
 5. **Loop.** Progress bar, metrics (TensorBoard + ``metrics.jsonl``), checkpoints every
    ``config.checkpoint_every_steps``, on SIGTERM (save, then return) and at the end; a rerun in
-   the same workdir resumes from the newest good checkpoint. Evaluation (`mvcl.train.evaluate`)
-   follows the last step.
+   the same workdir resumes from the newest good checkpoint. Evaluation (`mvcl.train.evaluate`;
+   `mvcl.train.multimodal` for per-view models) follows the last step.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from tqdm import tqdm
 
 from mvcl import data, kernels, losses, models, parallel
 from mvcl.models import per_view
-from mvcl.train import evaluate, optim
+from mvcl.train import evaluate, multimodal, optim
 from mvcl.train.checkpoint import Checkpointer
 from mvcl.train.writers import MetricWriter
 
@@ -562,10 +562,15 @@ def evaluate_variables(
 ) -> dict[str, float]:
     """Evaluates the encoder ``variables`` (``{"params", "batch_stats"}``), logs ``eval/*`` at
     ``step`` and prints the report."""
-    results = evaluate.evaluate(config, build_model(config), variables)
+    model = build_model(config)
+    if isinstance(model, models.PerViewModel):  # per-modality probes and retrieval
+        results = multimodal.evaluate(config, model, variables)
+        report = multimodal.format_report(results)
+    else:
+        results = evaluate.evaluate(config, model, variables)
+        report = evaluate.format_report(results, knn_k=config.eval.knn_k)
     writer.write_scalars(step, {f"eval/{k}": v for k, v in results.items()})
     writer.flush()
-    report = evaluate.format_report(results, knn_k=config.eval.knn_k)
     _announce(f"Evaluation at step {step}:\n{report}")
     return results
 
