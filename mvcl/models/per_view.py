@@ -6,7 +6,7 @@ its 1-D projection profile) each needs its own encoder; `PerViewModel` runs them
 projections::
 
     model = PerViewModel(
-        encoders=(ImageCNN(), ProfileMLP()),          # any flax modules: (x, train) -> (B, F_g)
+        encoders=(ImageCNN(), ProfileMLP()),          # any flax modules: x -> (B, F_g)
         heads=(ProjectionHead(out_dim=64), ProjectionHead(out_dim=64)),   # into a common D
         views=((0,), (1,)),                           # view indices of each group
         names=("image", "profile"),
@@ -26,7 +26,8 @@ projections::
   module ``(h, train) -> (B, D)``); ``None`` uses the encoder's output as it is. Every view must
   end at the same D, else a ``ValueError`` names the groups, their views and their widths.
 
-Each encoder and head is called as ``module(x, train=train)``. Parameters live under
+Each encoder and head is called as ``module(x, train=train)``, or ``module(x)`` when its
+``__call__`` takes no ``train`` (e.g. ``nn.Dense``). Parameters live under
 ``encoders_<g>`` and ``heads_<g>``; `encode` applies one group alone (evaluation, retrieval).
 
 `from_config` builds the model of ``config.model.per_view`` for the trainer, where every view is
@@ -36,6 +37,7 @@ into the group's modality before its encoder.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -56,6 +58,18 @@ ENCODERS: dict[str, Callable[..., nn.Module]] = {
     "mlp": MLP,
 }
 SPEC_FIELDS = ("name", "views", "input", "encoder", "kwargs", "head", "proj_dim", "proj_hidden_dim")
+
+
+def _takes_train(module: nn.Module) -> bool:
+    parameters = inspect.signature(type(module).__call__).parameters
+    return "train" in parameters or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()
+    )
+
+
+def _call(module: nn.Module, x: jax.Array, train: bool) -> jax.Array:
+    """``module(x, train=train)``, or ``module(x)`` if its ``__call__`` has no ``train``."""
+    return module(x, train=train) if _takes_train(module) else module(x)
 
 
 class Preprocessed(nn.Module):
@@ -96,8 +110,8 @@ class PerViewModel(nn.Module):
     """Encoder and projection head per group of views; ``(inputs, train) -> (features, z)``.
 
     Attributes:
-      encoders: one flax module per group, ``(x, train) -> (B, F_g)``.
-      heads: one module per group, ``(h, train) -> (B, D)``, or None (no projection).
+      encoders: one flax module per group, ``(x[, train]) -> (B, F_g)``.
+      heads: one module per group, ``(h[, train]) -> (B, D)``, or None (no projection).
       views: the view indices of each group (a partition of ``range(V)``).
       names: a name per group, for messages and reports (default ``group<g>``).
     """
@@ -131,14 +145,14 @@ class PerViewModel(nn.Module):
 
     def encode(self, x: jax.Array, group: int, train: bool) -> tuple[jax.Array, jax.Array]:
         """Group ``group``'s encoder (and head) on a batch x: float32 (B, F) and (B, D)."""
-        h = self.encoders[group](x, train=train)
+        h = _call(self.encoders[group], x, train)
         if h.ndim != 2:
             raise ValueError(
                 f"the encoder of group {self.group_names[group]!r} (views "
                 f"{list(self.views[group])}) must return (batch, features), got shape {h.shape}"
             )
         head = self.heads[group]
-        z = h if head is None else head(h, train=train)
+        z = h if head is None else _call(head, h, train)
         return h.astype(jnp.float32), z.astype(jnp.float32)
 
     def __call__(
