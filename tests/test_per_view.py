@@ -260,6 +260,7 @@ def test_per_view_train_step_equals_a_direct_computation():
     np.testing.assert_allclose(metrics["loss"], expected, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_per_view_run_on_4_simulated_devices_matches_one_device(tmp_path):
     """experiments/pretrain.py with configs/digits_multimodal.py: same losses on 1 and 4
     devices (each device holds 2 of the 8 instances; BatchNorm statistics are global)."""
