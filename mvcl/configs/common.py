@@ -134,6 +134,10 @@ def base_config() -> config_dict.ConfigDict:
     config.model.proj_hidden_dim = config_dict.placeholder(int)  # None: feature dimension
     config.model.dtype = "float32"  # compute dtype: "float32" or "bfloat16"
     config.model.kwargs = config_dict.ConfigDict({"width": 1.0})  # backbone arguments
+    # None: one shared backbone + head for every view. Else a list of per-group mappings
+    # {views, name, input, encoder, kwargs, head, proj_dim, proj_hidden_dim}: one encoder and
+    # projection head per group of views (mvcl.models.per_view.from_config); name/kwargs unused.
+    config.model.per_view = None
 
     config.loss = config_dict.ConfigDict()
     config.loss.name = "mv_dhel"

@@ -8,6 +8,9 @@
 uses), ``z`` (B, out_dim) the projections (what the loss sees). For V views of N instances the
 caller flattens to B = N·V and reshapes ``z`` to (N, V, out_dim) itself.
 
+Views of different modalities take one encoder and projection head per view (or group of views):
+`PerViewModel` (``mvcl.models.per_view``) maps V inputs to per-view features and (N, V, D).
+
 With ``axis_name`` set, every BatchNorm averages its statistics over that mapped axis: call the
 model inside ``jax.shard_map`` / ``jax.pmap`` over it and the result equals the single-device
 forward on the global batch. Parameters are float32; ``dtype`` (float32 or bfloat16) is the
@@ -22,6 +25,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from mvcl.models.heads import ProjectionHead
+from mvcl.models.mlp import MLP
+from mvcl.models.per_view import PerViewModel
 from mvcl.models.resnet import BasicBlock, Bottleneck, ResNet, ResNet18, ResNet50
 from mvcl.models.small_cnn import SmallCNN
 
@@ -85,6 +90,8 @@ __all__ = [
     "BasicBlock",
     "Bottleneck",
     "ContrastiveModel",
+    "MLP",
+    "PerViewModel",
     "ProjectionHead",
     "ResNet",
     "ResNet18",

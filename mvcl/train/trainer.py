@@ -22,8 +22,8 @@ One run, ``train_and_evaluate(config, workdir)``:
    resolution and the loss sees ``(n, V + K, D)``.
 5. **Loop.** Progress bar, metrics (TensorBoard + ``metrics.jsonl``), checkpoints every
    ``config.checkpoint_every_steps``, on SIGTERM (save, then return) and at the end; a rerun in
-   the same workdir resumes from the newest good checkpoint. Evaluation (`mvcl.train.evaluate`)
-   follows the last step.
+   the same workdir resumes from the newest good checkpoint. Evaluation (`mvcl.train.evaluate`;
+   `mvcl.train.multimodal` for per-view models) follows the last step.
 """
 
 from __future__ import annotations
@@ -50,7 +50,8 @@ from ml_collections import config_dict
 from tqdm import tqdm
 
 from mvcl import data, kernels, losses, models, parallel
-from mvcl.train import evaluate, feed, optim
+from mvcl.models import per_view
+from mvcl.train import evaluate, feed, multimodal, optim
 from mvcl.train.checkpoint import Checkpointer
 from mvcl.train.writers import MetricWriter
 
@@ -257,7 +258,13 @@ class TrainState:
 
 
 def build_model(config: config_dict.ConfigDict, axis_name: str | None = None) -> nn.Module:
-    """The ``ContrastiveModel`` of ``config.model``; ``axis_name`` for global BatchNorm."""
+    """The ``ContrastiveModel`` of ``config.model``; ``axis_name`` for global BatchNorm.
+
+    With ``config.model.per_view`` set (a list of per-group encoder specs), the
+    `mvcl.models.PerViewModel` of `mvcl.models.per_view.from_config` instead.
+    """
+    if config.model.get("per_view") is not None:
+        return per_view.from_config(config, axis_name=axis_name)
     return models.get_model(
         config.model.name,
         proj_dim=config.model.proj_dim,
@@ -284,10 +291,11 @@ def create_train_state(
 
     def init() -> TrainState:
         size = config.augment.crop_size
+        shape = (2, size, size, channels)
+        if isinstance(model, models.PerViewModel):  # takes (n, V, S, S, C)
+            shape = (2, config.num_views, *shape[1:])
         variables = model.init(
-            jax.random.key(config.seed, impl="rbg"),
-            jnp.zeros((2, size, size, channels)),
-            train=False,
+            jax.random.key(config.seed, impl="rbg"), jnp.zeros(shape), train=False
         )
         return TrainState(
             step=jnp.zeros((), jnp.int32),
@@ -341,6 +349,9 @@ def make_train_step(
     """
     groups = data.view_groups(config.num_views, config.augment.to_dict())
     loss_fn = make_loss_fn(config)
+    # A shared backbone takes the views flattened to (n * count, S, S, C), instance-major; a
+    # PerViewModel takes (n, V, S, S, C) and routes each view to its own encoder.
+    flatten = not isinstance(model, models.PerViewModel)
 
     def views_of(key: jax.Array, image: feed.DeviceBatch) -> list[jax.Array]:
         keys = [key] if len(groups) == 1 else jax.random.split(key, len(groups))
@@ -358,7 +369,7 @@ def make_train_step(
         outputs = [
             model.apply(
                 {"params": params, "batch_stats": batch_stats},
-                views.reshape(-1, *views.shape[2:]),  # (n * count, S, S, C), instance-major
+                views.reshape(-1, *views.shape[2:]) if flatten else views,
                 train=True,
                 mutable=["batch_stats"],
             )
@@ -551,10 +562,15 @@ def evaluate_variables(
 ) -> dict[str, float]:
     """Evaluates the encoder ``variables`` (``{"params", "batch_stats"}``), logs ``eval/*`` at
     ``step`` and prints the report."""
-    results = evaluate.evaluate(config, build_model(config), variables)
+    model = build_model(config)
+    if isinstance(model, models.PerViewModel):  # per-modality probes and retrieval
+        results = multimodal.evaluate(config, model, variables)
+        report = multimodal.format_report(results)
+    else:
+        results = evaluate.evaluate(config, model, variables)
+        report = evaluate.format_report(results, knn_k=config.eval.knn_k)
     writer.write_scalars(step, {f"eval/{k}": v for k, v in results.items()})
     writer.flush()
-    report = evaluate.format_report(results, knn_k=config.eval.knn_k)
     _announce(f"Evaluation at step {step}:\n{report}")
     return results
 
