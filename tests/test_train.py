@@ -35,7 +35,7 @@ EVALUATE = str(REPO / "experiments" / "evaluate.py")
 CONFIGS = sorted(
     p.stem for p in (REPO / "configs").glob("*.py") if p.stem not in ("__init__", "common")
 )
-WIDTH = {"small_cnn": 0.125, "resnet18": 1 / 16, "resnet50": 1 / 32}
+WIDTH = {"small_cnn": 0.125, "convnet": 0.125, "resnet18": 1 / 16, "resnet50": 1 / 32}
 # A tiny run on random 8x8 images: 16 per batch, 4 views, 20 steps, every step logged. The small
 # learning rate keeps float rounding (which differs with the device count) from being amplified
 # by the training dynamics on noise images beyond the 1e-4 the runs are compared to.
