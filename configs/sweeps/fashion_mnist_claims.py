@@ -1,0 +1,57 @@
+"""The paper's claims with error bars: Fashion-MNIST, 3 losses x V in {2, 4, 8} x 3 seeds.
+
+    python experiments/sweep.py --config=configs/sweeps/fashion_mnist_claims.py \
+        --workdir=workdirs/sweeps/fashion_mnist_claims \
+        --outdir=experiments/results/fashion_mnist_claims
+
+MV-DHEL against MV-InfoNCE and PWE at V = 2, 4 and 8 views, 256 images per batch, seeds 0, 1
+and 2 of every cell: 27 runs, each the ``configs/fashion_mnist.py`` setup (``convnet``
+backbone, crops of scale [0.2, 1], flips, brightness/contrast jitter, SGD lr 0.5, τ = 0.5) for
+the same number of epochs, then its evaluation (linear probe and kNN on backbone and projector
+features, raw-pixel baselines, effective rank). The report gives mean ± standard deviation over
+the seeds. Rerunning the command resumes: finished cells are skipped and an interrupted cell
+continues from its checkpoint (every 100 steps), so the sweep can run across sessions.
+
+Arguments: ``epochs=E`` (default 4), ``width=W`` (backbone channel multiplier, default 0.5),
+``seeds=S`` (default 3), ``more_losses=True`` (adds AVG and PVC: 45 runs, 5/3 of the time),
+``fake=True`` (smoke version).
+
+Budget (about 8 hours of a quiet 2-core CPU). Cost grows linearly with V, so one seed of one loss
+at V = 2, 4 and 8 costs 3.5 times its V = 4 run, and the sweep 3 losses x 3 seeds x 3.5 = 31.5
+V = 4 runs. XLA counts 41.6 GFLOP for a V = 4 step of the width-0.5 backbone
+(``experiments/bench_step.py --steps=0``; 143 GFLOP at width 1, 105 GFLOP for the digits CNN at
+28x28, which ran at 2.0 s per step on this machine when quiet: 52 GFLOP/s). At that rate a V = 4
+step takes about 0.8 s, an epoch of 234 steps about 3.1 minutes, and 4 epochs about 12.5
+minutes; 31.5 of them are 6.6 hours, plus the evaluation of every cell (features of 70,000
+images, the linear probes and kNN on 60,000: about 2 minutes, 54 minutes for 27 cells) and
+narrow layers' lower efficiency: about 8 hours in all. A busier machine takes longer; the cells
+and their budget do not change, only the wall time.
+"""
+
+from __future__ import annotations
+
+from ml_collections import config_dict
+
+from configs import common
+from configs.sweeps import common as sweeps
+
+LOSSES = ("mv_dhel", "mv_infonce", "pwe")
+MORE_LOSSES = ("avg", "pvc")
+VIEWS = (2, 4, 8)
+RAW_PIXELS = {"knn_k20_cosine": 0.845, "logistic_regression_standardised": 0.836}
+
+
+def get_config(arg: str | None = None) -> config_dict.ConfigDict:
+    args = common.parse_arg(
+        arg, **sweeps.sweep_args(seeds=3, epochs=4, width=0.5, more_losses=False)
+    )
+    config = sweeps.sweep_config("fashion_mnist_claims", "configs/fashion_mnist.py")
+    config.base_arg = f"width={args.width}"
+    losses = LOSSES + (MORE_LOSSES if args.more_losses else ())
+    config.grid.views = sweeps.block(losses, views=VIEWS, batch_sizes=(256,))
+    config.overrides.num_epochs = args.epochs
+    config.overrides.checkpoint_every_steps = 100
+    config.overrides.keep_checkpoints = 2
+    config.overrides.log_every_steps = 20
+    config.kernel_cost.ns = (256, 1024)
+    return sweeps.apply_args(config, args)
