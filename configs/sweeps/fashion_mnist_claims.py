@@ -16,16 +16,17 @@ Arguments: ``epochs=E`` (default 4), ``width=W`` (backbone channel multiplier, d
 ``seeds=S`` (default 3), ``more_losses=True`` (adds AVG and PVC: 45 runs, 5/3 of the time),
 ``fake=True`` (smoke version).
 
-Budget (about 8 hours of a quiet 2-core CPU). Cost grows linearly with V, so one seed of one loss
-at V = 2, 4 and 8 costs 3.5 times its V = 4 run, and the sweep 3 losses x 3 seeds x 3.5 = 31.5
-V = 4 runs. XLA counts 41.6 GFLOP for a V = 4 step of the width-0.5 backbone
-(``experiments/bench_step.py --steps=0``; 143 GFLOP at width 1, 105 GFLOP for the digits CNN at
-28x28, which ran at 2.0 s per step on this machine when quiet: 52 GFLOP/s). At that rate a V = 4
-step takes about 0.8 s, an epoch of 234 steps about 3.1 minutes, and 4 epochs about 12.5
-minutes; 31.5 of them are 6.6 hours, plus the evaluation of every cell (features of 70,000
-images, the linear probes and kNN on 60,000: about 2 minutes, 54 minutes for 27 cells) and
-narrow layers' lower efficiency: about 8 hours in all. A busier machine takes longer; the cells
-and their budget do not change, only the wall time.
+Budget (about 8 hours of a quiet 2-core CPU). XLA counts 18.5, 37.1 and 74.2 GFLOP for a
+training step of the width-0.5 backbone at V = 2, 4 and 8 (``experiments/bench_step.py
+--config=configs/fashion_mnist.py:width=0.5,views=V --steps=0``): cost grows linearly with V,
+so one seed of one loss at V = 2, 4 and 8 costs 3.5 times its V = 4 run, and the sweep
+3 losses x 3 seeds x 3.5 = 31.5 V = 4 runs of 4 epochs x 234 steps: 273 TFLOP. The digits CNN
+on the same 28x28 images (105 GFLOP per step) ran at 2.0 s per step on this machine when quiet,
+52 GFLOP/s; at that rate the training is 5.8 hours, and at 40 GFLOP/s (an assumed lower
+efficiency of the narrower layers, not measured) 7.6 hours. The evaluation of every cell (features of 70,000 images, linear
+probes and kNN on 60,000) adds about 1.5 minutes, 40 minutes for 27 cells: 6.5 to 8.3 hours in
+all. A busier machine takes longer; the cells and their budget do not change, only the wall
+time. ``more_losses=True`` multiplies it by 5/3; ``epochs=3`` by 3/4.
 """
 
 from __future__ import annotations
