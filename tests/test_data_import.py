@@ -318,6 +318,7 @@ def test_idx_directory_is_imported_like_mnist(tmp_path):
         data.import_dataset(tmp_path / "src", "other", tmp_path / "tfds")
 
 
+@pytest.mark.slow  # two fresh interpreters
 def test_import_command_writes_a_data_set_and_reports_errors(tmp_path):
     image_folder(tmp_path / "src", counts=(2, 2))
     script = str(REPO / "experiments" / "import_data.py")
