@@ -25,8 +25,9 @@ Every image must have one mode, grayscale ("L", stored with 1 channel) or colour
 channels). Mixed modes, or other modes (palette, alpha, 16-bit), are an error that lists them;
 ``mode="L"`` or ``mode="RGB"`` converts every image instead. Images of different sizes are kept
 as they are (``config.dataset.image_size`` resizes them when training). An empty class folder, a
-file that is not an image, or a label outside ``[0, K)`` is an error naming it. Nothing is
-written unless the whole source checks out.
+file that is not an image, or a class without images is an error naming it, and leaves no data
+set behind (modes and headers are checked before writing; a file that fails to decode while
+writing removes the partial data set).
 """
 
 from __future__ import annotations
