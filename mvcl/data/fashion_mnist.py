@@ -15,7 +15,9 @@ pass it as ``config.dataset.source_dir`` (or ``source_dir=``).
 `prepare_fashion_mnist` writes ``<data_dir>/mvcl_fashion_mnist/1.0.0/`` once (about half a
 minute on a CPU) with the features of tfds's ``fashion_mnist`` (``image`` uint8 (28, 28, 1),
 ``label`` ClassLabel of `CLASS_NAMES`) and the splits "train" and "test", records in the order
-of the IDX files; later calls only read its metadata. Configs name it ``"fashion_mnist"``.
+of the IDX files; later calls only read its metadata. Configs name it ``"fashion_mnist"``,
+which `mvcl.data.load_split` maps to this data set rather than to tfds's own ``fashion_mnist``
+builder (the same features and splits, but it downloads and needs TensorFlow to write).
 """
 
 from __future__ import annotations
