@@ -31,11 +31,13 @@ Why this backbone and these augmentations:
   per batch; mv_dhel with V = 4 views (``loss=``, ``views=`` as every config).
 
 Budget. XLA counts 143 GFLOP for one training step at V = 4 (``experiments/bench_step.py
---config=configs/fashion_mnist.py --steps=0``), against 105 GFLOP for the digits CNN on the
-same 28x28 images, which ran at 2.0 s per step on a quiet 2-core CPU (52 GFLOP/s). At that
-rate a step takes about 2.8 s, an epoch of 234 steps about 11 minutes: the default
-(``num_epochs = 3``, 702 steps) is about 33 minutes plus 1-2 minutes of evaluation, and
-``long=True`` (20 epochs, 4,680 steps) about 3.6 hours. Time scales with V (V = 2 halves it,
+--config=configs/fashion_mnist.py --steps=0``), 1.37 times the 105 GFLOP of the digits CNN on
+the same 28x28 images, which ran at 2.0 s per step on a quiet 2-core CPU. Timed back to back on
+the same (busy) machine, a step took 65.8 and 44.6 s against the digits CNN's 50.8 s: 0.9 to 1.3
+times (``experiments/results/bench_step_fashion_mnist.json``). So a quiet step should take 2.2
+to 2.8 s, an epoch of 234 steps 9 to 11 minutes: the default (``num_epochs = 3``, 702 steps) is
+26 to 33 minutes plus 1 to 2 minutes of evaluation, and ``long=True`` (20 epochs, 4,680 steps)
+3 to 3.6 hours. These are extrapolations, not a timed run. Time scales with V (V = 2 halves it,
 V = 8 doubles it) and with the load of the machine.
 """
 
