@@ -50,6 +50,8 @@ def test_full_width_parameter_counts(name, kwargs, backbone_params, feature_dim)
     [
         ("small_cnn", {}, (3, 8, 8, 1), 128),
         ("small_cnn", {}, (3, 32, 32, 3), 128),
+        ("convnet", {}, (3, 28, 28, 1), 512),
+        ("convnet", dict(width=0.5), (3, 32, 32, 3), 256),
         ("resnet18", dict(width=1 / 8, stem="cifar"), (3, 8, 8, 1), 64),
         ("resnet18", dict(width=1 / 8, stem="cifar"), (3, 32, 32, 3), 64),
         ("resnet50", dict(width=1 / 8, stem="imagenet"), (3, 8, 8, 1), 256),
@@ -317,3 +319,35 @@ def test_axis_name_gives_global_batch_norm_under_shard_map():
         assert r["grad"] < 1e-4 * max(1.0, r["grad_scale"]), (name, r)
         # Without axis_name each device normalises with its own 2 samples: visibly different.
         assert r["local_projections"] > 1e-2, (name, r)
+
+
+def test_convnet_layers_parameters_and_resolutions():
+    # stem 3x3 (C -> 32), per stage 3x3 (strided) + 3x3, then 1x1 -> 512; bias-free convs, each
+    # followed by a BatchNorm (scale and bias).
+    channels, layers = 1, [(32, 3)] + [(c, 3) for c in (64, 64, 128, 128)] + [(512, 1)]
+    expected, c_in = 0, channels
+    for c_out, k in layers:
+        expected += k * k * c_in * c_out + 2 * c_out
+        c_in = c_out
+    model = get_backbone("convnet")
+    variables = _init_shapes(model, (1, 28, 28, channels))
+    assert _num_params(variables["params"]) == expected
+    _, state = jax.eval_shape(
+        lambda v: model.apply(
+            v,
+            jnp.zeros((2, 28, 28, 1)),
+            train=True,
+            capture_intermediates=True,
+            mutable=["batch_stats", "intermediates"],
+        ),
+        variables,
+    )
+    sizes = [v["__call__"][0].shape[1:] for k, v in state["intermediates"].items() if "Conv" in k]
+    assert sizes == [
+        (28, 28, 32),
+        (14, 14, 64),
+        (14, 14, 64),
+        (7, 7, 128),
+        (7, 7, 128),
+        (7, 7, 512),
+    ]

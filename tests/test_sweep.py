@@ -146,7 +146,10 @@ def test_every_sweep_config_builds_valid_cells(path, arg):
     sweep = grid.load_config_file(path, arg)
     cells = studies.cells(sweep)
     assert cells and len(set(cells)) == len(cells)
-    assert {c.seed for c in cells} == set(range(2 if arg == "seeds=2" else 1))
+    default = studies.cells(grid.load_config_file(path))
+    assert {c.seed for c in cells} == set(
+        range(2 if arg == "seeds=2" else len({c.seed for c in default}))
+    )
     for cell in cells:
         config = studies.cell_config(sweep, cell)
         train.validate_config(config, device_count=1, process_count=1)
@@ -276,3 +279,20 @@ def test_kernel_costs_from_the_benchmark_json_or_timed(tmp_path):
     )
     row = kernel_cost.time_loss("kcl", 4, 2, d=8, repeats=1)
     assert row["time_s"] > 0 and row["temp_bytes"] is not None
+
+
+def test_fashion_mnist_claims_sweep_has_three_losses_three_view_counts_three_seeds():
+    sweep = grid.load_config_file("sweeps/fashion_mnist_claims")
+    cells = studies.cells(sweep)
+    assert len(cells) == 27
+    assert {(c.loss, c.views) for c in cells} == {
+        (loss, v) for loss in ("mv_dhel", "mv_infonce", "pwe") for v in (2, 4, 8)
+    }
+    assert {c.seed for c in cells} == {0, 1, 2} and {c.batch_size for c in cells} == {256}
+    assert [c.seed for c in cells] == sorted(c.seed for c in cells)  # seed-major order
+    config = studies.cell_config(sweep, cells[0])
+    assert config.dataset.name == "fashion_mnist" and config.model.name == "convnet"
+    assert config.model.kwargs.width == 0.5 and config.num_epochs == 4
+    assert config.checkpoint_every_steps <= 100  # an interrupted cell loses little
+    more = grid.load_config_file("sweeps/fashion_mnist_claims", "more_losses=True")
+    assert len(studies.cells(more)) == 45

@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 PRETRAIN = ("-m", "mvcl.pretrain")
 EVALUATE = ("-m", "mvcl.evaluate")
 CONFIGS = [name for name in configs.names() if "/" not in name]
-WIDTH = {"small_cnn": 0.125, "resnet18": 1 / 16, "resnet50": 1 / 32}
+WIDTH = {"small_cnn": 0.125, "convnet": 0.125, "resnet18": 1 / 16, "resnet50": 1 / 32}
 # A tiny run on random 8x8 images: 16 per batch, 4 views, 20 steps, every step logged. The small
 # learning rate keeps float rounding (which differs with the device count) from being amplified
 # by the training dynamics on noise images beyond the 1e-4 the runs are compared to.

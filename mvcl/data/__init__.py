@@ -1,8 +1,13 @@
 """Data: tfds sources (incl. the bundled digits set), a resumable grain loader, on-device views.
 
+Data sets mvcl writes itself, as tfds ArrayRecord: the bundled digits (`digits`), Fashion-MNIST
+from its IDX files (`fashion_mnist`), and your own images (`importer`, from an ImageFolder
+directory, an .npz file or IDX files; `tfds_writer` and `idx` do the writing and reading).
+
 The host reads and sends each image once (uint8); `make_views` makes the V views on the device.
 """
 
+from mvcl.data import fashion_mnist, idx, importer, tfds_writer
 from mvcl.data.augment import center_view, crop_boxes, make_views, normalize, view_groups
 from mvcl.data.device_prefetch import DevicePrefetcher
 from mvcl.data.digits import (
@@ -12,7 +17,10 @@ from mvcl.data.digits import (
     digits_split_indices,
     prepare_digits,
 )
+from mvcl.data.fashion_mnist import prepare_fashion_mnist
+from mvcl.data.importer import import_dataset
 from mvcl.data.input_pipeline import BatchIterator, fit_whole, load_numpy, load_split
+from mvcl.data.tfds_writer import write_image_dataset
 
 __all__ = [
     "BatchIterator",
@@ -24,10 +32,17 @@ __all__ = [
     "digits_arrays",
     "digits_split_indices",
     "fit_whole",
+    "fashion_mnist",
+    "idx",
+    "import_dataset",
+    "importer",
     "load_numpy",
     "load_split",
     "make_views",
     "normalize",
     "prepare_digits",
+    "prepare_fashion_mnist",
+    "tfds_writer",
     "view_groups",
+    "write_image_dataset",
 ]

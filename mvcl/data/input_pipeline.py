@@ -48,12 +48,12 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import flags
 
-from mvcl.data import digits
+from mvcl.data import digits, fashion_mnist
 
 Source = Sequence[Mapping[str, Any]]
 Batch = dict[str, np.ndarray]
 
-_ALIASES = {"digits": digits.DIGITS_NAME}
+_ALIASES = {"digits": digits.DIGITS_NAME, fashion_mnist.ALIAS: fashion_mnist.FASHION_MNIST_NAME}
 
 
 def _how_to_prepare(name: str, data_dir: str) -> str:
@@ -76,7 +76,9 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None)
 
     Args:
       name: tfds name (``"cifar10"``, ``"cifar100"``, ``"imagenet2012"``, ...), or ``"digits"`` /
-        ``"mvcl_digits"`` for the bundled digits set, which is prepared in `data_dir` on first use.
+        ``"mvcl_digits"`` for the bundled digits set, which is prepared in `data_dir` on first use,
+        ``"fashion_mnist"`` (prepared on first use from `mvcl.data.fashion_mnist`'s default
+        source directory), or a data set written by `mvcl.data.importer`.
       split: a tfds split, slices included (``"train"``, ``"test[:10%]"``).
       data_dir: tfds data directory; None means ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``.
 
@@ -91,11 +93,16 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None)
     name = _ALIASES.get(name, name)
     if name == digits.DIGITS_NAME:
         digits.prepare_digits(data_dir)
+    elif name == fashion_mnist.FASHION_MNIST_NAME:
+        fashion_mnist.prepare_fashion_mnist(data_dir)  # from its default source directory
     else:
         try:
             builder = tfds.builder(name, data_dir=data_dir)
         except tfds.core.registered.DatasetNotFoundError as e:
-            raise ValueError(f"Unknown tfds data set name {name!r}") from e
+            raise ValueError(
+                f"Unknown tfds data set name {name!r} (not in {data_dir}); import your own "
+                f"images with experiments/import_data.py --name={name}"
+            ) from e
         if not builder.is_prepared():
             raise FileNotFoundError(
                 f"Data set {name!r} is not prepared in {builder.data_dir_root} "

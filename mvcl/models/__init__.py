@@ -1,4 +1,4 @@
-"""Encoders: backbones (ResNet-18/50, a small CNN), the projection head, and their composition.
+"""Encoders: backbones (ResNet-18/50, small CNNs), the projection head, and their composition.
 
     model = mvcl.models.get_model("resnet18", width=0.5, stem="cifar", axis_name="data")
     variables = model.init(rng, images, train=False)            # {"params", "batch_stats"}
@@ -24,6 +24,7 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mvcl.models.convnet import ConvNet
 from mvcl.models.heads import ProjectionHead
 from mvcl.models.mlp import MLP
 from mvcl.models.per_view import PerViewModel
@@ -31,6 +32,7 @@ from mvcl.models.resnet import BasicBlock, Bottleneck, ResNet, ResNet18, ResNet5
 from mvcl.models.small_cnn import SmallCNN
 
 BACKBONES: dict[str, Callable[..., nn.Module]] = {
+    "convnet": ConvNet,
     "resnet18": ResNet18,
     "resnet50": ResNet50,
     "small_cnn": SmallCNN,
@@ -71,7 +73,7 @@ def get_model(
     """Backbone ``name`` + projection head, sharing ``dtype`` and ``axis_name``.
 
     Args:
-      name: "resnet18", "resnet50" or "small_cnn".
+      name: "resnet18", "resnet50", "small_cnn" or "convnet".
       proj_dim: output dimension of the projection head.
       proj_hidden_dim: hidden width of the head; None means the backbone feature dimension.
       dtype: compute dtype of both parts (parameters are float32).
@@ -90,6 +92,7 @@ __all__ = [
     "BasicBlock",
     "Bottleneck",
     "ContrastiveModel",
+    "ConvNet",
     "MLP",
     "PerViewModel",
     "ProjectionHead",

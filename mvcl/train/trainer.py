@@ -202,6 +202,7 @@ def _open_split(config: config_dict.ConfigDict, field: str) -> data.input_pipeli
     """The split ``config.dataset.<field>``; a ValueError naming the fields if it cannot open."""
     ds = config.dataset
     try:
+        data.fashion_mnist.prepare_from_config(ds)  # from config.dataset.source_dir
         return data.load_split(ds.name, ds[field], ds.data_dir)
     except (FileNotFoundError, ValueError) as e:
         raise ValueError(

@@ -1,0 +1,113 @@
+r"""Time the training step of a config (random images of its shape), to size a run's budget.
+
+    python experiments/bench_step.py --config=fashion_mnist --steps=5
+    python experiments/bench_step.py --config=fashion_mnist:views=8 \
+        --out=experiments/results/bench_step_fashion_mnist.json
+
+Builds the model, optimiser and jitted step of ``--config`` exactly as a run does, feeds random
+uint8 images of ``config.dataset.fake_shape`` (the data set is not read), compiles once, then
+times ``--steps`` steps (each waited for). Prints a table (compile time, median and min seconds
+per step, the implied minutes per epoch of ``--epoch_size`` images and for the config's steps)
+and appends the row to ``--out`` as JSON. On a shared machine take the median of several runs.
+"""
+
+import json
+import os
+import time
+
+import jax
+import numpy as np
+from absl import app, flags
+
+from mvcl import configs, parallel
+from mvcl.train import optim, trainer
+
+_CONFIG = configs.define_flag(
+    "config", None, "Config name[:args], e.g. fashion_mnist:views=8 (mvcl.configs), or a .py file."
+)
+_STEPS = flags.DEFINE_integer(
+    "steps", 5, "Timed steps after the compiling one (0: only compile and count FLOPs)."
+)
+_EPOCH = flags.DEFINE_integer("epoch_size", 60000, "Training images per epoch (for the table).")
+_OUT = flags.DEFINE_string("out", None, "JSON file to append the row to (a list of rows).")
+flags.mark_flags_as_required(["config"])
+
+
+def main(argv):
+    del argv
+    config = _CONFIG.value
+    mesh = parallel.make_mesh(None if config.num_devices == -1 else config.num_devices)
+    steps_per_epoch = _EPOCH.value // config.batch_size
+    num_steps = trainer.num_train_steps(config, steps_per_epoch)
+    tx = optim.make_optimizer(config, num_steps)
+    schedule = optim.learning_rate_schedule(config, num_steps)
+    model = trainer.build_model(config, axis_name=trainer.AXIS)
+    shape = tuple(config.dataset.fake_shape)
+    state = trainer.create_train_state(config, model, tx, mesh, shape[-1])
+    step = trainer.make_train_step(config, model, tx, schedule, mesh)
+    sharding = parallel.batch_sharding(mesh, trainer.AXIS)
+    rng = np.random.default_rng(0)
+
+    def batch():
+        images = rng.integers(0, 256, (config.batch_size, *shape), dtype=np.uint8)
+        return trainer.global_batch(images, sharding, config.batch_size)
+
+    first = batch()
+    cost = step.lower(state, first).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+    start = time.perf_counter()
+    state, metrics = step(state, first)
+    jax.block_until_ready(metrics)
+    compile_s = time.perf_counter() - start
+    times = []
+    for _ in range(_STEPS.value):
+        images = batch()
+        start = time.perf_counter()
+        state, metrics = step(state, images)
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - start)
+    median = float(np.median(times)) if times else float("nan")
+    fastest = min(times, default=float("nan"))
+    row = {
+        "config": config.name,
+        "model": config.model.name,
+        "model_kwargs": config.model.kwargs.to_dict(),
+        "loss": config.loss.name,
+        "views": config.num_views,
+        "batch_size": config.batch_size,
+        "crop_size": config.augment.crop_size,
+        "devices": mesh.size,
+        "compile_s": compile_s,
+        "xla_gflops_per_step": flops / 1e9,
+        "step_s": times,
+        "median_step_s": median,
+        "steps_per_epoch": steps_per_epoch,
+        "run_steps": num_steps,
+        "minutes_per_epoch": median * steps_per_epoch / 60,
+        "run_minutes": median * num_steps / 60,
+        "load_average": os.getloadavg()[0],
+    }
+    print(
+        f"{'config':<32} {'compile s':>9} {'median s/step':>13} {'min s/step':>10} "
+        f"{'min/epoch':>9} {'run steps':>9} {'run min':>8} {'XLA GFLOP/step':>14}"
+    )
+    print(
+        f"{config.name:<32} {compile_s:>9.1f} {median:>13.3f} {fastest:>10.3f} "
+        f"{row['minutes_per_epoch']:>9.1f} {num_steps:>9d} {row['run_minutes']:>8.1f} "
+        f"{flops / 1e9:>14.1f}"
+    )
+    print(f"(1-minute load average {row['load_average']:.1f} on {os.cpu_count()} CPUs)")
+    if _OUT.value:
+        rows = []
+        if os.path.exists(_OUT.value):
+            with open(_OUT.value, encoding="utf-8") as f:
+                rows = json.load(f)
+        rows.append(row)
+        os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
+        with open(_OUT.value, "w", encoding="utf-8") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    app.run(main)
