@@ -42,7 +42,7 @@ def main(argv):
     del argv
     config = train.load_config(_WORKDIR.value)
     step, variables = train.restore_variables(_WORKDIR.value, config)
-    ds, ev = config.dataset, config.eval
+    ds, ev = config.dataset, evaluate.eval_settings(config)
     mesh = parallel.make_mesh()
     model = train.build_model(config)
     banks = {}

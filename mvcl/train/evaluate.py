@@ -522,6 +522,24 @@ def view_geometry(
 # --- everything ---------------------------------------------------------------------------------
 
 
+# Defaults of the streaming evaluation's fields, for configs saved before they existed.
+EVAL_DEFAULTS = {
+    "train_examples": None,
+    "feature_dtype": "float16",
+    "knn_chunk_size": 8192,
+    "probe_epochs": 100,
+    "probe_batch_size": 256,
+    "probe_lr": 0.01,
+}
+
+
+def eval_settings(config: config_dict.ConfigDict) -> config_dict.ConfigDict:
+    """``config.eval`` with `EVAL_DEFAULTS` for the fields it lacks (older saved configs)."""
+    settings = config_dict.ConfigDict(EVAL_DEFAULTS)
+    settings.update(config.eval.to_dict())
+    return settings
+
+
 def train_subset(size: int, train_examples: int | None) -> np.ndarray:
     """Record ids of the train split the evaluation uses: all, or a fixed random subset.
 
@@ -561,7 +579,7 @@ def evaluate(
       ``pixels`` (if ``config.eval.pixel_baseline``) and measures ``linear_probe`` and ``knn``
       (accuracies in [0, 1]), plus the geometry metrics of `view_geometry`.
     """
-    ds, ev = config.dataset, config.eval
+    ds, ev = config.dataset, eval_settings(config)
     if sources is None:
         sources = {
             "train": data.load_split(ds.name, ds.train_split, ds.data_dir),
