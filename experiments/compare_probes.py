@@ -1,7 +1,7 @@
 r"""Linear probe by minibatch Adam (the default) against full-batch L-BFGS, on one checkpoint.
 
     python experiments/pretrain.py --config=configs/digits.py --workdir=/tmp/digits
-    python experiments/compare_probes.py --workdir=/tmp/digits
+    python experiments/compare_probes.py --workdir=/tmp/digits --config=configs/digits.py
 
 Features of the run's train and test splits are extracted once (streamed, as `evaluate` does),
 in float32 and in float16; then, for the backbone features, the projections and the raw pixels,
@@ -9,7 +9,7 @@ the test accuracy of
 
 * ``lbfgs``: full-batch L-BFGS, ``--lbfgs_steps`` iterations, on float32 features (the probe
   mvcl used before evaluation streamed);
-* ``minibatch``: minibatch Adam with the run's ``config.eval`` settings on the float16 bank (what
+* ``minibatch``: minibatch Adam with ``config.eval``'s settings (``--config``, else the run's) on the float16 bank (what
   `mvcl.train.evaluate.evaluate` reports), and on float32 features.
 
 Prints a table and writes ``experiments/results/probe_comparison.json``.
@@ -22,6 +22,7 @@ import time
 
 import numpy as np
 from absl import app, flags
+from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -29,6 +30,9 @@ from mvcl import data, parallel, train  # noqa: E402
 from mvcl.train import evaluate  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A pretraining run's directory.")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config whose data and eval settings to use (default: the run's)."
+)
 _LBFGS_STEPS = flags.DEFINE_integer("lbfgs_steps", 300, "L-BFGS iterations.")
 _OUTPUT = flags.DEFINE_string(
     "output",
@@ -40,7 +44,7 @@ flags.mark_flags_as_required(["workdir"])
 
 def main(argv):
     del argv
-    config = train.load_config(_WORKDIR.value)
+    config = _CONFIG.value or train.load_config(_WORKDIR.value)
     step, variables = train.restore_variables(_WORKDIR.value, config)
     ds, ev = config.dataset, evaluate.eval_settings(config)
     mesh = parallel.make_mesh()

@@ -20,7 +20,7 @@ def tiny(name: str, batch_size: int = 8):
     return config
 
 
-@pytest.mark.parametrize("name", ["digits", "cifar10"])
+@pytest.mark.parametrize("name", ["digits", pytest.param("cifar10", marks=pytest.mark.slow)])
 def test_plan_counts_the_state_and_the_images_and_grows_with_the_batch(name):
     config = tiny(name)
     small, large = memory_plan.plan(config, 2), memory_plan.plan(config, 8)

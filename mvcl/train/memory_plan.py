@@ -157,10 +157,9 @@ def largest_batch(
     """The largest batch per device whose planned total fits ``device_memory_bytes``.
 
     Doubles the batch per device from 1 (2 on one device: a global batch holds at least 2
-    images) until the total exceeds the budget (or reaches
-    ``max_batch_per_device``), then bisects between the last fitting and the first failing
-    size; every probe is one compilation (`plan`). The total grows with the batch, so the
-    search is exact for the compiled figures.
+    images) until the total exceeds the budget (or passes ``max_batch_per_device``), then
+    bisects between the last size that fits and the first that does not; every probe is one
+    compilation (`plan`). The search assumes the total grows with the batch.
 
     Returns:
       ``(batch per device, or 0 if even the smallest does not fit; the plans compiled, in
@@ -182,7 +181,7 @@ def largest_batch(
             bad = batch
             break
         good, batch = batch, batch * 2
-    if bad is None:
+    if bad is None or good == 0:
         return good, plans
     while bad - good > 1:
         middle = (good + bad) // 2
