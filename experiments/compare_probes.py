@@ -9,8 +9,8 @@ the test accuracy of
 
 * ``lbfgs``: full-batch L-BFGS, ``--lbfgs_steps`` iterations, on float32 features (the probe
   mvcl used before evaluation streamed);
-* ``minibatch``: minibatch Adam with ``config.eval``'s settings (``--config``, else the run's) on the float16 bank (what
-  `mvcl.train.evaluate.evaluate` reports), and on float32 features.
+* ``minibatch``: minibatch Adam with ``config.eval``'s settings (``--config``, else the run's)
+  on the float16 bank (what `mvcl.train.evaluate.evaluate` reports), and on float32 features.
 
 Prints a table and writes ``experiments/results/probe_comparison.json``.
 """
