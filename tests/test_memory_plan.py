@@ -56,7 +56,8 @@ def test_largest_batch_is_the_largest_that_fits_the_budget():
     batch, plans = memory_plan.largest_batch(config, budget)
     assert batch == 4
     totals = {p.batch_per_device: p.total_bytes for p in plans}
-    assert totals[4] <= budget < totals[5] and sorted(totals) == [2, 4, 5, 6, 8]
+    assert totals[4] <= budget < totals[5]  # the answer and its neighbour were compiled
+    assert len(plans) <= 6
     assert memory_plan.largest_batch(config, 1)[0] == 0  # not even two images fit in one byte
 
 

@@ -245,7 +245,7 @@ def extract_features(
 # --- linear probe -------------------------------------------------------------------------------
 
 
-def _standardizer(train_x: np.ndarray, chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+def _standardizer(train_x: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
     """Mean and standard deviation (+ 1e-6) of the rows of ``train_x``, float64, chunk by chunk."""
     total = np.zeros(train_x.shape[1])
     squares = np.zeros(train_x.shape[1])

@@ -156,10 +156,12 @@ def largest_batch(
 ) -> tuple[int, list[MemoryPlan]]:
     """The largest batch per device whose planned total fits ``device_memory_bytes``.
 
-    Doubles the batch per device from 1 (2 on one device: a global batch holds at least 2
-    images) until the total exceeds the budget (or passes ``max_batch_per_device``), then
-    bisects between the last size that fits and the first that does not; every probe is one
-    compilation (`plan`). The search assumes the total grows with the batch.
+    Every probe is one compilation (`plan`), so the search is short: the totals at the
+    smallest batch b0 (1, or 2 on one device: a global batch holds at least 2 images) and at
+    2·b0 give a line (XLA's totals are close to affine in the batch), whose crossing with the
+    budget is the first guess; then the guess and its neighbour are compiled, and the search
+    gallops (doubling steps) and bisects from there until a size that fits sits next to one
+    that does not. The search assumes the total grows with the batch.
 
     Returns:
       ``(batch per device, or 0 if even the smallest does not fit; the plans compiled, in
@@ -167,29 +169,49 @@ def largest_batch(
     """
     if device_memory_bytes <= 0:
         raise ValueError(f"device memory must be > 0 bytes, got {device_memory_bytes}")
-    plans: list[MemoryPlan] = []
+    plans: dict[int, MemoryPlan] = {}
+
+    def total(batch: int) -> int:
+        if batch not in plans:
+            plans[batch] = plan(config, batch, mesh=mesh)
+        return plans[batch].total_bytes
 
     def fits(batch: int) -> bool:
-        plans.append(plan(config, batch, mesh=mesh))
-        return plans[-1].total_bytes <= device_memory_bytes
+        return total(batch) <= device_memory_bytes
 
     devices = (mesh or parallel.make_mesh(_num_devices(config))).size
-    good, bad = 0, None
-    batch = -(-2 // devices)  # a contrastive batch holds at least 2 images
-    while batch <= max_batch_per_device:
-        if not fits(batch):
-            bad = batch
-            break
-        good, batch = batch, batch * 2
-    if bad is None or good == 0:
-        return good, plans
-    while bad - good > 1:
+    smallest = -(-2 // devices)  # a contrastive batch holds at least 2 images
+    if not fits(smallest):
+        return 0, list(plans.values())
+    good, bad = smallest, None  # fits(good); bad is None or the smallest known not to fit
+    second = min(2 * smallest, max_batch_per_device)
+    if second > good:
+        if fits(second):
+            slope = (total(second) - total(smallest)) / (second - smallest)
+            guess = second
+            if slope > 0:
+                guess += int((device_memory_bytes - total(second)) // slope)
+            good, guess = second, min(max(guess, second), max_batch_per_device)
+            if guess > good and fits(guess):
+                good = guess
+            elif guess > good:
+                bad = guess
+        else:
+            bad = second
+    step = 1
+    while bad is None and good < max_batch_per_device:  # gallop up
+        candidate = min(good + step, max_batch_per_device)
+        if fits(candidate):
+            good, step = candidate, step * 2
+        else:
+            bad = candidate
+    while bad is not None and bad - good > 1:  # bisect
         middle = (good + bad) // 2
         if fits(middle):
             good = middle
         else:
             bad = middle
-    return good, plans
+    return good, list(plans.values())
 
 
 def format_plan(plan_: MemoryPlan) -> str:
