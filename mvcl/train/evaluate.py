@@ -206,12 +206,16 @@ def extract_features(
     def read(start: int) -> tuple[np.ndarray, np.ndarray]:
         """This process's rows [lo, hi) of the global batch at ``start``, zero-padded."""
         rows = indices[start + lo : min(start + hi, len(indices))]
+        if not len(rows):  # the padded tail of the last batch is all this process's
+            rows, keep = indices[:1], 0
+        else:
+            keep = len(rows)
         batch = input_pipeline._read(source, rows, image_size)  # pylint: disable=protected-access
-        pad = hi - lo - len(rows)
-        images = batch["image"]
+        images = batch["image"][:keep]
+        pad = hi - lo - keep
         if pad:
             images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), np.uint8)])
-        return images, batch["label"]
+        return images, batch["label"][:keep]
 
     starts = list(range(0, len(indices), batch_size))
     if not starts:
