@@ -40,10 +40,12 @@ class FakeSplit:
         return self.size
 
     def __getitems__(self, indices):
-        idx = np.asarray(indices, np.uint64)[:, None]
-        pixels = np.arange(np.prod(self.shape), dtype=np.uint64)[None]
-        values = ((idx * np.uint64(2654435761) + pixels * np.uint64(40503)) >> np.uint64(7)) % 256
-        images = values.astype(np.uint8).reshape(len(idx), *self.shape)
+        idx = np.asarray(indices, np.int64)[:, None]
+        pixels = np.arange(np.prod(self.shape), dtype=np.uint8)[None]
+        # uint8 arithmetic (wraps modulo 256): no temporaries wider than the images
+        images = (pixels * np.uint8(11) + (idx % 251).astype(np.uint8) * np.uint8(37)).reshape(
+            len(idx), *self.shape
+        )
         return [{"image": image, "label": int(i % 10)} for image, i in zip(images, indices)]
 
     def __getitem__(self, index: int):
@@ -76,6 +78,9 @@ def main(train_examples: int, test_examples: int, side: int) -> None:
     config.eval.probe_epochs = 1
     config.eval.probe_batch_size = 4096
     config.eval.geometry_examples = 64
+    # On the CPU backend device buffers are host memory: one kNN similarity block is
+    # test_examples x knn_chunk_size float32.
+    config.eval.knn_chunk_size = 1024
     model = train.build_model(config)
     variables = model.init(jax.random.key(0), jnp.zeros((2, side, side, 3)), train=False)
 

@@ -124,11 +124,12 @@ def test_minibatch_probe_agrees_with_lbfgs_on_gaussian_classes():
 
 @pytest.mark.slow
 def test_evaluating_200k_images_holds_far_less_host_memory_than_the_images(tmp_path):
-    """Streams 200,000 16x16x3 train images (153.6 MB as uint8) and 10,000 test images; the
-    process's peak resident memory during the evaluation grows by less than half of that."""
+    """Streams 200,000 16x16x3 train images (153.6 MB as uint8) and 5,000 test images; the
+    process's peak resident memory during the evaluation (host and, on the CPU backend, device
+    buffers) grows by less than half of what the train images alone would take."""
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
     out = subprocess.run(
-        [sys.executable, str(REPO / "tests" / "eval_memory_worker.py"), "200000", "10000", "16"],
+        [sys.executable, str(REPO / "tests" / "eval_memory_worker.py"), "200000", "5000", "16"],
         cwd=tmp_path,
         env=env,
         capture_output=True,

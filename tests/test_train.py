@@ -355,7 +355,7 @@ def test_digits_run_reports_probe_knn_pixels_and_geometry_and_evaluate_cli_agree
     config.dataset.data_dir = str(tmp_path / "tfds")
     config.model.proj_dim = 16
     config.batch_size, config.num_steps, config.progress_bar = 64, 2, False
-    config.eval.probe_epochs, config.eval.geometry_examples = 5, 64
+    config.eval.probe_epochs, config.eval.geometry_examples = 20, 64
     result = train.train_and_evaluate(config, tmp_path / "run")
     results = result["eval"]
     for features in ("backbone", "projector", "pixels"):
