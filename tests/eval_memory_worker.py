@@ -73,10 +73,10 @@ def main(train_examples: int, test_examples: int, side: int) -> None:
     config = digits.get_config("views=2,width=0.0625")
     config.model.proj_dim = 8
     config.augment.crop_size = side
-    config.eval.batch_size = 4096
+    config.eval.batch_size = 1024
     config.eval.pixel_baseline = False
     config.eval.probe_epochs = 1
-    config.eval.probe_batch_size = 4096
+    config.eval.probe_batch_size = 1024
     config.eval.geometry_examples = 64
     # On the CPU backend device buffers are host memory: one kNN similarity block is
     # test_examples x knn_chunk_size float32.
