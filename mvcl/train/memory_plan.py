@@ -156,12 +156,12 @@ def largest_batch(
 ) -> tuple[int, list[MemoryPlan]]:
     """The largest batch per device whose planned total fits ``device_memory_bytes``.
 
-    Every probe is one compilation (`plan`), so the search is short: the totals at the
-    smallest batch b0 (1, or 2 on one device: a global batch holds at least 2 images) and at
-    2·b0 give a line (XLA's totals are close to affine in the batch), whose crossing with the
-    budget is the first guess; then the guess and its neighbour are compiled, and the search
-    gallops (doubling steps) and bisects from there until a size that fits sits next to one
-    that does not. The search assumes the total grows with the batch.
+    Every probe is one compilation (`plan`), so the search is short: from the smallest batch
+    b0 (1, or 2 on one device: a global batch holds at least 2 images) and 2·b0, secant steps
+    (XLA's totals are close to affine in the batch) guess where the total crosses the budget,
+    from the last two sizes that fit; then the search gallops (doubling steps) and bisects
+    until a size that fits sits next to one that does not. It assumes the total grows with
+    the batch.
 
     Returns:
       ``(batch per device, or 0 if even the smallest does not fit; the plans compiled, in
@@ -184,20 +184,20 @@ def largest_batch(
     if not fits(smallest):
         return 0, list(plans.values())
     good, bad = smallest, None  # fits(good); bad is None or the smallest known not to fit
-    second = min(2 * smallest, max_batch_per_device)
-    if second > good:
-        if fits(second):
-            slope = (total(second) - total(smallest)) / (second - smallest)
-            guess = second
-            if slope > 0:
-                guess += int((device_memory_bytes - total(second)) // slope)
-            good, guess = second, min(max(guess, second), max_batch_per_device)
-            if guess > good and fits(guess):
-                good = guess
-            elif guess > good:
-                bad = guess
-        else:
-            bad = second
+    previous = None
+    candidate = min(2 * smallest, max_batch_per_device)
+    for _ in range(4):  # secant steps: the line through the last two sizes that fit
+        if candidate <= good:
+            break
+        if not fits(candidate):
+            bad = candidate
+            break
+        previous, good = good, candidate
+        slope = (total(good) - total(previous)) / (good - previous)
+        if slope <= 0:
+            break
+        step = int((device_memory_bytes - total(good)) // slope)
+        candidate = min(good + max(step, 1), max_batch_per_device)
     step = 1
     while bad is None and good < max_batch_per_device:  # gallop up
         candidate = min(good + step, max_batch_per_device)
