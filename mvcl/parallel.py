@@ -12,7 +12,6 @@ import os
 from typing import Callable
 
 import jax
-import numpy as np
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -54,14 +53,19 @@ def initialize(
 def make_mesh(num_devices: int | None = None, axis_name: str = DEFAULT_AXIS) -> jax.sharding.Mesh:
     """A 1-D mesh over the batch axis: every device of every process, or the first ``num_devices``.
 
-    The axis is ``Auto``, so unsharded inputs are placed by the partitioner.
+    Built by ``jax.make_mesh``, which orders the devices by the physical topology (on a TPU pod
+    slice, neighbours along the mesh axis are neighbouring chips, so a ring backend passes
+    blocks between neighbours). The axis is ``Auto``, so unsharded inputs are placed by the
+    partitioner.
     """
     devices = jax.devices()
     if num_devices is not None:
         if not 1 <= num_devices <= len(devices):
             raise ValueError(f"num_devices must be in [1, {len(devices)}], got {num_devices}")
         devices = devices[:num_devices]
-    return jax.sharding.Mesh(np.asarray(devices), (axis_name,), axis_types=(AxisType.Auto,))
+    return jax.make_mesh(
+        (len(devices),), (axis_name,), axis_types=(AxisType.Auto,), devices=devices
+    )
 
 
 def batch_sharding(mesh: jax.sharding.Mesh, axis_name: str = DEFAULT_AXIS) -> NamedSharding:

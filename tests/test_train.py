@@ -300,17 +300,17 @@ def test_multicrop_step_gives_the_loss_large_and_small_crops_and_keeps_large_cro
     state = train.create_train_state(config, model, tx, mesh, channels=1)
     images = np.stack([record["image"] for record in trainer.fake_source(config)])
     step = train.make_train_step(config, model, tx, schedule, mesh)
+    rng, variables = jax.device_get((state.rng, state.variables()))  # the step donates `state`
     new_state, metrics = step(state, jnp.asarray(images))
 
     large = {k: v for k, v in config.augment.to_dict().items() if k != "multicrop"}
     small = dict(large, crop_size=4, min_scale=0.1, max_scale=0.3)  # mvcl/configs/digits.py
-    step_key = jax.random.fold_in(state.rng, 0)
+    step_key = jax.random.fold_in(rng, 0)
     views = {"large": [], "small": []}
     for i in range(4):
         large_key, small_key = jax.random.split(jax.random.fold_in(step_key, i))
         views["large"].append(data.make_views(large_key, images[i : i + 1], 2, **large))
         views["small"].append(data.make_views(small_key, images[i : i + 1], 3, **small))
-    variables = jax.device_get(state.variables())
     z, stats = [], {}
     for name, group in views.items():
         x = jnp.concatenate(group)  # (4, V_group, S, S, 1)
@@ -327,6 +327,8 @@ def test_multicrop_step_gives_the_loss_large_and_small_crops_and_keeps_large_cro
         jax.device_get(new_state.batch_stats),
         stats["large"]["batch_stats"],
     )
+    step(new_state, jnp.asarray(images))  # the state is donated: its buffers are reused
+    assert all(leaf.is_deleted() for leaf in jax.tree.leaves(new_state))
 
 
 # --- whole runs in this process -----------------------------------------------------------------
@@ -348,7 +350,7 @@ def test_digits_run_reports_probe_knn_pixels_and_geometry_and_evaluate_cli_agree
     config.dataset.data_dir = str(tmp_path / "tfds")
     config.model.proj_dim = 16
     config.batch_size, config.num_steps, config.progress_bar = 64, 2, False
-    config.eval.probe_steps, config.eval.geometry_examples = 30, 64
+    config.eval.probe_epochs, config.eval.geometry_examples = 20, 64
     result = train.train_and_evaluate(config, tmp_path / "run")
     results = result["eval"]
     for features in ("backbone", "projector", "pixels"):

@@ -166,11 +166,17 @@ def base_config() -> config_dict.ConfigDict:
 
     config.eval = config_dict.ConfigDict()
     config.eval.enabled = True  # evaluate at the end of pretraining
-    config.eval.batch_size = 256  # images per forward pass when extracting features
+    config.eval.batch_size = 256  # images per global forward pass when extracting features
+    # Train images whose features the probe and kNN use: None = all, an int = a fixed subset.
+    config.eval.train_examples = config_dict.placeholder(int)
+    config.eval.feature_dtype = "float16"  # host feature bank: "float16" or "float32"
     config.eval.knn_k = 20  # neighbours of the weighted kNN classifier (cosine similarity)
     config.eval.knn_temperature = 0.07  # vote weights exp(similarity / T), as InstDisc
+    config.eval.knn_chunk_size = 8192  # train features sent to the devices at a time
     config.eval.probe_weight_decay = 1e-4  # linear probe: L2 penalty on standardised features
-    config.eval.probe_steps = 300  # linear probe: full-batch L-BFGS iterations
+    config.eval.probe_epochs = 100  # linear probe: minibatch Adam, cosine-decayed learning rate
+    config.eval.probe_batch_size = 256
+    config.eval.probe_lr = 0.01
     config.eval.pixel_baseline = True  # also probe raw pixels (off for large images)
     config.eval.geometry_examples = 512  # test images whose views give the geometry metrics
     return config

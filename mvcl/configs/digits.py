@@ -47,4 +47,5 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.log_every_steps = 5
     config.checkpoint_every_steps = 100
     config.eval.batch_size = 512
+    config.eval.probe_batch_size = 128  # 11 minibatches of the 1,437 train images per epoch
     return common.apply_args(config, args)

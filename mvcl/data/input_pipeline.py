@@ -182,7 +182,7 @@ def _records(source: Source, idx: list[int]) -> list[Mapping[str, Any]]:
         raise
 
 
-def _read(
+def read_records(
     source: Source,
     indices: np.ndarray,
     image_size: int | None,
@@ -254,7 +254,7 @@ class ReadBatch:
         return order[start : start + local]
 
     def __call__(self, step: int) -> Batch:
-        return _read(
+        return read_records(
             self.source, self.local_indices(int(step)), self.image_size, self.whole_image_size
         )
 
@@ -444,7 +444,7 @@ def load_numpy(
     """
     source = load_split(name, split, data_dir)
     chunks = [
-        _read(source, np.arange(start, min(start + chunk_size, len(source))), image_size)
+        read_records(source, np.arange(start, min(start + chunk_size, len(source))), image_size)
         for start in range(0, len(source), chunk_size)
     ]
     return (

@@ -333,7 +333,7 @@ def make_train_step(
     schedule: optax.Schedule,
     mesh: jax.sharding.Mesh,
 ) -> Callable[[TrainState, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
-    """The jitted step ``(state, images) -> (state, metrics)``.
+    """The jitted step ``(state, images) -> (state, metrics)``; ``state`` is donated.
 
     ``images`` is the uint8 (B, H, W, C) global batch sharded over ``AXIS`` (whole-image layout:
     ``{"image": ..., "valid": int32 (B, 2)}``, see `mvcl.train.feed`); ``model`` must have
@@ -404,7 +404,10 @@ def make_train_step(
         }
         return new_state, metrics
 
-    return jax.jit(train_step, out_shardings=NamedSharding(mesh, P()))
+    # The state is donated: XLA writes the new state into the old one's buffers, so the step
+    # holds one copy of parameters and optimiser state, not two. The caller must not touch the
+    # state it passed in after the call (use the returned one).
+    return jax.jit(train_step, out_shardings=NamedSharding(mesh, P()), donate_argnums=0)
 
 
 # --- 5. the loop --------------------------------------------------------------------------------
