@@ -525,3 +525,12 @@ def test_vmap_matches_per_item_losses(x64, case, backend):
     batched = jax.vmap(f, in_axes=(0, None))(zs, 0.3)
     assert batched.shape == (3,)
     np.testing.assert_allclose(batched, [f(z, 0.3) for z in zs], rtol=1e-12, atol=1e-12)
+
+
+def test_kcl_log_kernel_alignment_has_no_half(x64):
+    # The authors' code (DHEL-KCL): alignment −log(t δ² + 1), energy −½ log(t δ² + 1). With γ = 0
+    # only the alignment is left: L = 2 · mean_i log(t ||x_i − y_i||² + 1).
+    z = _z((6, 2, 8), seed=3)
+    u = z / np.linalg.norm(z, axis=-1, keepdims=True)
+    expected = 2.0 * np.mean(np.log(0.5 * np.sum((u[:, 0] - u[:, 1]) ** 2, axis=-1) + 1.0))
+    _close(losses.kcl(jnp.asarray(z), kernel="log", t=0.5, gamma=0.0), expected, 1e-12)

@@ -119,6 +119,8 @@ def kcl(
 
     with δ = ||a − b|| of unit vectors (δ² = 2 − 2 a·b): gaussian exp(−t δ²); log
     −½ log(t δ² + 1); imq t / sqrt(t² + δ²); riesz δ^(−t) for t > 0 and −δ^|t| for t < 0.
+    The log kernel's alignment term is −log(t δ² + 1) (no ½) while its energy terms keep
+    −½ log(t δ² + 1), as in the authors' code (docs/losses.md, "KCL").
 
     Args:
       z: (N, 2, D) embeddings (the local shard under ``axis_name``).
@@ -148,4 +150,6 @@ def kcl(
     # Σ_{i≠j} is twice Σ_{i<j}, over N(N−1)/2 pairs: mean_{i<j} = Σ_i rows_i / (N(N−1)).
     uniformity = jnp.sum(row_sums, axis=0) / (n_global - 1)
     alignment = of_dot(jnp.sum(u[:, 0] * u[:, 1], axis=-1))
+    if kernel == "log":
+        alignment = 2.0 * alignment  # the authors' alignment term: −log(t δ² + 1), no ½
     return c.mean_over_instances(-2.0 * alignment + gamma * uniformity, axis_name)
