@@ -534,3 +534,32 @@ def test_kcl_log_kernel_alignment_has_no_half(x64):
     u = z / np.linalg.norm(z, axis=-1, keepdims=True)
     expected = 2.0 * np.mean(np.log(0.5 * np.sum((u[:, 0] - u[:, 1]) ** 2, axis=-1) + 1.0))
     _close(losses.kcl(jnp.asarray(z), kernel="log", t=0.5, gamma=0.0), expected, 1e-12)
+
+
+# ------------------------------------------------------------------------------------------------
+# Degenerate rows: a zero embedding row (a dead feature vector) gives a finite loss and finite
+# gradients in every loss; riesz with t <= -1 stays finite when a positive pair is identical.
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_zero_row_gives_finite_gradients(x64, case, dtype):
+    z = _z((5, case.views(3), 4), seed=4)
+    z[1, 0] = 0.0
+    loss, grad = jitted(case.id, grad=True)(jnp.asarray(z, dtype), 0.5)
+    assert grad.dtype == dtype
+    assert np.isfinite(float(loss)) and bool(jnp.all(jnp.isfinite(grad)))
+    # The zero row counts as u = 0 (the oracle agrees), except in KCL, whose δ² = 2 − 2 a·b
+    # assumes unit rows (u = 0 is then at δ² = 2 from every row, as if orthogonal to all).
+    if dtype == "float64" and case.name != "kcl":
+        _close(loss, case.reference(z, temperature=0.5), 1e-9)
+
+
+@pytest.mark.parametrize("t", [-1.0, -2.0, -3.0])
+def test_riesz_identical_positive_pair_is_finite(x64, t):
+    z = _z((5, 2, 4), seed=6)
+    z[2, 1] = 2.0 * z[2, 0]  # x_2 = y_2 after normalisation: δ = 0
+    f = jax.value_and_grad(lambda z: losses.kcl(z, kernel="riesz", t=t, gamma=3.0))
+    loss, grad = f(jnp.asarray(z))
+    assert np.isfinite(float(loss)) and bool(jnp.all(jnp.isfinite(grad)))
+    _close(loss, oracle.kcl(z, kernel="riesz", t=t, gamma=3.0), 1e-9)

@@ -43,9 +43,14 @@ def compute_dtype(dtype) -> jnp.dtype:
 
 
 def normalize(z: jax.Array) -> jax.Array:
-    """``z / max(||z||, eps)`` along the last axis."""
-    norm = jnp.sqrt(jnp.sum(z * z, axis=-1, keepdims=True))
-    return z / jnp.maximum(norm, EPS)
+    """``z / max(||z||, eps)`` along the last axis, with finite derivatives at ``z = 0``.
+
+    The norm is taken as ``sqrt(max(z·z, eps²))``: the same value, but the square root is never
+    differentiated at 0 (``d sqrt(x)/dx`` is infinite there), so a zero row (a dead feature
+    vector) gives the finite derivative ``1/eps`` instead of NaN.
+    """
+    sq = jnp.sum(z * z, axis=-1, keepdims=True)
+    return z / jnp.sqrt(jnp.maximum(sq, jnp.asarray(EPS * EPS, sq.dtype)))
 
 
 def prepare(z, *, loss: str, axis_name, views: int | None = None) -> jax.Array:

@@ -98,7 +98,12 @@ def _imq(sq_dist, t):
 
 
 def _riesz(sq_dist, t):
-    return sq_dist ** (-t / 2) if t > 0 else -(sq_dist ** (-t / 2))
+    if t > 0:
+        return sq_dist ** (-t / 2)
+    # −δ^|t| is 0 at δ = 0 with derivative 0 there (the limit for t < −1, the minimal
+    # subgradient at t = −1); the double where keeps the power from being differentiated at 0.
+    positive = sq_dist > 0
+    return jnp.where(positive, -(jnp.where(positive, sq_dist, 1.0) ** (-t / 2)), 0.0)
 
 
 KERNELS = {"gaussian": _gaussian, "log": _log, "imq": _imq, "riesz": _riesz}
@@ -119,6 +124,9 @@ def kcl(
 
     with δ = ||a − b|| of unit vectors (δ² = 2 − 2 a·b): gaussian exp(−t δ²); log
     −½ log(t δ² + 1); imq t / sqrt(t² + δ²); riesz δ^(−t) for t > 0 and −δ^|t| for t < 0.
+    For riesz with t < 0 an identical pair (δ = 0) gets derivative 0: the limit for t ≤ −1;
+    for −1 < t < 0 the derivative grows like δ^(|t|−1) as δ → 0, so 0 at δ = 0 is a convention
+    and nearly identical pairs get very large gradients. For t > 0 an identical pair is a pole.
     The log kernel's alignment term is −log(t δ² + 1) (no ½) while its energy terms keep
     −½ log(t δ² + 1), as in the authors' code (docs/losses.md, "KCL").
 
