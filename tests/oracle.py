@@ -1,4 +1,4 @@
-"""Float64 NumPy reference implementations of the losses, written from SPEC-losses.md.
+"""Float64 NumPy reference implementations of the losses, written from docs/losses.md.
 
 Deliberately independent of ``mvcl``: each loss is written the plain way, from its formula, with
 an explicit similarity matrix over all rows of the batch, boolean masks built from instance and

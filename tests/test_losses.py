@@ -157,7 +157,7 @@ def _close(actual, expected, tol, err_msg=""):
 
 
 # ------------------------------------------------------------------------------------------------
-# 1. Golden values (SPEC-losses.md): z = default_rng(0).standard_normal((6, V, 8)), τ = 0.5.
+# 1. Golden values (docs/losses.md): z = default_rng(0).standard_normal((6, V, 8)), τ = 0.5.
 
 GOLDEN = {
     "mv_infonce": (2.731915, 2.322870, 2.023857, 2.017126),

@@ -9,7 +9,7 @@ set with a mask. Two reductions exist:
 A streaming backend needs three things from a reduction: an identity carry, an update of the carry
 with one (masked) tile of similarities, and, in the backward pass, the weight ``∂out/∂S`` of every
 similarity given the row's output. Both reductions are defined here once and shared by every
-backend.
+backend. The maths is in docs/losses.md, "Backends".
 """
 
 from __future__ import annotations

@@ -23,7 +23,8 @@ Backward (``jax.custom_vjp``): given ``g = ∂L/∂out``, each tile is recompute
 
 Memory per device: O((rows + keys)·D + tile²·G); never the full similarity matrix.
 Named ``blockwise`` (one device, ``axis_name=None``) and ``ring`` (``axis_name`` given): the same
-kernel, a ring of one device being the single-device case.
+kernel, a ring of one device being the single-device case. The maths is in docs/losses.md,
+"Backends".
 """
 
 from __future__ import annotations
