@@ -651,18 +651,27 @@ def _traced_loss(case, backend, precision, dtype):
 PRECISION_BACKENDS = ["dense", "gather", ("blockwise", 4), "ring"]
 
 
+def _assert_precision(case, backend, precision, dtype, expected):
+    for jaxpr, what in zip(_traced_loss(case, backend, precision, dtype), ("loss", "grad")):
+        found = _dot_precisions(jaxpr)
+        assert found, (backend, what)  # the walk really reaches the matmuls
+        assert set(found) == {(expected, expected)}, (backend, what, precision, found)
+
+
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
-def test_every_matmul_carries_the_precision_asked_for(case):
-    P = jax.lax.Precision
-    asked = [(None, jnp.float32, P.HIGHEST), ("high", jnp.float32, P.HIGH)]
+def test_every_matmul_is_highest_by_default(case):
     for backend in PRECISION_BACKENDS:
-        # bfloat16 input keeps the native passes (checked on one backend: the same resolution).
-        extra = [(None, jnp.bfloat16, P.DEFAULT)] if backend == "dense" else []
-        for precision, dtype, expected in asked + extra:
-            for jaxpr, what in zip(_traced_loss(case, backend, precision, dtype), ("loss", "grad")):
-                found = _dot_precisions(jaxpr)
-                assert found, (backend, what)  # the walk really reaches the matmuls
-                assert set(found) == {(expected, expected)}, (backend, what, precision, found)
+        _assert_precision(case, backend, None, jnp.float32, jax.lax.Precision.HIGHEST)
+
+
+@pytest.mark.parametrize("backend", PRECISION_BACKENDS, ids=str)
+def test_every_matmul_carries_the_precision_asked_for(backend):
+    P = jax.lax.Precision
+    for case in (BY_ID["mv_infonce"], BY_ID["kcl"]):
+        _assert_precision(case, backend, "high", jnp.float32, P.HIGH)
+        _assert_precision(case, backend, P.DEFAULT, jnp.float32, P.DEFAULT)
+        # bfloat16 input keeps the platform's native passes.
+        _assert_precision(case, backend, None, jnp.bfloat16, P.DEFAULT)
 
 
 @pytest.mark.parametrize("name", ["dense", "gather", "blockwise"])
