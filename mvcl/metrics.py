@@ -52,8 +52,10 @@ def _rows(z: jax.Array, min_rows: int) -> jax.Array:
 
 
 def _normalize(z: jax.Array, eps: float) -> jax.Array:
-    """u = z / max(||z||, eps) along the last axis."""
-    return z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), eps)
+    """u = z / max(||z||, eps) along the last axis, as ``sqrt(max(z·z, eps²))`` so that a zero row
+    has a finite derivative (the square root is never differentiated at 0)."""
+    sq = jnp.sum(z * z, axis=-1, keepdims=True)
+    return z / jnp.sqrt(jnp.maximum(sq, jnp.asarray(eps * eps, sq.dtype)))
 
 
 def _gram(u: jax.Array) -> jax.Array:

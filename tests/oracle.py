@@ -162,6 +162,8 @@ def kcl(z, kernel="gaussian", t=2.0, gamma=16.0):
     a, b = np.triu_indices(x.shape[0], k=1)
     sq = lambda p, q: np.sum((p - q) ** 2, axis=-1)  # δ² = ||p − q||², from the difference
     alignment = np.mean(k(sq(x, y)))
+    if kernel == "log":  # the alignment term is −log(t δ² + 1): twice the energy kernel
+        alignment = np.mean(-np.log(t * sq(x, y) + 1.0))
     uniformity = np.mean(k(sq(x[a], x[b]))) + np.mean(k(sq(y[a], y[b])))
     return _scalar(-2.0 * alignment + gamma * uniformity)
 

@@ -16,6 +16,7 @@ import itertools
 from typing import Callable
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import oracle
@@ -525,3 +526,169 @@ def test_vmap_matches_per_item_losses(x64, case, backend):
     batched = jax.vmap(f, in_axes=(0, None))(zs, 0.3)
     assert batched.shape == (3,)
     np.testing.assert_allclose(batched, [f(z, 0.3) for z in zs], rtol=1e-12, atol=1e-12)
+
+
+def test_kcl_log_kernel_alignment_has_no_half(x64):
+    # The authors' code (DHEL-KCL): alignment −log(t δ² + 1), energy −½ log(t δ² + 1). With γ = 0
+    # only the alignment is left: L = 2 · mean_i log(t ||x_i − y_i||² + 1).
+    z = _z((6, 2, 8), seed=3)
+    u = z / np.linalg.norm(z, axis=-1, keepdims=True)
+    expected = 2.0 * np.mean(np.log(0.5 * np.sum((u[:, 0] - u[:, 1]) ** 2, axis=-1) + 1.0))
+    _close(losses.kcl(jnp.asarray(z), kernel="log", t=0.5, gamma=0.0), expected, 1e-12)
+
+
+# ------------------------------------------------------------------------------------------------
+# Degenerate rows: a zero embedding row (a dead feature vector) gives a finite loss and finite
+# gradients in every loss; riesz with t <= -1 stays finite when a positive pair is identical.
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_zero_row_gives_finite_gradients(x64, case, dtype):
+    z = _z((5, case.views(3), 4), seed=4)
+    z[1, 0] = 0.0
+    loss, grad = jitted(case.id, grad=True)(jnp.asarray(z, dtype), 0.5)
+    assert grad.dtype == dtype
+    assert np.isfinite(float(loss)) and bool(jnp.all(jnp.isfinite(grad)))
+    # The zero row counts as u = 0 (the oracle agrees), except in KCL's energy terms, whose
+    # δ² = 2 − 2 a·b assumes unit rows (u = 0 is at δ² = 2 from every row, as if orthogonal).
+    if dtype == "float64" and case.name != "kcl":
+        _close(loss, case.reference(z, temperature=0.5), 1e-9)
+
+
+@pytest.mark.parametrize("t", [-1.0, -2.0, -3.0])
+def test_riesz_identical_positive_pair_is_finite(x64, t):
+    z = _z((5, 2, 4), seed=6)
+    z[2, 1] = 2.0 * z[2, 0]  # x_2 = y_2 after normalisation: δ = 0
+    f = jax.value_and_grad(lambda z: losses.kcl(z, kernel="riesz", t=t, gamma=3.0))
+    loss, grad = f(jnp.asarray(z))
+    assert np.isfinite(float(loss)) and bool(jnp.all(jnp.isfinite(grad)))
+    _close(loss, oracle.kcl(z, kernel="riesz", t=t, gamma=3.0), 1e-9)
+
+
+# ------------------------------------------------------------------------------------------------
+# float32 against float64 of the same input over τ ∈ [0.01, 10]: within 1e-6 relative (1e-6
+# absolute below 1), and a loss that cannot be negative is never below −1e-6. The first input has
+# nearly aligned views (every loss near its minimum at low τ: the hard case for cancellation).
+
+NON_NEGATIVE = {"mv_infonce", "pwe", "avg", "pvc", "multipos_infonce", "infonce"}
+
+
+def _near_aligned(v):
+    z = np.asarray(jax.random.normal(jax.random.PRNGKey(2), (16, 4, 32)), np.float32)
+    return (z[:, :1] + 0.3 * z)[:, :v]
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_float32_matches_float64_at_every_temperature(x64, case):
+    f = jitted(case.id)
+    v = case.views(4)
+    for z in (_near_aligned(v), _z((16, v, 32), seed=1, dtype=np.float32)):
+        for tau in (0.01, 0.1, 1.0, 10.0) if case.has_temperature else (1.0,):
+            low = float(f(jnp.asarray(z), np.float32(tau)))
+            exact = float(f(jnp.asarray(z, jnp.float64), tau))
+            assert abs(low - exact) <= 1e-6 * max(abs(exact), 1.0), (tau, low, exact)
+            non_negative = (
+                case.name in NON_NEGATIVE and dict(case.options).get("pair_loss") != "dhel"
+            )
+            if non_negative:
+                assert low >= -1e-6, (tau, low)
+
+
+def test_mv_infonce_at_low_temperature_is_not_negative():
+    # Nearly aligned views at τ = 0.01: the loss is ~1e-15 in exact arithmetic.
+    z = jnp.asarray(_near_aligned(4))
+    loss = float(losses.mv_infonce(z, temperature=0.01))
+    assert 0.0 <= loss <= 1e-6
+
+
+# ------------------------------------------------------------------------------------------------
+# Precision: every dot_general of the forward and the backward pass (inside custom_jvp/custom_vjp,
+# shard_map, scan, while and map bodies too) carries the precision the loss was asked for.
+
+
+def _dot_precisions(jaxpr):
+    """The ``precision`` of every dot_general in ``jaxpr`` and all of its sub-jaxprs."""
+    found = []
+
+    def visit(value):
+        if isinstance(value, jax.extend.core.ClosedJaxpr):
+            value = value.jaxpr
+        if isinstance(value, jax.extend.core.Jaxpr):
+            for eqn in value.eqns:
+                if eqn.primitive.name == "dot_general":
+                    found.append(eqn.params["precision"])
+                for param in eqn.params.values():
+                    visit(param)
+        elif isinstance(value, (tuple, list)):
+            for item in value:
+                visit(item)
+
+    visit(jaxpr.jaxpr)
+    return found
+
+
+def _traced_loss(case, backend, precision, dtype):
+    """jaxprs of the loss and its gradient, the loss inside a 1-device shard_map for gather and
+    ring (so that their collectives are traced)."""
+    z = jnp.asarray(_z((6, case.views(3), 4), seed=2), dtype)
+    fn = _backend(backend) if backend != "ring" else kernels.get("ring", tile=4)
+    axis = None if backend in ("dense", "blockwise") else "d"
+
+    def loss(z):
+        kwargs = dict(case.options, backend=fn, axis_name=axis, precision=precision)
+        if case.has_temperature:
+            kwargs["temperature"] = 0.5
+        return losses.get(case.name)(z, **kwargs)
+
+    if axis is not None:
+        mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("d",))
+        spec = jax.sharding.PartitionSpec("d")
+        loss = jax.shard_map(loss, mesh=mesh, in_specs=spec, out_specs=jax.sharding.PartitionSpec())
+    return jax.make_jaxpr(loss)(z), jax.make_jaxpr(jax.grad(loss))(z)
+
+
+PRECISION_BACKENDS = ["dense", "gather", ("blockwise", 4), "ring"]
+
+
+def _assert_precision(case, backend, precision, dtype, expected):
+    for jaxpr, what in zip(_traced_loss(case, backend, precision, dtype), ("loss", "grad")):
+        found = _dot_precisions(jaxpr)
+        assert found, (backend, what)  # the walk really reaches the matmuls
+        assert set(found) == {(expected, expected)}, (backend, what, precision, found)
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_every_matmul_is_highest_by_default(case):
+    for backend in PRECISION_BACKENDS:
+        _assert_precision(case, backend, None, jnp.float32, jax.lax.Precision.HIGHEST)
+
+
+@pytest.mark.parametrize("backend", PRECISION_BACKENDS, ids=str)
+def test_every_matmul_carries_the_precision_asked_for(backend):
+    P = jax.lax.Precision
+    for case in (BY_ID["mv_infonce"], BY_ID["kcl"]):
+        _assert_precision(case, backend, "high", jnp.float32, P.HIGH)
+        _assert_precision(case, backend, P.DEFAULT, jnp.float32, P.DEFAULT)
+        # bfloat16 input keeps the platform's native passes.
+        _assert_precision(case, backend, None, jnp.bfloat16, P.DEFAULT)
+
+
+@pytest.mark.parametrize("name", ["dense", "gather", "blockwise"])
+def test_general_kernel_matmuls_carry_the_precision(name):
+    # The q != k path of every backend (the losses only use keys = queries).
+    q, k = jnp.ones((1, 5, 2, 3)), jnp.ones((1, 5, 2, 3))
+    fn = kernels.get(name, tile=4) if name == "blockwise" else kernels.get(name)
+    P = jax.lax.Precision.HIGH
+
+    def out(q, k):
+        return jnp.sum(fn(q, k, mask="self", reduction=kernels.LSE, precision=P))
+
+    for jaxpr in (jax.make_jaxpr(out)(q, k), jax.make_jaxpr(jax.grad(out, (0, 1)))(q, k)):
+        assert set(_dot_precisions(jaxpr)) == {(P, P)}
+
+
+@pytest.mark.parametrize("precision", ["fast", 3, "HIGHEST "])
+def test_unknown_precision_is_a_clear_error(precision):
+    with pytest.raises(ValueError, match="precision must be"):
+        losses.mv_dhel(jnp.ones((4, 2, 3)), temperature=0.5, precision=precision)

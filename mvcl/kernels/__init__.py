@@ -1,20 +1,22 @@
 """Row-reduction backends: how the energy of every query row over the global key set is computed.
 
-A backend is a function ``backend(q, k, *, mask, reduction, axis_name) -> out`` with
+A backend is a function ``backend(q, k, *, mask, reduction, axis_name, precision) -> out`` with
 
 * ``q``: (G, n, A, D) query rows, already scaled, in G independent groups;
 * ``k``: (G, n, B, D) this device's keys (the global key set is every device's ``k``);
 * ``mask``: which keys a row sees (see :func:`mvcl.kernels.reductions.keep`);
 * ``reduction``: :data:`LSE` or :func:`sum_of` ``(fn)``;
+* ``precision``: the ``jax.lax.Precision`` of every matmul, forward and backward
+  (:mod:`mvcl.kernels.precision`; ``None`` leaves the platform default);
 * ``out``: (G, n, A), the reduction of each local query row over the global keys of its group.
 
 The losses in :mod:`mvcl.losses` are written against this signature only; adding a backend here
-gives it to every loss.
+gives it to every loss. The exact maths of every reduction and backend is in docs/losses.md.
 
 | name | keys | memory per device | backward |
 |---|---|---|---|
 | ``dense`` | local (single device only) | O((nA)·(nB)) | ``custom_jvp`` (symmetric) / autodiff |
-| ``gather`` | ``all_gather`` | O((nA)·(NB)) | autodiff |
+| ``gather`` | ``all_gather`` | O((nA)·(NB)) | ``custom_vjp`` (symmetric) / autodiff |
 | ``blockwise``, ``ring`` | streamed tiles, ring-passed blocks | O(n(A+B)D + tile²) | recomputed |
 
 The losses call :func:`self_rows` (the keys are the query rows themselves, ``v = u / sqrt(τ)``),
@@ -31,6 +33,7 @@ from typing import Callable
 import jax
 
 from mvcl.kernels import dense as _dense
+from mvcl.kernels import precision
 from mvcl.kernels import streaming as _streaming
 from mvcl.kernels.reductions import LSE, MASKS, Reduction, keep, sum_of
 
@@ -50,8 +53,10 @@ class Kernel:
     rows: Backend
     self_rows: Backend | None = None
 
-    def __call__(self, q, k, *, mask, reduction, axis_name=None):
-        return self.rows(q, k, mask=mask, reduction=reduction, axis_name=axis_name)
+    def __call__(self, q, k, *, mask, reduction, axis_name=None, precision=None):
+        return self.rows(
+            q, k, mask=mask, reduction=reduction, axis_name=axis_name, precision=precision
+        )
 
 
 def _streaming_kernel(**options) -> Kernel:
@@ -63,7 +68,7 @@ def _streaming_kernel(**options) -> Kernel:
 
 _BACKENDS: dict[str, Callable[..., Backend]] = {
     "dense": lambda: Kernel(_dense.dense, _dense.dense_self),
-    "gather": lambda: Kernel(_dense.gather),
+    "gather": lambda: Kernel(_dense.gather, _dense.gather_self),
     "blockwise": _streaming_kernel,
     "ring": _streaming_kernel,
 }
@@ -82,14 +87,27 @@ def get(backend: str | Backend, **options) -> Backend:
     return _BACKENDS[backend](**options)
 
 
-def self_rows(backend: str | Backend, v, *, mask, reduction, axis_name=None) -> jax.Array:
+def self_rows(
+    backend: str | Backend, v, *, mask, reduction, axis_name=None, precision=None
+) -> jax.Array:
     """The reduction of every row of ``v`` (G, n, A, D) over the global rows of ``v``: (G, n, A).
 
     Uses the backend's symmetric path when it has one, else calls it with ``q = k = v``.
     """
     fn = get(backend)
     symmetric = getattr(fn, "self_rows", None) or functools.partial(fn, v)
-    return symmetric(v, mask=mask, reduction=reduction, axis_name=axis_name)
+    return symmetric(v, mask=mask, reduction=reduction, axis_name=axis_name, precision=precision)
 
 
-__all__ = ["LSE", "MASKS", "NAMES", "Kernel", "Reduction", "get", "keep", "self_rows", "sum_of"]
+__all__ = [
+    "LSE",
+    "MASKS",
+    "NAMES",
+    "Kernel",
+    "Reduction",
+    "get",
+    "keep",
+    "precision",
+    "self_rows",
+    "sum_of",
+]

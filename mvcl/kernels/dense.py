@@ -3,7 +3,9 @@
 Both build the similarity matrix of the local query rows against the global key set in one matmul
 and reduce it with the mask. ``gather`` first collects every device's keys with
 ``lax.all_gather`` (whose transpose, ``psum_scatter``, returns each key gradient to its owner);
-autodiff gives its backward pass. Memory per device is O(rows_local · rows_global).
+autodiff gives its backward pass for general keys, and :func:`gather_self` a one-matmul symmetric
+backward pass for keys that are the query rows themselves (what every loss uses). Memory per
+device is O(rows_local · rows_global). The maths is in docs/losses.md, "Backends".
 
 ``dense`` has a symmetric path, :func:`dense_self`, for keys that are the query rows themselves:
 a ``custom_jvp`` whose tangent ``dS = X + Xᵀ`` (``X = dv vᵀ``) transposes, in reverse mode, into
@@ -37,25 +39,31 @@ def _keep(mask, n, a, m, b, q_offset=0):
     return reductions.keep_rows(mask, rows[:, None], jnp.arange(m * b)[None, :], a, b)
 
 
-def rows_against(q, k_all, *, q_offset, mask: str, reduction: reductions.Reduction):
+def rows_against(q, k_all, *, q_offset, mask: str, reduction: reductions.Reduction, precision=None):
     """Reduce ``q`` (G, n, A, D) against all keys ``k_all`` (G, N, B, D) in one matrix.
 
     ``q_offset`` is the global instance index of the first local query instance.
     """
-    s = jnp.einsum("gqd,gkd->gqk", _flat(q), _flat(k_all), preferred_element_type=q.dtype)
+    s = jnp.einsum(
+        "gqd,gkd->gqk",
+        _flat(q),
+        _flat(k_all),
+        precision=precision,
+        preferred_element_type=q.dtype,
+    )
     keep = _keep(mask, *q.shape[1:3], *k_all.shape[1:3], q_offset)
     return reduction.dense(s, keep[None], axes=(2,)).reshape(q.shape[:3])
 
 
-def dense(q, k, *, mask, reduction, axis_name=None):
+def dense(q, k, *, mask, reduction, axis_name=None, precision=None):
     _single_device(axis_name)
-    return rows_against(q, k, q_offset=0, mask=mask, reduction=reduction)
+    return rows_against(q, k, q_offset=0, mask=mask, reduction=reduction, precision=precision)
 
 
-def dense_self(v, *, mask, reduction, axis_name=None):
+def dense_self(v, *, mask, reduction, axis_name=None, precision=None):
     """:func:`dense` with ``q = k = v``, differentiated through the symmetric tangent."""
     _single_device(axis_name)
-    return _dense_self(v, mask, reduction)
+    return _dense_self(v, mask, reduction, precision)
 
 
 def _single_device(axis_name):
@@ -86,7 +94,7 @@ def _excluded(mask, n, a):
     return None
 
 
-def _self_matrix(v, mask, reduction):
+def _self_matrix(v, mask, reduction, precision):
     """Rows, S = v vᵀ (G, R, R), the keep mask and the reduction of every row (G, R).
 
     S is computed and reduced a chunk of rows at a time (smaller matmul outputs run faster and
@@ -105,7 +113,9 @@ def _self_matrix(v, mask, reduction):
         group, first = index // count, (index % count) * size
         keys = jax.lax.dynamic_index_in_dim(rows, group, keepdims=False)
         queries = jax.lax.dynamic_slice_in_dim(keys, first, size)
-        s = jnp.einsum("qd,kd->qk", queries, keys, preferred_element_type=v.dtype)
+        s = jnp.einsum(
+            "qd,kd->qk", queries, keys, precision=precision, preferred_element_type=v.dtype
+        )
         if excluded is None:
             keep = reductions.keep_rows(
                 mask, (first + jnp.arange(size))[:, None], jnp.arange(r)[None, :], a, a
@@ -119,30 +129,88 @@ def _self_matrix(v, mask, reduction):
     return rows, s.reshape(g, r, r), keep, out.reshape(g, r)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
-def _dense_self(v, mask, reduction):
-    return _self_matrix(v, mask, reduction)[3].reshape(v.shape[:3])
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3))
+def _dense_self(v, mask, reduction, precision):
+    return _self_matrix(v, mask, reduction, precision)[3].reshape(v.shape[:3])
 
 
 @_dense_self.defjvp
-def _dense_self_jvp(mask, reduction, primals, tangents):
+def _dense_self_jvp(mask, reduction, precision, primals, tangents):
     # dS = X + Xᵀ with X = dv vᵀ, and d out_a = Σ_b W_ab dS_ab = Σ_b W_ab X_ab + Σ_b W_ba X_ba,
     # where W_ba = ∂out_b/∂S_ba is computed from S_ab = S_ba without transposing anything. In
     # reverse mode this transposes into X̄ = ḡ_a W_ab + ḡ_b W_ba (one elementwise pass over S)
     # and dv = X̄ v (one matmul).
     (v,), (dv,) = primals, tangents
-    rows, s, keep, out = _self_matrix(v, mask, reduction)
+    rows, s, keep, out = _self_matrix(v, mask, reduction, precision)
     w_rows = reduction.weights(s, keep, out[:, :, None])
     w_cols = reduction.weights(s, keep, out[:, None, :])
-    x = jnp.einsum("gqd,gkd->gqk", _flat(dv), rows, preferred_element_type=v.dtype)
+    x = jnp.einsum(
+        "gqd,gkd->gqk", _flat(dv), rows, precision=precision, preferred_element_type=v.dtype
+    )
     d_out = jnp.sum(w_rows * x, axis=2) + jnp.sum(w_cols * x, axis=1)
     return out.reshape(v.shape[:3]), d_out.reshape(v.shape[:3])
 
 
-def gather(q, k, *, mask, reduction, axis_name=None):
+def gather(q, k, *, mask, reduction, axis_name=None, precision=None):
     if axis_name is None:
-        return rows_against(q, k, q_offset=0, mask=mask, reduction=reduction)
+        return rows_against(q, k, q_offset=0, mask=mask, reduction=reduction, precision=precision)
     k_all = jax.lax.all_gather(k, axis_name, axis=1, tiled=True)
+    offset = reductions.instance_offset(q, axis_name)
     return rows_against(
-        q, k_all, q_offset=reductions.instance_offset(q, axis_name), mask=mask, reduction=reduction
+        q, k_all, q_offset=offset, mask=mask, reduction=reduction, precision=precision
     )
+
+
+def gather_self(v, *, mask, reduction, axis_name=None, precision=None):
+    """:func:`gather` with ``q = k = v``, with the symmetric backward pass written out.
+
+    Autodiff of :func:`gather` would do two matmuls backward (``dq = W k_all`` and
+    ``dk_all = Wᵀ q``, then ``psum_scatter`` the latter to the keys' owners). With keys = queries,
+    S is symmetric across devices, so for local rows a and global rows b the transposed weight
+    ``W_ba = ∂out_b/∂S_ba · g_b`` can be formed locally from ``S_ab`` once every device has every
+    row's ``out`` and ``g`` (two all-gathers of vectors): ``dv_a = Σ_b (W_ab + W_ba) v_b`` is then
+    one matmul against the gathered keys, with no cotangent to scatter back. S is kept from the
+    forward pass (the memory this backend already takes).
+    """
+    if axis_name is None:
+        return _dense_self(v, mask, reduction, precision)
+    return _gather_self(v, mask, reduction, axis_name, precision)
+
+
+def _gather_matrix(v, mask, reduction, axis_name, precision):
+    """(gathered keys, S of the local rows against them, keep mask, out of the local rows)."""
+    k_all = jax.lax.all_gather(v, axis_name, axis=1, tiled=True)
+    s = jnp.einsum(
+        "gqd,gkd->gqk", _flat(v), _flat(k_all), precision=precision, preferred_element_type=v.dtype
+    )
+    offset = reductions.instance_offset(v, axis_name)
+    keep = _keep(mask, *v.shape[1:3], *k_all.shape[1:3], offset)[None]
+    return k_all, s, keep, reduction.dense(s, keep, axes=(2,))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
+def _gather_self(v, mask, reduction, axis_name, precision):
+    return _gather_matrix(v, mask, reduction, axis_name, precision)[3].reshape(v.shape[:3])
+
+
+def _gather_self_fwd(v, mask, reduction, axis_name, precision):
+    k_all, s, keep, out = _gather_matrix(v, mask, reduction, axis_name, precision)
+    return out.reshape(v.shape[:3]), (k_all, s, out)
+
+
+def _gather_self_bwd(mask, reduction, axis_name, precision, residuals, g):
+    k_all, s, out = residuals
+    n, a = g.shape[1:3]
+    keep = _keep(mask, n, a, *k_all.shape[1:3], reductions.instance_offset(g, axis_name))[None]
+    g = g.reshape(out.shape)
+    out_all = jax.lax.all_gather(out, axis_name, axis=1, tiled=True)
+    g_all = jax.lax.all_gather(g, axis_name, axis=1, tiled=True)
+    w = reduction.weights(s, keep, out[:, :, None]) * g[:, :, None]
+    w = w + reduction.weights(s, keep, out_all[:, None, :]) * g_all[:, None, :]
+    dv = jnp.einsum(
+        "gqk,gkd->gqd", w, _flat(k_all), precision=precision, preferred_element_type=k_all.dtype
+    )
+    return (dv.reshape(g.shape[0], n, a, -1),)
+
+
+_gather_self.defvjp(_gather_self_fwd, _gather_self_bwd)

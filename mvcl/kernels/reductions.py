@@ -9,7 +9,7 @@ set with a mask. Two reductions exist:
 A streaming backend needs three things from a reduction: an identity carry, an update of the carry
 with one (masked) tile of similarities, and, in the backward pass, the weight ``∂out/∂S`` of every
 similarity given the row's output. Both reductions are defined here once and shared by every
-backend.
+backend. The maths is in docs/losses.md, "Backends".
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-MASKS = ("none", "self", "instance", "view")
+MASKS = ("none", "self", "instance", "view", "instance_and_view")
 
 
 def keep(mask: str, same_instance: jax.Array, same_view: jax.Array) -> jax.Array:
@@ -30,6 +30,7 @@ def keep(mask: str, same_instance: jax.Array, same_view: jax.Array) -> jax.Array
     * ``"self"``: every key but the query itself (same instance and same view).
     * ``"instance"``: keys of other instances only.
     * ``"view"``: keys of other views only (of every instance, the query's own included).
+    * ``"instance_and_view"``: keys of another instance and another view.
     """
     if mask == "none":
         return jnp.ones(jnp.broadcast_shapes(same_instance.shape, same_view.shape), bool)
@@ -39,6 +40,8 @@ def keep(mask: str, same_instance: jax.Array, same_view: jax.Array) -> jax.Array
         return ~same_instance & jnp.ones_like(same_view)
     if mask == "view":
         return ~same_view & jnp.ones_like(same_instance)
+    if mask == "instance_and_view":
+        return ~same_instance & ~same_view
     raise ValueError(f"mask must be one of {MASKS}, got {mask!r}")
 
 

@@ -23,7 +23,8 @@ Backward (``jax.custom_vjp``): given ``g = ∂L/∂out``, each tile is recompute
 
 Memory per device: O((rows + keys)·D + tile²·G); never the full similarity matrix.
 Named ``blockwise`` (one device, ``axis_name=None``) and ``ring`` (``axis_name`` given): the same
-kernel, a ring of one device being the single-device case.
+kernel, a ring of one device being the single-device case. The maths is in docs/losses.md,
+"Backends".
 """
 
 from __future__ import annotations
@@ -55,10 +56,10 @@ def _check_tile(tile, x):
     return tile
 
 
-def streaming(q, k, *, mask, reduction, axis_name=None, tile: int | None = None):
+def streaming(q, k, *, mask, reduction, axis_name=None, precision=None, tile: int | None = None):
     """Row reductions of ``q`` (G, n, A, D) over global keys ``k`` (G, n, B, D): (G, n, A)."""
     tile = _check_tile(tile, q)
-    return _stream(q, k, mask, reduction, axis_name, tile)
+    return _stream(q, k, mask, reduction, axis_name, tile, precision)
 
 
 class _Tiling:
@@ -117,7 +118,7 @@ def _ring(axis_name):
     )
 
 
-def _forward(q, k, mask, reduction, axis_name, tile):
+def _forward(q, k, mask, reduction, axis_name, tile, precision):
     qt, kt = _Tiling(q, tile), _Tiling(k, tile)
     size, me, pass_on = _ring(axis_name)
     q_tiles = qt.split(q)
@@ -130,7 +131,7 @@ def _forward(q, k, mask, reduction, axis_name, tile):
             qi, q_tile, c = args
 
             def per_key_tile(ki, c):
-                s = jnp.einsum("gqd,gkd->gqk", q_tile, k_tiles[ki])
+                s = jnp.einsum("gqd,gkd->gqk", q_tile, k_tiles[ki], precision=precision)
                 return reduction.update(c, s, _keep(mask, qt, qi, q_off, kt, ki, k_off), axes=(2,))
 
             return jax.lax.fori_loop(0, kt.count, per_key_tile, c)
@@ -151,7 +152,7 @@ def _forward(q, k, mask, reduction, axis_name, tile):
     return qt.join(reduction.finalize(carry))
 
 
-def _backward(q, k, out, g, mask, reduction, axis_name, tile):
+def _backward(q, k, out, g, mask, reduction, axis_name, tile, precision):
     qt, kt = _Tiling(q, tile), _Tiling(k, tile)
     size, me, pass_on = _ring(axis_name)
     q_tiles, out_tiles, g_tiles = qt.split(q), qt.split(out[..., None]), qt.split(g[..., None])
@@ -166,11 +167,13 @@ def _backward(q, k, out, g, mask, reduction, axis_name, tile):
             def per_key_tile(ki, state):
                 dq, dk_tiles = state
                 k_tile = k_tiles[ki]
-                s = jnp.einsum("gqd,gkd->gqk", q_tile, k_tile)
+                s = jnp.einsum("gqd,gkd->gqk", q_tile, k_tile, precision=precision)
                 keep = _keep(mask, qt, qi, q_off, kt, ki, k_off)
                 w = reduction.weights(s, keep, o) * g_
-                dq = dq + jnp.einsum("gqk,gkd->gqd", w, k_tile)
-                return dq, dk_tiles.at[ki].add(jnp.einsum("gqk,gqd->gkd", w, q_tile))
+                dq = dq + jnp.einsum("gqk,gkd->gqd", w, k_tile, precision=precision)
+                return dq, dk_tiles.at[ki].add(
+                    jnp.einsum("gqk,gqd->gkd", w, q_tile, precision=precision)
+                )
 
             dq, dk_tiles = jax.lax.fori_loop(0, kt.count, per_key_tile, (dq, dk_tiles))
             return dk_tiles, dq
@@ -198,28 +201,28 @@ def _backward(q, k, out, g, mask, reduction, axis_name, tile):
     return qt.join(dq_tiles, (q.shape[-1],)), kt.join(dk_tiles, (k.shape[-1],))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
-def _stream(q, k, mask, reduction, axis_name, tile):
-    return _forward(q, k, mask, reduction, axis_name, tile)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
+def _stream(q, k, mask, reduction, axis_name, tile, precision):
+    return _forward(q, k, mask, reduction, axis_name, tile, precision)
 
 
-def _stream_fwd(q, k, mask, reduction, axis_name, tile):
-    out = _forward(q, k, mask, reduction, axis_name, tile)
+def _stream_fwd(q, k, mask, reduction, axis_name, tile, precision):
+    out = _forward(q, k, mask, reduction, axis_name, tile, precision)
     return out, (q, k, out)
 
 
-def _stream_bwd(mask, reduction, axis_name, tile, residuals, g):
+def _stream_bwd(mask, reduction, axis_name, tile, precision, residuals, g):
     q, k, out = residuals
-    return _backward(q, k, out, g, mask, reduction, axis_name, tile)
+    return _backward(q, k, out, g, mask, reduction, axis_name, tile, precision)
 
 
 _stream.defvjp(_stream_fwd, _stream_bwd)
 
 
-def streaming_self(v, *, mask, reduction, axis_name=None, tile: int | None = None):
+def streaming_self(v, *, mask, reduction, axis_name=None, precision=None, tile: int | None = None):
     """Row reductions of ``v`` (G, n, A, D) over the global rows of ``v`` themselves: (G, n, A)."""
     tile = _check_tile(tile, v)
-    return _self(v, mask, reduction, axis_name, tile)
+    return _self(v, mask, reduction, axis_name, tile, precision)
 
 
 def _self_weights(reduction, s, keep, out_rows, g_rows, out_cols, g_cols):
@@ -235,7 +238,7 @@ def _columns(x):
     return jnp.swapaxes(x, 1, 2)
 
 
-def _ring_backward_self(v, out, g, mask, reduction, axis_name, tile):
+def _ring_backward_self(v, out, g, mask, reduction, axis_name, tile, precision):
     """dv = (W + Wᵀ) v with the keys passed round the ring together with their (out, g)."""
     t = _Tiling(v, tile)
     size, me, pass_on = _ring(axis_name)
@@ -251,10 +254,10 @@ def _ring_backward_self(v, out, g, mask, reduction, axis_name, tile):
 
             def per_key_tile(ki, acc):
                 k_tile = k_tiles[ki]
-                s = jnp.einsum("gqd,gkd->gqk", q_tile, k_tile)
+                s = jnp.einsum("gqd,gkd->gqk", q_tile, k_tile, precision=precision)
                 keep = _keep(mask, t, qi, off, t, ki, k_off)
                 a = _self_weights(reduction, s, keep, o, g_, _columns(k_out[ki]), _columns(k_g[ki]))
-                return acc + jnp.einsum("gqk,gkd->gqd", a, k_tile)
+                return acc + jnp.einsum("gqk,gkd->gqd", a, k_tile, precision=precision)
 
             return jax.lax.fori_loop(0, t.count, per_key_tile, acc)
 
@@ -286,7 +289,7 @@ def _pairs(count):
     return jnp.asarray(i, jnp.int32), jnp.asarray(j, jnp.int32)
 
 
-def _half_forward(v, mask, reduction, tile):
+def _half_forward(v, mask, reduction, tile, precision):
     t = _Tiling(v, tile)
     v_tiles = t.split(v)
     carry = reduction.init((t.count, t.g, t.size), v.dtype)
@@ -298,14 +301,14 @@ def _half_forward(v, mask, reduction, tile):
         return tuple(x.at[index].set(y) for x, y in zip(c, new))
 
     def diagonal(i, c):
-        s = jnp.einsum("gqd,gkd->gqk", v_tiles[i], v_tiles[i])
+        s = jnp.einsum("gqd,gkd->gqk", v_tiles[i], v_tiles[i], precision=precision)
         return put(c, i, reduction.update(at(c, i), s, _keep(mask, t, i, 0, t, i, 0), axes=(2,)))
 
     first, second = _pairs(t.count)
 
     def off_diagonal(p, c):
         i, j = first[p], second[p]
-        s = jnp.einsum("gqd,gkd->gqk", v_tiles[i], v_tiles[j])
+        s = jnp.einsum("gqd,gkd->gqk", v_tiles[i], v_tiles[j], precision=precision)
         keep = _keep(mask, t, i, 0, t, j, 0)
         c = put(c, i, reduction.update(at(c, i), s, keep, axes=(2,)))
         return put(c, j, reduction.update(at(c, j), s, keep, axes=(1,)))
@@ -316,22 +319,24 @@ def _half_forward(v, mask, reduction, tile):
     return t.join(reduction.finalize(carry))
 
 
-def _half_backward(v, out, g, mask, reduction, tile):
+def _half_backward(v, out, g, mask, reduction, tile, precision):
     t = _Tiling(v, tile)
     v_tiles, out_tiles, g_tiles = t.split(v), t.split(out[..., None]), t.split(g[..., None])
 
     def diagonal(i, acc):
         v_i = v_tiles[i]
-        s = jnp.einsum("gqd,gkd->gqk", v_i, v_i)
+        s = jnp.einsum("gqd,gkd->gqk", v_i, v_i, precision=precision)
         w = reduction.weights(s, _keep(mask, t, i, 0, t, i, 0), out_tiles[i]) * g_tiles[i]
-        return acc.at[i].add(jnp.einsum("gqk,gkd->gqd", w + jnp.swapaxes(w, 1, 2), v_i))
+        return acc.at[i].add(
+            jnp.einsum("gqk,gkd->gqd", w + jnp.swapaxes(w, 1, 2), v_i, precision=precision)
+        )
 
     first, second = _pairs(t.count)
 
     def off_diagonal(p, acc):
         i, j = first[p], second[p]
         v_i, v_j = v_tiles[i], v_tiles[j]
-        s = jnp.einsum("gqd,gkd->gqk", v_i, v_j)
+        s = jnp.einsum("gqd,gkd->gqk", v_i, v_j, precision=precision)
         a = _self_weights(
             reduction,
             s,
@@ -341,8 +346,8 @@ def _half_backward(v, out, g, mask, reduction, tile):
             _columns(out_tiles[j]),
             _columns(g_tiles[j]),
         )
-        acc = acc.at[i].add(jnp.einsum("gqk,gkd->gqd", a, v_j))
-        return acc.at[j].add(jnp.einsum("gqk,gqd->gkd", a, v_i))
+        acc = acc.at[i].add(jnp.einsum("gqk,gkd->gqd", a, v_j, precision=precision))
+        return acc.at[j].add(jnp.einsum("gqk,gqd->gkd", a, v_i, precision=precision))
 
     acc = jax.lax.fori_loop(0, t.count, diagonal, jnp.zeros_like(v_tiles))
     if t.count > 1:
@@ -350,23 +355,23 @@ def _half_backward(v, out, g, mask, reduction, tile):
     return t.join(acc, (v.shape[-1],))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
-def _self(v, mask, reduction, axis_name, tile):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4, 5))
+def _self(v, mask, reduction, axis_name, tile, precision):
     if axis_name is None:
-        return _half_forward(v, mask, reduction, tile)
-    return _forward(v, v, mask, reduction, axis_name, tile)
+        return _half_forward(v, mask, reduction, tile, precision)
+    return _forward(v, v, mask, reduction, axis_name, tile, precision)
 
 
-def _self_fwd(v, mask, reduction, axis_name, tile):
-    out = _self(v, mask, reduction, axis_name, tile)
+def _self_fwd(v, mask, reduction, axis_name, tile, precision):
+    out = _self(v, mask, reduction, axis_name, tile, precision)
     return out, (v, out)
 
 
-def _self_bwd(mask, reduction, axis_name, tile, residuals, g):
+def _self_bwd(mask, reduction, axis_name, tile, precision, residuals, g):
     v, out = residuals
     if axis_name is None:
-        return (_half_backward(v, out, g, mask, reduction, tile),)
-    return (_ring_backward_self(v, out, g, mask, reduction, axis_name, tile),)
+        return (_half_backward(v, out, g, mask, reduction, tile, precision),)
+    return (_ring_backward_self(v, out, g, mask, reduction, axis_name, tile, precision),)
 
 
 _self.defvjp(_self_fwd, _self_bwd)

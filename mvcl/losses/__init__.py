@@ -3,7 +3,8 @@
 Every loss takes ``z`` of shape (N, V, D), instance-major, normalises it itself, and returns the
 scalar mean over the global batch. ``axis_name`` makes the negatives the global batch inside
 ``jax.shard_map``/``jax.pmap``; ``backend`` picks how the energies are computed
-(:mod:`mvcl.kernels`). The maths is in SPEC-losses.md and in each docstring.
+(:mod:`mvcl.kernels`); ``precision`` the matmul precision (:mod:`mvcl.kernels.precision`).
+The exact maths is in docs/losses.md and in each docstring.
 """
 
 from mvcl.losses._common import check_finite

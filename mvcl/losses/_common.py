@@ -43,13 +43,20 @@ def compute_dtype(dtype) -> jnp.dtype:
 
 
 def normalize(z: jax.Array) -> jax.Array:
-    """``z / max(||z||, eps)`` along the last axis."""
-    norm = jnp.sqrt(jnp.sum(z * z, axis=-1, keepdims=True))
-    return z / jnp.maximum(norm, EPS)
+    """``z / max(||z||, eps)`` along the last axis, with finite derivatives at ``z = 0``.
+
+    The norm is taken as ``sqrt(max(z·z, eps²))``: the same value, but the square root is never
+    differentiated at 0 (``d sqrt(x)/dx`` is infinite there), so a zero row (a dead feature
+    vector) gives the finite derivative ``1/eps`` instead of NaN.
+    """
+    sq = jnp.sum(z * z, axis=-1, keepdims=True)
+    return z / jnp.sqrt(jnp.maximum(sq, jnp.asarray(EPS * EPS, sq.dtype)))
 
 
-def prepare(z, *, loss: str, axis_name, views: int | None = None) -> jax.Array:
-    """Checks ``z`` (N, V, D) and returns its unit rows in the compute dtype.
+def prepare(
+    z, *, loss: str, axis_name, views: int | None = None, precision=None
+) -> tuple[jax.Array, jax.lax.Precision]:
+    """Checks ``z`` (N, V, D); returns its unit rows in the compute dtype and the matmul precision.
 
     Args:
       z: the embeddings, instance-major: (local) instances × views × features.
@@ -57,6 +64,8 @@ def prepare(z, *, loss: str, axis_name, views: int | None = None) -> jax.Array:
       axis_name: the mesh axis the batch is sharded over, or ``None``.
       views: the exact number of views the loss takes (2 for the two-view losses); ``None`` for
         any V ≥ 2.
+      precision: the loss's ``precision`` argument, resolved for ``z``'s dtype by
+        :func:`mvcl.kernels.precision.resolve` (HIGHEST for float32/float64 by default).
     """
     if not hasattr(z, "ndim") or not hasattr(z, "dtype"):
         z = jnp.asarray(z)
@@ -74,7 +83,8 @@ def prepare(z, *, loss: str, axis_name, views: int | None = None) -> jax.Array:
         raise ValueError(
             f"{loss}: z needs N >= 2 instances in the (global) batch, got N = {n_global}"
         )
-    return normalize(z.astype(compute_dtype(z.dtype)))
+    precision = kernels.precision.resolve(precision, z.dtype)
+    return normalize(z.astype(compute_dtype(z.dtype))), precision
 
 
 def mean_over_instances(terms: jax.Array, axis_name) -> jax.Array:
@@ -92,6 +102,7 @@ def energy(
     mask: str,
     axis_name,
     backend,
+    precision,
     reduction: kernels.Reduction = kernels.LSE,
 ) -> jax.Array:
     """The row reduction of s(u_a, u_b) = u_a·u_b/τ over the global keys: (G, n, A, D) -> (G, n, A).
@@ -100,7 +111,9 @@ def energy(
     so a symmetric backend path (:func:`mvcl.kernels.self_rows`) applies.
     """
     v = u / jnp.sqrt(temperature)
-    return kernels.self_rows(backend, v, mask=mask, reduction=reduction, axis_name=axis_name)
+    return kernels.self_rows(
+        backend, v, mask=mask, reduction=reduction, axis_name=axis_name, precision=precision
+    )
 
 
 @jax.custom_jvp
@@ -124,9 +137,9 @@ def _logsumexp_last_jvp(primals, tangents):
     return out, jnp.sum(jnp.exp(x - out[..., None]) * dx, axis=-1)
 
 
-def view_similarities(u: jax.Array, temperature) -> jax.Array:
+def view_similarities(u: jax.Array, temperature, precision) -> jax.Array:
     """s(u_il, u_im) for every instance: (..., n, V, D) -> (..., n, V, V)."""
-    return jnp.einsum("...ld,...md->...lm", u, u) / temperature
+    return jnp.einsum("...ld,...md->...lm", u, u, precision=precision) / temperature
 
 
 def lse_over_pairs(s: jax.Array, *, ordered: bool) -> jax.Array:

@@ -18,13 +18,21 @@ from mvcl.losses.multiview import dhel_terms
 PAIR_LOSSES = {"infonce": pairwise.infonce_terms, "dhel": dhel_terms}
 
 
-def _mean_pair_loss(pairs, temperature, pair_loss, *, axis_name, backend):
-    terms = PAIR_LOSSES[pair_loss](pairs, temperature, axis_name=axis_name, backend=backend)
+def _mean_pair_loss(pairs, temperature, pair_loss, *, axis_name, backend, precision):
+    terms = PAIR_LOSSES[pair_loss](
+        pairs, temperature, axis_name=axis_name, backend=backend, precision=precision
+    )
     return c.mean_over_instances(jnp.mean(terms, axis=0), axis_name)
 
 
 def pwe(
-    z: jax.Array, *, temperature: float, pair_loss: str = "infonce", axis_name=None, backend="dense"
+    z: jax.Array,
+    *,
+    temperature: float,
+    pair_loss: str = "infonce",
+    axis_name=None,
+    backend="dense",
+    precision=None,
 ) -> jax.Array:
     """Pairwise aggregation: the mean over the V(V−1)/2 view pairs a < b of the two-view loss.
 
@@ -32,18 +40,26 @@ def pwe(
       z: (N, V, D) embeddings (the local shard under ``axis_name``).
       temperature: τ > 0.
       pair_loss: ``"infonce"`` or ``"dhel"``.
-      axis_name, backend: as in :func:`mvcl.losses.mv_infonce`.
+      axis_name, backend, precision: as in :func:`mvcl.losses.mv_infonce`.
     """
     c.check_choice("pair_loss", pair_loss, PAIR_LOSSES)
     c.check_temperature(temperature)
-    u = c.prepare(z, loss="pwe", axis_name=axis_name)
+    u, precision = c.prepare(z, loss="pwe", axis_name=axis_name, precision=precision)
     a, b = np.triu_indices(u.shape[1], k=1)
     pairs = jnp.stack([u[:, a], u[:, b]], axis=2).swapaxes(0, 1)  # (pairs, n, 2, D)
-    return _mean_pair_loss(pairs, temperature, pair_loss, axis_name=axis_name, backend=backend)
+    return _mean_pair_loss(
+        pairs, temperature, pair_loss, axis_name=axis_name, backend=backend, precision=precision
+    )
 
 
 def avg(
-    z: jax.Array, *, temperature: float, pair_loss: str = "infonce", axis_name=None, backend="dense"
+    z: jax.Array,
+    *,
+    temperature: float,
+    pair_loss: str = "infonce",
+    axis_name=None,
+    backend="dense",
+    precision=None,
 ) -> jax.Array:
     """Average aggregation: the mean over l of the two-view loss between u_l and ū_{−l}.
 
@@ -53,31 +69,42 @@ def avg(
     """
     c.check_choice("pair_loss", pair_loss, PAIR_LOSSES)
     c.check_temperature(temperature)
-    u = c.prepare(z, loss="avg", axis_name=axis_name)
+    u, precision = c.prepare(z, loss="avg", axis_name=axis_name, precision=precision)
     v = u.shape[1]
     others = (jnp.sum(u, axis=1, keepdims=True) - u) / (v - 1)  # ū_{−l} for every l: (n, V, D)
     if pair_loss == "dhel":
         others = c.normalize(others)
     pairs = jnp.stack([u, others], axis=2).swapaxes(0, 1)  # (V, n, 2, D)
-    return _mean_pair_loss(pairs, temperature, pair_loss, axis_name=axis_name, backend=backend)
+    return _mean_pair_loss(
+        pairs, temperature, pair_loss, axis_name=axis_name, backend=backend, precision=precision
+    )
 
 
-def pvc(z: jax.Array, *, temperature: float, axis_name=None, backend="dense") -> jax.Array:
+def pvc(
+    z: jax.Array, *, temperature: float, axis_name=None, backend="dense", precision=None
+) -> jax.Array:
     """Poly-view contrastive loss (Shidani et al. 2024), geometric aggregation.
 
         L = 1/(V(V−1)) Σ_{α≠β} 1/N Σ_j [ LSE_{(k,c) ∈ K_jβ} s(u_jα, u_kc) − s(u_jα, u_jβ) ]
         K_jβ = {(k, c): k ≠ j, c ∈ [V]} ∪ {(j, β)}
 
     The negatives are every view of every other instance; each ordered pair adds its one positive
-    to that energy. Equals InfoNCE at V = 2. Arguments as in :func:`mvcl.losses.mv_infonce`.
+    to that energy, so each term is softplus(E_jα − s(u_jα, u_jβ)) with E_jα the LSE over the
+    negatives (never negative). Equals InfoNCE at V = 2. Arguments as in
+    :func:`mvcl.losses.mv_infonce`.
     """
     c.check_temperature(temperature)
-    u = c.prepare(z, loss="pvc", axis_name=axis_name)
+    u, precision = c.prepare(z, loss="pvc", axis_name=axis_name, precision=precision)
     negatives = c.energy(
-        u[None], temperature, mask="instance", axis_name=axis_name, backend=backend
+        u[None],
+        temperature,
+        mask="instance",
+        axis_name=axis_name,
+        backend=backend,
+        precision=precision,
     )[0]  # (n, V): LSE over k ≠ j, all c
-    s = c.view_similarities(u, temperature)  # (n, V, V): s(u_jα, u_jβ)
-    per_pair = jnp.logaddexp(negatives[:, :, None], s) - s
+    s = c.view_similarities(u, temperature, precision)  # (n, V, V): s(u_jα, u_jβ)
+    per_pair = jax.nn.softplus(negatives[:, :, None] - s)
     v = u.shape[1]
     off_diagonal = ~np.eye(v, dtype=bool)
     terms = jnp.sum(jnp.where(off_diagonal, per_pair, 0.0), axis=(1, 2)) / (v * (v - 1))
@@ -85,20 +112,35 @@ def pvc(z: jax.Array, *, temperature: float, axis_name=None, backend="dense") ->
 
 
 def multipos_infonce(
-    z: jax.Array, *, temperature: float, axis_name=None, backend="dense"
+    z: jax.Array, *, temperature: float, axis_name=None, backend="dense", precision=None
 ) -> jax.Array:
     """Multi-positive InfoNCE (SupCon-style): every other view of the instance is a positive.
 
         L = 1/N Σ_i 1/V Σ_l 1/(V−1) Σ_{m≠l} [ LSE_{(k,c) ≠ (i,l)} s(u_il, u_kc) − s(u_il, u_im) ]
 
-    Arguments as in :func:`mvcl.losses.mv_infonce`.
+    Each term is written log(1 + Σ_{x ≠ (i,m)} exp(s(u_il, x) − s(u_il, u_im))): the key (i, m)
+    contributes exactly 1, so the term is never negative and exact in float32 near 0. The other
+    instances' keys enter through their LSE E_il (the backend's reduction), the anchor's other
+    views one by one. Arguments as in :func:`mvcl.losses.mv_infonce`.
     """
     c.check_temperature(temperature)
-    u = c.prepare(z, loss="multipos_infonce", axis_name=axis_name)
-    rows = c.energy(u[None], temperature, mask="self", axis_name=axis_name, backend=backend)[
-        0
-    ]  # (n, V)
+    u, precision = c.prepare(z, loss="multipos_infonce", axis_name=axis_name, precision=precision)
+    negatives = c.energy(
+        u[None],
+        temperature,
+        mask="instance",
+        axis_name=axis_name,
+        backend=backend,
+        precision=precision,
+    )[0]  # (n, V): E_il = LSE over k ≠ i, all c
     v = u.shape[1]
-    s = c.view_similarities(u, temperature)
-    positives = (jnp.sum(s, axis=(1, 2)) - jnp.trace(s, axis1=1, axis2=2)) / (v * (v - 1))
-    return c.mean_over_instances(jnp.mean(rows, axis=1) - positives, axis_name)
+    s = c.view_similarities(u, temperature, precision)  # s[i, l, m] = s(u_il, u_im)
+    # others[i, l, m, m'] = s(u_il, u_im') − s(u_il, u_im) for the views m' ∉ {l, m}.
+    l, m, m2 = np.indices((v, v, v))
+    other_views = (m2 != l) & (m2 != m)
+    others = jnp.where(other_views, s[:, :, None, :] - s[:, :, :, None], -jnp.inf)
+    rest = jnp.concatenate([others, (negatives[:, :, None] - s)[..., None]], axis=-1)
+    per_pair = jax.nn.softplus(jax.nn.logsumexp(rest, axis=-1))  # (n, V, V)
+    off_diagonal = ~np.eye(v, dtype=bool)
+    terms = jnp.sum(jnp.where(off_diagonal, per_pair, 0.0), axis=(1, 2)) / (v * (v - 1))
+    return c.mean_over_instances(terms, axis_name)

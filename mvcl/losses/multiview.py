@@ -1,6 +1,6 @@
 """The multi-view losses of Koromilas et al. (2025): MV-InfoNCE and MV-DHEL.
 
-Notation (SPEC-losses.md): ``z`` is (N, V, D); ``u_il`` its unit rows; ``s(a, b) = a·b / τ``;
+Notation (docs/losses.md): ``z`` is (N, V, D); ``u_il`` its unit rows; ``s(a, b) = a·b / τ``;
 means over instances run over the global batch when ``axis_name`` is given.
 """
 
@@ -15,7 +15,13 @@ NEGATIVES = ("all", "other_views")
 
 
 def mv_infonce(
-    z: jax.Array, *, temperature: float, negatives: str = "all", axis_name=None, backend="dense"
+    z: jax.Array,
+    *,
+    temperature: float,
+    negatives: str = "all",
+    axis_name=None,
+    backend="dense",
+    precision=None,
 ) -> jax.Array:
     """MV-InfoNCE: one log-sum-exp per instance over all of its anchors.
 
@@ -25,6 +31,11 @@ def mv_infonce(
     anchor itself (positives and same-view negatives included). ``negatives="other_views"`` keeps
     only keys of another view (m ≠ l, any j). Cost O((NV)² D).
 
+    The positives P_i = LSE_{l ≠ m} s(u_il, u_im) are part of the first LSE, which is therefore
+    logaddexp(E_i, P_i) with E_i the LSE over the other instances' keys only; the loss is
+    computed as softplus(E_i − P_i): never negative, and accurate in float32 when it is near 0
+    (docs/losses.md, "Float32").
+
     Args:
       z: (N, V, D) embeddings (the local shard of instances under ``axis_name``).
       temperature: τ > 0.
@@ -32,21 +43,28 @@ def mv_infonce(
       axis_name: mesh axis of a surrounding ``shard_map``/``pmap`` to take negatives from the
         global batch; ``None`` for one device.
       backend: a name from :data:`mvcl.kernels.NAMES` or a backend function.
+      precision: matmul precision (:mod:`mvcl.kernels.precision`): ``None`` is HIGHEST for
+        float32/float64 input and the native passes for bfloat16/float16; a
+        ``jax.lax.Precision`` or ``"default"``/``"high"``/``"highest"`` as given.
 
     Returns:
       The scalar loss over the global batch.
     """
     c.check_choice("negatives", negatives, NEGATIVES)
     c.check_temperature(temperature)
-    u = c.prepare(z, loss="mv_infonce", axis_name=axis_name)[None]
-    mask = "self" if negatives == "all" else "view"
-    rows = c.energy(u, temperature, mask=mask, axis_name=axis_name, backend=backend)[0]
-    uniformity = c.logsumexp_last(rows)  # see its docstring for why not jax.nn.logsumexp
-    alignment = c.lse_over_pairs(c.view_similarities(u[0], temperature), ordered=True)
-    return c.mean_over_instances(uniformity - alignment, axis_name)
+    u, precision = c.prepare(z, loss="mv_infonce", axis_name=axis_name, precision=precision)
+    mask = "instance" if negatives == "all" else "instance_and_view"
+    rows = c.energy(
+        u[None], temperature, mask=mask, axis_name=axis_name, backend=backend, precision=precision
+    )[0]
+    negative = c.logsumexp_last(rows)  # see its docstring for why not jax.nn.logsumexp
+    positive = c.lse_over_pairs(c.view_similarities(u, temperature, precision), ordered=True)
+    return c.mean_over_instances(jax.nn.softplus(negative - positive), axis_name)
 
 
-def dhel_terms(u: jax.Array, temperature, *, axis_name, backend, anchor_views=None) -> jax.Array:
+def dhel_terms(
+    u: jax.Array, temperature, *, axis_name, backend, precision, anchor_views=None
+) -> jax.Array:
     """Per-instance MV-DHEL terms for G independent groups of views: (G, n, V, D) -> (G, n).
 
         Σ_{l ∈ anchor_views} LSE_{j ≠ i} s(u_il, u_jl)  −  LSE_{l < m} s(u_il, u_im)
@@ -57,15 +75,22 @@ def dhel_terms(u: jax.Array, temperature, *, axis_name, backend, anchor_views=No
     g, n, v, d = u.shape
     per_view = jnp.swapaxes(u, 1, 2).reshape(g * v, n, 1, d)
     rows = c.energy(
-        per_view, temperature, mask="instance", axis_name=axis_name, backend=backend
+        per_view,
+        temperature,
+        mask="instance",
+        axis_name=axis_name,
+        backend=backend,
+        precision=precision,
     ).reshape(g, v, n)
     if anchor_views is not None:
         rows = rows[:, anchor_views]
-    alignment = c.lse_over_pairs(c.view_similarities(u, temperature), ordered=False)
+    alignment = c.lse_over_pairs(c.view_similarities(u, temperature, precision), ordered=False)
     return jnp.sum(rows, axis=1) - alignment
 
 
-def mv_dhel(z: jax.Array, *, temperature: float, axis_name=None, backend="dense") -> jax.Array:
+def mv_dhel(
+    z: jax.Array, *, temperature: float, axis_name=None, backend="dense", precision=None
+) -> jax.Array:
     """MV-DHEL: uniformity within each view, alignment over all view pairs, decoupled.
 
         L = 1/N Σ_i [ Σ_{l ∈ [V]} LSE_{j ≠ i} s(u_il, u_jl)  −  LSE_{l < m} s(u_il, u_im) ]
@@ -74,6 +99,8 @@ def mv_dhel(z: jax.Array, *, temperature: float, axis_name=None, backend="dense"
     :func:`mv_infonce`.
     """
     c.check_temperature(temperature)
-    u = c.prepare(z, loss="mv_dhel", axis_name=axis_name)[None]
-    terms = dhel_terms(u, temperature, axis_name=axis_name, backend=backend)[0]
+    u, precision = c.prepare(z, loss="mv_dhel", axis_name=axis_name, precision=precision)
+    terms = dhel_terms(
+        u[None], temperature, axis_name=axis_name, backend=backend, precision=precision
+    )[0]
     return c.mean_over_instances(terms, axis_name)

@@ -16,23 +16,37 @@ from mvcl.losses import _common as c
 from mvcl.losses.multiview import dhel_terms
 
 
-def _nce_terms(u, temperature, *, mask, axis_name, backend):
-    rows = c.energy(u, temperature, mask=mask, axis_name=axis_name, backend=backend)
-    positive = jnp.sum(u[:, :, 0] * u[:, :, 1], axis=-1) / temperature
-    return jnp.mean(rows, axis=-1) - positive
+def dcl_rows(u, temperature, *, axis_name, backend, precision):
+    """LSE_{k ∉ {x_i, y_i}} s(·, k) of every row: (G, n, 2, D) -> (G, n, 2)."""
+    return c.energy(
+        u, temperature, mask="instance", axis_name=axis_name, backend=backend, precision=precision
+    )
 
 
-def infonce_terms(u, temperature, *, axis_name, backend):
-    """½[(LSE_{k ≠ x_i} s(x_i, k) − s(x_i, y_i)) + (LSE_{k ≠ y_i} s(y_i, k) − s(y_i, x_i))]."""
-    return _nce_terms(u, temperature, mask="self", axis_name=axis_name, backend=backend)
+def _positive(u, temperature):
+    """s(x_i, y_i): (G, n, 2, D) -> (G, n)."""
+    return jnp.sum(u[:, :, 0] * u[:, :, 1], axis=-1) / temperature
 
 
-def dcl_terms(u, temperature, *, axis_name, backend):
+def infonce_terms(u, temperature, *, axis_name, backend, precision):
+    """½[(LSE_{k ≠ x_i} s(x_i, k) − s(x_i, y_i)) + (LSE_{k ≠ y_i} s(y_i, k) − s(y_i, x_i))].
+
+    Each half is softplus(LSE_{k ∉ {x_i, y_i}} s − s(x_i, y_i)): the positive taken out of the
+    LSE, so that the term is never negative and exact in float32 near 0.
+    """
+    rows = dcl_rows(u, temperature, axis_name=axis_name, backend=backend, precision=precision)
+    return jnp.mean(jax.nn.softplus(rows - _positive(u, temperature)[..., None]), axis=-1)
+
+
+def dcl_terms(u, temperature, *, axis_name, backend, precision):
     """InfoNCE with the positive removed from each LSE: keys k ∉ {x_i, y_i}."""
-    return _nce_terms(u, temperature, mask="instance", axis_name=axis_name, backend=backend)
+    rows = dcl_rows(u, temperature, axis_name=axis_name, backend=backend, precision=precision)
+    return jnp.mean(rows, axis=-1) - _positive(u, temperature)
 
 
-def infonce(z: jax.Array, *, temperature: float, axis_name=None, backend="dense") -> jax.Array:
+def infonce(
+    z: jax.Array, *, temperature: float, axis_name=None, backend="dense", precision=None
+) -> jax.Array:
     """InfoNCE / NT-Xent (SimCLR), symmetric over the two views.
 
         L = 1/N Σ_i ½[ (LSE_{k ≠ x_i} s(x_i, k) − s(x_i, y_i))
@@ -43,28 +57,39 @@ def infonce(z: jax.Array, *, temperature: float, axis_name=None, backend="dense"
       temperature: τ > 0.
       axis_name: mesh axis of a surrounding ``shard_map``/``pmap``, or ``None``.
       backend: a name from :data:`mvcl.kernels.NAMES` or a backend function.
+      precision: matmul precision, as in :func:`mvcl.losses.mv_infonce`.
     """
     c.check_temperature(temperature)
-    u = c.prepare(z, loss="infonce", axis_name=axis_name, views=2)[None]
-    return c.mean_over_instances(
-        infonce_terms(u, temperature, axis_name=axis_name, backend=backend)[0], axis_name
+    u, precision = c.prepare(z, loss="infonce", axis_name=axis_name, views=2, precision=precision)
+    terms = infonce_terms(
+        u[None], temperature, axis_name=axis_name, backend=backend, precision=precision
     )
+    return c.mean_over_instances(terms[0], axis_name)
 
 
-def dcl(z: jax.Array, *, temperature: float, axis_name=None, backend="dense") -> jax.Array:
+def dcl(
+    z: jax.Array, *, temperature: float, axis_name=None, backend="dense", precision=None
+) -> jax.Array:
     """Decoupled contrastive loss (Yeh et al. 2022): InfoNCE without the positive in the LSE.
 
     Arguments as in :func:`infonce`.
     """
     c.check_temperature(temperature)
-    u = c.prepare(z, loss="dcl", axis_name=axis_name, views=2)[None]
-    return c.mean_over_instances(
-        dcl_terms(u, temperature, axis_name=axis_name, backend=backend)[0], axis_name
+    u, precision = c.prepare(z, loss="dcl", axis_name=axis_name, views=2, precision=precision)
+    terms = dcl_terms(
+        u[None], temperature, axis_name=axis_name, backend=backend, precision=precision
     )
+    return c.mean_over_instances(terms[0], axis_name)
 
 
 def dhel(
-    z: jax.Array, *, temperature: float, anchor_only: bool = False, axis_name=None, backend="dense"
+    z: jax.Array,
+    *,
+    temperature: float,
+    anchor_only: bool = False,
+    axis_name=None,
+    backend="dense",
+    precision=None,
 ) -> jax.Array:
     """Decoupled hyperspherical energy loss (Koromilas et al. 2024).
 
@@ -74,12 +99,13 @@ def dhel(
     :func:`infonce`.
     """
     c.check_temperature(temperature)
-    u = c.prepare(z, loss="dhel", axis_name=axis_name, views=2)[None]
+    u, precision = c.prepare(z, loss="dhel", axis_name=axis_name, views=2, precision=precision)
     terms = dhel_terms(
-        u,
+        u[None],
         temperature,
         axis_name=axis_name,
         backend=backend,
+        precision=precision,
         anchor_views=[0] if anchor_only else None,
     )
     return c.mean_over_instances(terms[0], axis_name)
@@ -98,7 +124,12 @@ def _imq(sq_dist, t):
 
 
 def _riesz(sq_dist, t):
-    return sq_dist ** (-t / 2) if t > 0 else -(sq_dist ** (-t / 2))
+    if t > 0:
+        return sq_dist ** (-t / 2)
+    # −δ^|t| is 0 at δ = 0 with derivative 0 there (the limit for t < −1, the minimal
+    # subgradient at t = −1); the double where keeps the power from being differentiated at 0.
+    positive = sq_dist > 0
+    return jnp.where(positive, -(jnp.where(positive, sq_dist, 1.0) ** (-t / 2)), 0.0)
 
 
 KERNELS = {"gaussian": _gaussian, "log": _log, "imq": _imq, "riesz": _riesz}
@@ -112,6 +143,7 @@ def kcl(
     gamma: float = 16.0,
     axis_name=None,
     backend="dense",
+    precision=None,
 ) -> jax.Array:
     """Kernel contrastive loss (Koromilas et al. 2024); no temperature.
 
@@ -119,18 +151,23 @@ def kcl(
 
     with δ = ||a − b|| of unit vectors (δ² = 2 − 2 a·b): gaussian exp(−t δ²); log
     −½ log(t δ² + 1); imq t / sqrt(t² + δ²); riesz δ^(−t) for t > 0 and −δ^|t| for t < 0.
+    For riesz with t < 0 an identical pair (δ = 0) gets derivative 0: the limit for t ≤ −1;
+    for −1 < t < 0 the derivative grows like δ^(|t|−1) as δ → 0, so 0 at δ = 0 is a convention
+    and nearly identical pairs get very large gradients. For t > 0 an identical pair is a pole.
+    The log kernel's alignment term is −log(t δ² + 1) (no ½) while its energy terms keep
+    −½ log(t δ² + 1), as in the authors' code (docs/losses.md, "KCL").
 
     Args:
       z: (N, 2, D) embeddings (the local shard under ``axis_name``).
       kernel: one of :data:`KERNELS`.
       t: the kernel parameter (non-zero for riesz).
       gamma: weight of the uniformity term.
-      axis_name, backend: as in :func:`infonce`.
+      axis_name, backend, precision: as in :func:`infonce`.
     """
     c.check_choice("kernel", kernel, KERNELS)
     if kernel == "riesz" and t == 0:
         raise ValueError("t must be non-zero for the riesz kernel")
-    u = c.prepare(z, loss="kcl", axis_name=axis_name, views=2)
+    u, precision = c.prepare(z, loss="kcl", axis_name=axis_name, views=2, precision=precision)
     n_global = u.shape[0] * c.axis_size(axis_name)
 
     def of_dot(dot):
@@ -143,9 +180,14 @@ def kcl(
         mask="instance",
         axis_name=axis_name,
         backend=backend,
+        precision=precision,
         reduction=kernels.sum_of(of_dot),
     )[..., 0]
     # Σ_{i≠j} is twice Σ_{i<j}, over N(N−1)/2 pairs: mean_{i<j} = Σ_i rows_i / (N(N−1)).
     uniformity = jnp.sum(row_sums, axis=0) / (n_global - 1)
-    alignment = of_dot(jnp.sum(u[:, 0] * u[:, 1], axis=-1))
+    # The positive pair's δ² from the difference: relatively exact when x_i ≈ y_i, where
+    # 2 − 2 x·y cancels (the energies need the matmul's x·y; their pairs are rarely that close).
+    alignment = KERNELS[kernel](jnp.sum(jnp.square(u[:, 0] - u[:, 1]), axis=-1), t)
+    if kernel == "log":
+        alignment = 2.0 * alignment  # the authors' alignment term: −log(t δ² + 1), no ½
     return c.mean_over_instances(-2.0 * alignment + gamma * uniformity, axis_name)

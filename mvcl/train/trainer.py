@@ -315,6 +315,7 @@ def create_train_state(
 def make_loss_fn(config: config_dict.ConfigDict) -> Callable[[jax.Array], jax.Array]:
     """``z (n, V, D) -> global-batch loss`` of ``config.loss``, to call inside shard_map."""
     kwargs = config.loss.kwargs.to_dict()
+    kwargs["precision"] = config.loss.get("precision")  # None: HIGHEST for float32 embeddings
     if config.loss.name not in losses.TEMPERATURE_FREE:
         kwargs["temperature"] = config.loss.temperature
     return functools.partial(
