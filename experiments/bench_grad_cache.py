@@ -22,6 +22,8 @@ Usage::
     python experiments/bench_grad_cache.py                    # default grid
     python experiments/bench_grad_cache.py --width 1.0 --time-max 0   # full width, memory only
     python experiments/bench_grad_cache.py --quick            # smoke grid (N·V 512 and 1,024)
+    python experiments/bench_grad_cache.py --sizes 512,4096,16384 --time-max 512
+    python experiments/bench_grad_cache.py --render experiments/results/bench_grad_cache.json
 
 Results go to ``experiments/results/bench_grad_cache.json`` (``--out``) and a markdown table to
 stdout.
@@ -159,13 +161,20 @@ def main() -> None:
         "--time-max", type=int, default=1024, help="time rows up to this N·V (0: none)"
     )
     parser.add_argument("--quick", action="store_true", help="N·V 512 and 1,024 only")
+    parser.add_argument("--sizes", default=None, help="comma-separated N·V (default: all)")
     parser.add_argument("--out", default=str(HERE / "results" / "bench_grad_cache.json"))
+    parser.add_argument("--render", metavar="FILE", help="print the table of a results file")
     args = parser.parse_args()
+    if args.render:
+        print(table(json.loads(Path(args.render).read_text(encoding="utf-8"))["rows"]))
+        return
     if args.row:
         print(json.dumps(run_row(args)))
         return
 
     sizes = SIZES[:2] if args.quick else SIZES
+    if args.sizes:
+        sizes = tuple(int(s) for s in args.sizes.split(","))
     rows = []
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     for nv in sizes:
