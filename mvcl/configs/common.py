@@ -162,6 +162,12 @@ def base_config() -> config_dict.ConfigDict:
     config.num_steps = -1  # > 0 overrides num_epochs
     config.num_devices = -1  # devices of the mesh; -1 means all devices of all processes
 
+    config.train = config_dict.ConfigDict()
+    # Gradient caching (mvcl.train.grad_cache): images per device per encoder chunk, so the
+    # encoder holds one chunk's activations whatever batch_size and num_views; None: off. Must
+    # divide batch_size / devices. BatchNorm then uses each chunk's statistics.
+    config.train.micro_batch = config_dict.placeholder(int)
+
     config.log_every_steps = 50
     config.checkpoint_every_steps = 1000
     config.keep_checkpoints = 3  # >= 2, so a corrupted latest one can fall back

@@ -51,7 +51,7 @@ from tqdm import tqdm
 
 from mvcl import data, kernels, losses, models, parallel
 from mvcl.models import per_view
-from mvcl.train import evaluate, feed, multimodal, optim
+from mvcl.train import evaluate, feed, grad_cache, multimodal, optim
 from mvcl.train.checkpoint import Checkpointer
 from mvcl.train.writers import MetricWriter
 
@@ -143,6 +143,7 @@ def validate_config(
         "batch_size",
         f"{config.batch_size} images do not divide over {devices} devices",
     )
+    grad_cache.check_micro_batch(grad_cache.micro_batch_of(config), config.batch_size // devices)
     _require(
         config.num_steps > 0 or config.num_epochs > 0,
         "num_epochs",
@@ -327,6 +328,10 @@ def _whole(images: feed.DeviceBatch) -> bool:
     return isinstance(images, dict)
 
 
+def _num_images(images: feed.DeviceBatch) -> int:
+    return (images["image"] if _whole(images) else images).shape[0]
+
+
 def make_train_step(
     config: config_dict.ConfigDict,
     model: nn.Module,
@@ -348,6 +353,11 @@ def make_train_step(
     projections are concatenated to ``(n, V + K, D)``. The running BatchNorm averages are those
     of the first (large-crop) pass only: evaluation feeds centre crops at ``crop_size``, whose
     statistics the small crops' would bias (SwAV's PyTorch code updates them with both passes).
+
+    With ``config.train.micro_batch = m`` the gradient is gradient-cached
+    (`mvcl.train.grad_cache`): each device encodes its images in chunks of ``m`` (with all their
+    views and the same keys), once without activations for the loss and ``dL/dz``, once under
+    ``jax.vjp`` per chunk; BatchNorm then normalises each chunk with its own statistics.
     """
     groups = data.view_groups(config.num_views, config.augment.to_dict())
     loss_fn = make_loss_fn(config)
@@ -363,11 +373,13 @@ def make_train_step(
             for k, (count, kwargs) in zip(keys, groups)
         ]
 
-    def device_loss(params, batch_stats, images, rng, step):
-        n = (images["image"] if _whole(images) else images).shape[0]
+    def device_keys(rng, step, n):
         index = jax.lax.axis_index(AXIS) * n + jnp.arange(n)  # global instance index
         step_key = jax.random.fold_in(rng, step)
-        keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(step_key, index)
+        return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(step_key, index)
+
+    def encode(params, batch_stats, images, keys):
+        n = _num_images(images)
         outputs = [
             model.apply(
                 {"params": params, "batch_stats": batch_stats},
@@ -378,7 +390,12 @@ def make_train_step(
             for views in jax.vmap(views_of)(keys, images)  # (n, count, S, S, C) per group
         ]
         z = jnp.concatenate([z.reshape(n, -1, z.shape[-1]) for (_, z), _ in outputs], axis=1)
-        return loss_fn(z), outputs[0][1]["batch_stats"]
+        return z, outputs[0][1]["batch_stats"]
+
+    def device_loss(params, batch_stats, images, rng, step):
+        keys = device_keys(rng, step, _num_images(images))
+        z, batch_stats = encode(params, batch_stats, images, keys)
+        return loss_fn(z), batch_stats
 
     global_loss = jax.shard_map(
         device_loss,
@@ -387,8 +404,16 @@ def make_train_step(
         out_specs=(P(), P()),
     )
 
+    micro_batch = grad_cache.micro_batch_of(config)
+    if micro_batch is None:
+        value_and_grad = jax.value_and_grad(global_loss, has_aux=True)
+    else:  # two encoder passes in chunks around the loss (mvcl.train.grad_cache)
+        value_and_grad = grad_cache.cached_value_and_grad(
+            encode, device_keys, loss_fn, mesh, AXIS, micro_batch
+        )
+
     def train_step(state: TrainState, images: jax.Array):
-        (loss, batch_stats), grads = jax.value_and_grad(global_loss, has_aux=True)(
+        (loss, batch_stats), grads = value_and_grad(
             state.params, state.batch_stats, images, state.rng, state.step
         )
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
