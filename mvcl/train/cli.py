@@ -93,6 +93,9 @@ def _define_flags() -> None:
             "although they change the run's course, e.g. num_epochs,optim.lr (see "
             "mvcl.train.run_identity).",
         )
+    main_module = sys.argv[0] if sys.argv else ""
+    for name in (VERBOSE, ALLOW_CONFIG_CHANGE):  # listed by --help with the program's own flags
+        FLAGS.register_key_flag_for_module(main_module, FLAGS[name])
 
 
 def _program() -> str:
@@ -150,21 +153,30 @@ def _config_fields(config: config_dict.ConfigDict) -> list[str]:
     return sorted(run_identity.flatten(run_identity.plain(config)))
 
 
-def suggest_fields(field: str, fields: Iterable[str]) -> str:
-    """``"did you mean a or b?"`` for the closest of ``fields``, else the fields of the nearest
-    existing parent section of ``field``."""
+def suggest_fields(field: str, fields: Iterable[str], prefix: str = "") -> str:
+    """``"did you mean <prefix>a or <prefix>b?"`` for the closest of ``fields`` to ``field``,
+    else the fields of the nearest existing parent section of ``field``."""
     fields = list(fields)
+
+    def names(found: Iterable[str]) -> list[str]:
+        return [prefix + f for f in found]
+
     close = run_identity.close_fields(field, fields)
     if close:
-        return f"did you mean {' or '.join(close)}?"
+        shown = names(close)
+        return (
+            "did you mean "
+            + (shown[0] if len(shown) == 1 else f"{', '.join(shown[:-1])} or {shown[-1]}")
+            + "?"
+        )
     parent = field
     while parent:
         parent = parent.rpartition(".")[0]
         siblings = [f for f in fields if f.startswith(parent + ".")] if parent else []
         if siblings:
-            return f"the fields of {parent} are {', '.join(siblings)}"
+            return f"the fields of {prefix}{parent} are {', '.join(names(siblings))}"
     top = sorted({f.split(".", 1)[0] for f in fields})
-    return f"the top-level fields are {', '.join(top)}"
+    return f"the top-level fields are {', '.join(names(top))}"
 
 
 def _unknown_config_field(argv: Sequence[str]) -> str | None:
@@ -177,15 +189,30 @@ def _unknown_config_field(argv: Sequence[str]) -> str | None:
         head, dot, path = name.partition(".")
         if not dot or head not in FLAGS:
             continue
-        config = FLAGS[head].value
-        if not isinstance(config, config_dict.ConfigDict):
+        config = _loaded_config(head, argv)
+        if config is None:
             continue
         fields = _config_fields(config)
         if path in fields:
             continue
-        named = [f"{head}.{f}" for f in fields]
-        return f"--{name}: no such config field; {suggest_fields(f'{head}.{path}', named)}"
+        return f"--{name}: no such config field; {suggest_fields(path, fields, f'--{head}.')}"
     return None
+
+
+def _loaded_config(name: str, argv: Sequence[str]) -> config_dict.ConfigDict | None:
+    """The ConfigDict of flag ``--name``: its value if parsed, else its argument parsed again
+    (a failed override can stop absl before it sets the config flag)."""
+    value = FLAGS[name].value
+    if isinstance(value, config_dict.ConfigDict):
+        return value
+    raw = [a.split("=", 1)[1] for a in argv[1:] if a.lstrip("-").startswith(f"{name}=")]
+    if not raw:
+        return None
+    try:
+        value = FLAGS[name].parser.parse(raw[-1])
+    except Exception:  # noqa: BLE001  (the caller then reports the original error)
+        return None
+    return value if isinstance(value, config_dict.ConfigDict) else None
 
 
 def _signal_status(name: str | None) -> int:
@@ -218,7 +245,7 @@ def _guarded(main: Callable[[list[str]], Any]) -> Callable[[list[str]], Any]:
             except USER_ERRORS as e:
                 if verbose:
                     raise
-                _fail(one_line(e), hint=not isinstance(e, UserError))
+                _fail(one_line(e), hint=not isinstance(e, (UserError, app.UsageError)))
             received = signals.received()
         return _signal_status(received) if received is not None else status
 

@@ -309,11 +309,13 @@ class Resume:
 
 
 def close_fields(name: str, fields: Iterable[str]) -> list[str]:
-    """Up to 3 of ``fields`` closest to ``name`` (by spelling, or with the same last part)."""
+    """Up to 3 of ``fields`` (dotted) closest to ``name``: same section and a similar last part,
+    or the same last part in another section."""
     fields = list(fields)
-    leaf = name.rsplit(".", 1)[-1]
-    close = difflib.get_close_matches(name, fields, n=3, cutoff=0.6)
-    close += [f for f in fields if f.rsplit(".", 1)[-1] == leaf and f not in close]
+    parent, _, leaf = name.rpartition(".")
+    siblings = {f.rpartition(".")[2]: f for f in fields if f.rpartition(".")[0] == parent}
+    close = [siblings[s] for s in difflib.get_close_matches(leaf, list(siblings), n=3, cutoff=0.6)]
+    close += [f for f in fields if f.rpartition(".")[2] == leaf and f not in close]
     return close[:3]
 
 
