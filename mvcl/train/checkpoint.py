@@ -94,6 +94,7 @@ class Checkpointer(Generic[State]):
     def __init__(self, directory: str | os.PathLike, *, max_to_keep: int, read_only: bool = False):
         self.directory = os.path.abspath(directory)
         self.read_only = read_only
+        self._closed = False
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
@@ -223,5 +224,7 @@ class Checkpointer(Generic[State]):
         self._manager.wait_until_finished()
 
     def close(self) -> None:
-        """Waits for pending saves and releases the manager."""
-        self._manager.close()
+        """Waits for pending saves and releases the manager (again: nothing)."""
+        if not self._closed:
+            self._closed = True
+            self._manager.close()

@@ -340,12 +340,7 @@ def check_resume(
     workdir = Path(workdir)
     new = plain(config)
     allow = [a.strip() for a in allow if a.strip()]
-    if not (workdir / CONFIG_FILE).is_file():
-        if (workdir / "checkpoints").exists():
-            raise RunIdentityError(
-                f"{workdir} holds checkpoints but no {CONFIG_FILE}, so the config they were "
-                "written with is unknown; use a new --workdir"
-            )
+    if not (workdir / CONFIG_FILE).is_file():  # (`check_workdir` refused other files)
         _check_allow_names(allow, flatten(new).keys())
         return Resume(new_run=True, changes=[])
 

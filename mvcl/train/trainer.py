@@ -515,94 +515,99 @@ def _train_and_evaluate(
     checkpointer = Checkpointer(
         os.path.join(workdir, CHECKPOINT_DIR), max_to_keep=config.keep_checkpoints
     )
-    try:
+    writer = None
+    try:  # a forced exit (second signal) or an error still ends pending saves and the logs
         restored = checkpointer.restore_latest(state)
-    except BaseException:
-        checkpointer.close()
-        raise
-    if restored is not None:
-        _, state, data_state = restored
-        iterator.set_state(data_state)
-    start = int(state.step)
-    run_identity.check_target(workdir, start, num_steps)
-    _record_session(config, workdir, resume, start, num_steps, mesh.size)
-    if restored is not None:
-        _announce(f"Resumed from the checkpoint at step {start} in {workdir}.")
+        if restored is not None:
+            _, state, data_state = restored
+            iterator.set_state(data_state)
+        start = int(state.step)
+        run_identity.check_target(workdir, start, num_steps)
+        _record_session(config, workdir, resume, start, num_steps, mesh.size)
+        if restored is not None:
+            _announce(f"Resumed from the checkpoint at step {start} in {workdir}.")
 
-    writer = MetricWriter(workdir, enabled=jax.process_index() == 0, resume_step=start)
-    train_step = make_train_step(config, model, tx, schedule, mesh)
-    sharding = parallel.batch_sharding(mesh, AXIS)
-    small = config.augment.multicrop.num_small
-    views = f"V={config.num_views}" + (f"+{small} small crops" if small else "")
-    _announce(
-        f"{config.name}: {config.loss.name}, {views}, batch {config.batch_size} on "
-        f"{mesh.size} device(s) in {jax.process_count()} process(es), steps {start}->{num_steps}"
-    )
-
-    step, preempted, history = start, False, []
-    progress = tqdm(
-        total=num_steps,
-        initial=start,
-        desc=config.name,
-        unit="step",
-        disable=not config.progress_bar or jax.process_index() != 0,
-    )
-    last_log = time.perf_counter()
-    for step in range(start + 1, num_steps + 1):
-        images = global_batch(next(iterator)["image"], sharding, config.batch_size)
-        state, metrics = train_step(state, images)
-        history.append(metrics)
-        progress.update()
-        if step % config.log_every_steps == 0 or step == num_steps:
-            scalars = _mean_metrics(history)
-            now = time.perf_counter()
-            scalars["train/steps_per_second"] = len(history) / (now - last_log)
-            scalars["train/epoch"] = step / iterator.steps_per_epoch
-            writer.write_scalars(step, scalars)
-            progress.set_postfix(loss=f"{scalars['train/loss']:.4f}")
-            history, last_log = [], now
-        if _should_stop(step, every=config.log_every_steps):
-            preempted = True
-            break
-        if step % config.checkpoint_every_steps == 0:
-            checkpointer.save(step, state, iterator.get_state())
-    progress.close()
-    checkpoints = checkpointer.directory
-    if preempted:
-        second = " (a second Ctrl-C exits without saving)" if signals.received() == "SIGINT" else ""
-        _announce(f"{_stop_reason()}: saving the checkpoint of step {step}{second}...")
-    checkpointer.save(step, state, iterator.get_state())
-    checkpointer.close()
-    writer.flush()
-    if preempted or signals.received() is not None:
-        writer.close()
+        writer = MetricWriter(workdir, enabled=jax.process_index() == 0, resume_step=start)
+        train_step = make_train_step(config, model, tx, schedule, mesh)
+        sharding = parallel.batch_sharding(mesh, AXIS)
+        small = config.augment.multicrop.num_small
+        views = f"V={config.num_views}" + (f"+{small} small crops" if small else "")
         _announce(
-            f"{_stop_reason()}: saved the checkpoint at step {step} in {checkpoints}; exiting"
-            f"{'' if preempted else ' before evaluation'}. Rerun the same command to resume."
+            f"{config.name}: {config.loss.name}, {views}, batch {config.batch_size} on "
+            f"{mesh.size} device(s) in {jax.process_count()} process(es), "
+            f"steps {start}->{num_steps}"
         )
-        return {"step": step, "preempted": True, "state": state, "eval": {}}
 
-    results = {}
-    if config.eval.enabled:
-        try:
-            with signals.immediate():
-                results = evaluate_variables(
-                    config, jax.device_get(state.variables()), writer, step
-                )
-        except signals.Interrupted as e:
+        step, preempted, history = start, False, []
+        progress = tqdm(
+            total=num_steps,
+            initial=start,
+            desc=config.name,
+            unit="step",
+            disable=not config.progress_bar or jax.process_index() != 0,
+        )
+        last_log = time.perf_counter()
+        for step in range(start + 1, num_steps + 1):
+            images = global_batch(next(iterator)["image"], sharding, config.batch_size)
+            state, metrics = train_step(state, images)
+            history.append(metrics)
+            progress.update()
+            if step % config.log_every_steps == 0 or step == num_steps:
+                scalars = _mean_metrics(history)
+                now = time.perf_counter()
+                scalars["train/steps_per_second"] = len(history) / (now - last_log)
+                scalars["train/epoch"] = step / iterator.steps_per_epoch
+                writer.write_scalars(step, scalars)
+                progress.set_postfix(loss=f"{scalars['train/loss']:.4f}")
+                history, last_log = [], now
+            if _should_stop(step, every=config.log_every_steps):
+                preempted = True
+                break
+            if step % config.checkpoint_every_steps == 0:
+                checkpointer.save(step, state, iterator.get_state())
+        progress.close()
+        checkpoints = checkpointer.directory
+        if preempted:
+            second = (
+                " (a second Ctrl-C exits without saving)" if signals.received() == "SIGINT" else ""
+            )
+            _announce(f"{_stop_reason()}: saving the checkpoint of step {step}{second}...")
+        checkpointer.save(step, state, iterator.get_state())
+        checkpointer.close()
+        writer.flush()
+        if preempted or signals.received() is not None:
             writer.close()
             _announce(
-                f"{e.signame} during evaluation: stopped it; the checkpoint of step {step} is "
-                f"saved in {checkpoints}. Rerun the same command (or experiments/evaluate.py "
-                f"--workdir={workdir}) to evaluate."
+                f"{_stop_reason()}: saved the checkpoint at step {step} in {checkpoints}; exiting"
+                f"{'' if preempted else ' before evaluation'}. Rerun the same command to resume."
             )
             return {"step": step, "preempted": True, "state": state, "eval": {}}
-    writer.close()
-    _announce(
-        f"Checkpoints: {checkpoints}\nMetrics: {writer.jsonl_path} and TensorBoard events "
-        f"(tensorboard --logdir {workdir})"
-    )
-    return {"step": step, "preempted": False, "state": state, "eval": results}
+
+        results = {}
+        if config.eval.enabled:
+            try:
+                with signals.immediate():
+                    results = evaluate_variables(
+                        config, jax.device_get(state.variables()), writer, step
+                    )
+            except signals.Interrupted as e:
+                writer.close()
+                _announce(
+                    f"{e.signame} during evaluation: stopped it; the checkpoint of step {step} is "
+                    f"saved in {checkpoints}. Rerun the same command (or experiments/evaluate.py "
+                    f"--workdir={workdir}) to evaluate."
+                )
+                return {"step": step, "preempted": True, "state": state, "eval": {}}
+        writer.close()
+        _announce(
+            f"Checkpoints: {checkpoints}\nMetrics: {writer.jsonl_path} and TensorBoard events "
+            f"(tensorboard --logdir {workdir})"
+        )
+        return {"step": step, "preempted": False, "state": state, "eval": results}
+    finally:
+        checkpointer.close()
+        if writer is not None:
+            writer.close()
 
 
 def _record_session(
