@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import orbax.checkpoint as ocp
 from tensorboard.backend.event_processing import event_file_loader
 from tensorboard.compat.proto import event_pb2
@@ -98,8 +99,18 @@ def checkpoint_steps(workdir) -> list[int]:
 
 
 def saved_state(workdir, step: int) -> dict:
+    """The train state saved at ``step``, as arrays on this process's first device (whatever
+    devices wrote it)."""
+    path = Path(workdir) / "checkpoints" / str(step) / "state"
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     with ocp.StandardCheckpointer() as checkpointer:
-        return checkpointer.restore(Path(workdir) / "checkpoints" / str(step) / "state")
+        metadata = checkpointer.metadata(path)
+        tree = getattr(metadata, "item_metadata", metadata)
+        target = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+            getattr(tree, "tree", tree),
+        )
+        return checkpointer.restore(path, target)
 
 
 def free_port() -> int:

@@ -16,7 +16,10 @@ turns both into one line and an exit status: 0 after SIGTERM (a preemption was h
 after SIGINT (so ``cmd1 && cmd2`` stops after Ctrl-C).
 
 Python delivers signals to the main thread only: elsewhere (a run started from another thread)
-`handling()` installs nothing and the default handlers stay.
+`handling()` installs nothing and the default handlers stay. Every `handling()` block installs
+the handlers again on entry: ``jax.distributed.initialize`` installs a native SIGTERM handler
+(its preemption notifier) that would otherwise take the signal from Python. Several processes
+agree on stopping with one collective in the training loop instead.
 """
 
 from __future__ import annotations
@@ -75,6 +78,11 @@ def handling() -> Iterator[None]:
         _STATE.installed = threading.current_thread() is threading.main_thread()
         if _STATE.installed:
             _STATE.previous = {s: signal.signal(s, _handle) for s in SIGNALS}
+    elif _STATE.installed:
+        # Installed again: native code may have replaced the handler in between (the
+        # preemption notifier of `jax.distributed.initialize` takes over SIGTERM).
+        for s in SIGNALS:
+            signal.signal(s, _handle)
     _STATE.depth += 1
     try:
         yield
