@@ -37,6 +37,7 @@ setup(
             "nbformat",
             "nbclient",
             "ipykernel",
+            "ruff",  # .ci/run lints and checks the formatting
         ],
     },
 )

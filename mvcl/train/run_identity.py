@@ -30,14 +30,15 @@ Each field is in one of three classes:
 
   - ``num_epochs``, ``num_steps``: the schedule's length. The learning-rate schedule (warmup,
     then cosine to zero at the last step) is a function of the total step count, so changing it
-    moves the rate at every remaining step: extending a finished 500-step digits run to 550
-    restarts it from 0 to about a sixth of the peak rate. When allowed, `schedule_note` states
-    the rate at the restored step before and after. A change of these fields that leaves the
-    total step count as it was is free. A total below the restored step is always an error.
+    moves the rate at every remaining step: extending a finished 500-step digits run
+    (``configs/digits.py``, peak 0.5) to 550 steps raises the rate at step 500 from 0 to 0.0112.
+    When allowed, `schedule_note` states the rate at the restored step before and after. A
+    change of these fields that leaves the total step count as it was is free. A total below the
+    restored step is always an error.
   - ``optim.*`` hyper-parameters (``lr``, ``momentum``, ``nesterov``, ``weight_decay``,
     ``warmup_fraction``, ``trust_coefficient``), ``loss.temperature``, the augmentation's
     strengths (``augment.*`` but ``crop_size`` and ``multicrop.num_small``), ``model.dtype``;
-  - any field present in one config only (a config written by an older or newer mvcl):
+  - any other field present in one config only (a config written by an older or newer mvcl):
     allowing it says its value keeps the run's behaviour.
 
 * **identity**: everything else, the fields that say what the run is: model (``model.*`` but
@@ -393,7 +394,7 @@ def _refusal(workdir: Path, identity: list[Change], refused: list[Change]) -> st
     if identity:
         parts.append(
             f"these fields define the run and cannot change within it: "
-            f"{', '.join(map(str, identity))}; start a new run with another --workdir (or rerun "
+            f"{', '.join(map(str, identity))} (start a new run with another --workdir, or rerun "
             "with the run's own values)"
         )
     if refused:
@@ -402,10 +403,10 @@ def _refusal(workdir: Path, identity: list[Change], refused: list[Change]) -> st
         parts.append(
             "these fields change the run's course from its last checkpoint on"
             f"{' (a new schedule length moves the learning rate)' if schedule else ''}: "
-            f"{', '.join(map(str, refused))}; to continue with them, rerun with "
-            f"--allow_config_change={names}"
+            f"{', '.join(map(str, refused))} (to continue with them, rerun with "
+            f"--allow_config_change={names})"
         )
-    return f"the run in {workdir} was written with another config. " + ". ".join(parts)
+    return f"the run in {workdir} was written with another config; " + "; ".join(parts)
 
 
 def check_evaluation(
