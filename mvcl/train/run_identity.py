@@ -265,8 +265,10 @@ def read_history(workdir: str | os.PathLike) -> list[dict[str, Any]]:
         return []
     entries = []
     for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
+        try:
             entries.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # blank, or cut short by a crash or a concurrent append
     return entries
 
 
