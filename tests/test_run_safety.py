@@ -65,6 +65,8 @@ def history(workdir) -> list[dict]:
         ("optim.lr", CONSENT),
         ("augment.min_scale", CONSENT),
         ("model.dtype", CONSENT),
+        ("train.micro_batch", CONSENT),
+        ("data.prefetch", FREE),
         ("augment.crop_size", IDENTITY),
         ("augment.multicrop.num_small", IDENTITY),
         ("model.proj_dim", IDENTITY),

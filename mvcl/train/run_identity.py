@@ -37,7 +37,11 @@ Each field is in one of three classes:
     restored step is always an error.
   - ``optim.*`` hyper-parameters (``lr``, ``momentum``, ``nesterov``, ``weight_decay``,
     ``warmup_fraction``, ``trust_coefficient``), ``loss.temperature``, the augmentation's
-    strengths (``augment.*`` but ``crop_size`` and ``multicrop.num_small``), ``model.dtype``;
+    strengths (``augment.*`` but ``crop_size`` and ``multicrop.num_small``);
+  - how precisely or in what pieces the same step is computed: ``model.dtype``,
+    ``loss.precision`` (matmul precision) and ``train.micro_batch`` (gradient caching, whose
+    BatchNorm statistics are per chunk): the way to fit a run on a smaller machine, with
+    consent because the numbers change by more than rounding;
   - any other field present in one config only (a config written by an older or newer mvcl):
     allowing it says its value keeps the run's behaviour.
 
@@ -95,8 +99,10 @@ CONSENT_FIELDS = (
     "optim.warmup_fraction",
     "optim.trust_coefficient",
     "loss.temperature",
+    "loss.precision",
     "augment.*",
     "model.dtype",
+    "train.micro_batch",
 )
 # Identity fields inside the patterns above.
 IDENTITY_EXCEPTIONS = ("augment.crop_size", "augment.multicrop.num_small")
