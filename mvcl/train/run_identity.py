@@ -42,8 +42,10 @@ Each field is in one of three classes:
     ``loss.precision`` (matmul precision) and ``train.micro_batch`` (gradient caching, whose
     BatchNorm statistics are per chunk): the way to fit a run on a smaller machine, with
     consent because the numbers change by more than rounding;
-  - any other field present in one config only (a config written by an older or newer mvcl):
-    allowing it says its value keeps the run's behaviour.
+  - any other field present in one config only (a config written by an older or newer mvcl)
+    with a value: allowing it says the value keeps the run's behaviour. A field present in one
+    config only and unset (null) in the other is free: an unset field is the behaviour from
+    before it existed.
 
 * **identity**: everything else, the fields that say what the run is: model (``model.*`` but
   ``dtype``), loss (``loss.name``, ``loss.kwargs``), views (``num_views``, multi-crop), batch
@@ -173,7 +175,10 @@ class Change:
     @property
     def kind(self) -> str:
         if self.old is ABSENT or self.new is ABSENT:
-            return CONSENT if field_class(self.field) != FREE else FREE
+            other = self.new if self.old is ABSENT else self.old
+            if other in (None, {}) or field_class(self.field) == FREE:
+                return FREE  # a field added (or dropped) unset: the behaviour without it
+            return CONSENT
         return field_class(self.field)
 
     def __str__(self) -> str:
