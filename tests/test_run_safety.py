@@ -331,6 +331,8 @@ def test_sigterm_during_evaluation_stops_it_with_a_message_and_exit_0(tmp_path):
     out, err = finish(pretrain)
     assert "SIGTERM during evaluation: stopped it; the checkpoint of step 2 is saved" in out
     assert "Traceback" not in err
+    # The bundled data set was prepared and decoded quietly: no tfds download or OpenCV notes.
+    assert "Downloading and preparing" not in out + err and "OpenCV" not in err
     assert checkpoint_steps(tmp_path / "run") == [2]
     assert not [m for m in read_metrics(tmp_path / "run") if any(k.startswith("eval/") for k in m)]
 
