@@ -26,7 +26,10 @@ Usage::
     python experiments/bench_losses.py --large          # mv_infonce at N·V = 65,536 and 262,144
     python experiments/bench_losses.py --large --n 16384  # only N·V = 65,536 (V = 4)
 
-Results go to ``experiments/results/bench_losses.json`` (``--out``) and a markdown table to stdout.
+The tables go to stdout and the JSON to ``--out``. Without ``--out`` the JSON goes to a scratch
+file in the temporary directory (its path is printed): the committed results in
+``experiments/results/`` are only rewritten when named, e.g. the default grid with
+``--out experiments/results/bench_losses.json``.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -438,7 +442,9 @@ def main() -> None:
     parser.add_argument("--large", action="store_true", help="mv_infonce at N·V = 65,536, 262,144")
     parser.add_argument("--max-matrix-bytes", type=float, default=MAX_MATRIX_BYTES)
     parser.add_argument("--system-malloc", action="store_true", help="no GLIBC_TUNABLES")
-    parser.add_argument("--out", default=str(HERE / "results" / "bench_losses.json"))
+    parser.add_argument(
+        "--out", help="JSON results file (default: a scratch file in the temporary directory)"
+    )
     parser.add_argument("--render", metavar="JSON", help="print the tables of an earlier run")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -493,14 +499,26 @@ def main() -> None:
         "wall_s": time.perf_counter() - start,
         "rows": results,
     }
-    out = Path(args.out)
+    scratch = args.out is None
+    if scratch:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        out = Path(tempfile.gettempdir()) / f"bench_losses-{stamp}-{os.getpid()}.json"
+    else:
+        out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1))
     print(f"\nfloat32 matmul rate: {rate['gflops']:.1f} GFLOP/s; wall {report['wall_s']:.0f} s\n")
     print(summary(results))
     print()
     print(table(results))
-    print(f"\nwritten to {out}", file=sys.stderr)
+    if scratch:
+        print(
+            f"\nwritten to the scratch file {out}; pass --out to write elsewhere (e.g. "
+            "--out experiments/results/bench_losses.json replaces the committed results)",
+            file=sys.stderr,
+        )
+    else:
+        print(f"\nwritten to {out}", file=sys.stderr)
 
 
 if __name__ == "__main__":

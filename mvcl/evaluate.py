@@ -8,7 +8,7 @@ Without ``--config`` the run's own config (``<workdir>/config.json``) is used. R
 printed and appended to ``<workdir>/metrics.jsonl`` and the TensorBoard events as ``eval/*``.
 """
 
-from absl import app, flags
+from absl import flags
 
 from mvcl import configs, train
 from mvcl.train import cli
@@ -27,7 +27,7 @@ def main(argv):
 
 def run() -> None:
     """The console script ``mvcl-evaluate`` (also ``python -m mvcl.evaluate``)."""
-    app.run(main)
+    cli.run(main)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ Several processes (one per host): set ``MVCL_COORDINATOR=host:port``, ``MVCL_NUM
 
 import os
 
-from absl import app, flags
+from absl import flags
 
 from mvcl import configs, train
 from mvcl.train import cli
@@ -35,7 +35,7 @@ def main(argv):
 
 def run() -> None:
     """The console script ``mvcl-pretrain`` (also ``python -m mvcl.pretrain``)."""
-    app.run(main)
+    cli.run(main)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ Several processes (one per host): set ``MVCL_COORDINATOR=host:port``, ``MVCL_NUM
 
 import os
 
-from absl import app, flags
+from absl import flags
 
 from mvcl import configs, studies
 from mvcl.train import cli
@@ -54,7 +54,7 @@ def main(argv):
 
 def run() -> None:
     """The console script ``mvcl-sweep`` (also ``python -m mvcl.sweep``)."""
-    app.run(main)
+    cli.run(main)
 
 
 if __name__ == "__main__":

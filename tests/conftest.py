@@ -1,7 +1,36 @@
-"""Shared fixtures. Float32 stays the default: only tests that ask for ``x64`` get float64."""
+"""Shared fixtures and settings of the test suite.
 
-import jax
+* Float32 stays the default: only tests that ask for ``x64`` get float64.
+* A persistent JAX compilation cache in ``.pytest_cache/jax/`` (set through the environment,
+  so the programs the tests start in fresh interpreters share it): many tests compile the same
+  tiny train and evaluation programs, in this process and in subprocesses. A repeated tiny
+  training run measured 8.2 s of CPU time without it and 1.3 s with it (2.4 s in a new process
+  reading the cache). Entries are keyed by the program, the JAX version and the device setup, so
+  a stale cache is never used wrongly. ``MVCL_TEST_COMPILATION_CACHE=0`` turns it off.
+* ``test_multidevice.py`` and ``test_notebooks.py`` (programs on several simulated devices,
+  notebooks executed) are marked ``slow``: ``pytest -m "not slow"`` is the quick tier.
+"""
+
+import os
+from pathlib import Path
+
 import pytest
+
+if os.environ.get("MVCL_TEST_COMPILATION_CACHE", "1") != "0":
+    _CACHE = Path(__file__).resolve().parents[1] / ".pytest_cache" / "jax"
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_CACHE))
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+
+import jax  # noqa: E402  (after the cache settings, which JAX reads when imported)
+
+SLOW_MODULES = ("test_multidevice.py", "test_notebooks.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    del config
+    for item in items:
+        if item.path.name in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture

@@ -3,6 +3,8 @@ plots, skip done cells, resume an interrupted one; every sweep config builds val
 
 import csv
 import json
+import os
+import signal
 import subprocess
 import sys
 
@@ -74,20 +76,22 @@ def test_tiny_sweep_runs_writes_outputs_and_skips_done_cells(tmp_path):
     assert again.results == run.results
 
 
-def test_interrupted_cell_resumes_from_its_checkpoint(tmp_path):
+def test_interrupted_cell_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     sweep = tiny_sweep(a=(("mv_infonce",), (2,)))
+    write_scalars = train.MetricWriter.write_scalars
 
-    def crash_after_one_step(config, workdir):
-        config = config.copy_and_resolve_references()
-        config.num_steps = 1
-        train.train_and_evaluate(config, workdir)  # saves the checkpoint of step 1
-        raise KeyboardInterrupt
+    def write_and_get_preempted(self, step, scalars):
+        write_scalars(self, step, scalars)
+        if step == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # the run saves step 1 and stops
 
-    with pytest.raises(KeyboardInterrupt):
-        studies.run_sweep(sweep, tmp_path, train_fn=crash_after_one_step, progress=False)
+    monkeypatch.setattr(train.MetricWriter, "write_scalars", write_and_get_preempted)
+    assert not studies.run_sweep(sweep, tmp_path, progress=False).complete
     cell = tmp_path / "cells" / "mv_infonce_v2_b8_s0"
     assert not (cell / runner.RESULT_FILE).exists()
+    assert (cell / "checkpoints" / "1").is_dir()
 
+    monkeypatch.undo()
     run = studies.run_sweep(sweep, tmp_path, progress=False)
     assert [c.name for c in run.trained] == ["mv_infonce_v2_b8_s0"]
     assert run.results[0]["step"] == 2

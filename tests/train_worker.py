@@ -1,12 +1,20 @@
-"""Runs `mvcl.pretrain` in this process and crashes it with SIGKILL at a chosen step.
+"""Runs a command-line program (``experiments/*.py``, which run `mvcl.pretrain` etc.) in this
+process and interrupts it on cue.
 
-``python tests/train_worker.py KILL_STEP CHECKPOINT_STEP -- <mvcl-pretrain arguments>``
+``python tests/train_worker.py ACTION STEP [CHECKPOINT_STEP] -- SCRIPT <script arguments>``
 
-Before the input pipeline hands out the batch of step ``KILL_STEP + 1`` (after ``KILL_STEP``
-steps), the worker waits until the checkpoint of step ``CHECKPOINT_STEP`` is complete on disk
-(orbax renames its temporary directory when done), then sends itself SIGKILL: no handler runs and
-nothing is cleaned up, as in a crash or an out-of-memory kill. The steps after the checkpoint are
-lost and a rerun has to redo them.
+The cue is the training loop logging ``train/*`` at step ``STEP`` (every run here logs every
+step), or for ``term-eval`` the start of an evaluation. ACTION:
+
+  kill       wait until the checkpoint of step ``CHECKPOINT_STEP`` is complete on disk (orbax
+             renames its temporary directory when done), then SIGKILL this process: no handler
+             runs and nothing is cleaned up, as in a crash or an out-of-memory kill;
+  term, int  send this process SIGTERM / SIGINT once (as a scheduler or Ctrl-C would);
+  int2       send SIGINT twice in a row (Ctrl-C pressed again);
+  term-eval  send SIGTERM when the evaluation starts (``mvcl.train.evaluate.evaluate``).
+
+With ``MVCL_TEST_SIGNAL_PROCESS=i`` set, only the process with ``MVCL_PROCESS_ID=i`` of a
+multi-process run acts; the others run undisturbed.
 """
 
 import os
@@ -15,27 +23,59 @@ import signal
 import sys
 import time
 
-from mvcl import data
+action, step = sys.argv[1], int(sys.argv[2])
+rest = sys.argv[3:]
+checkpoint_step = int(rest.pop(0)) if action == "kill" else None
+assert rest[0] == "--", sys.argv
+script, script_args = rest[1], rest[2:]
 
-kill_step, checkpoint_step = int(sys.argv[1]), int(sys.argv[2])
-assert sys.argv[3] == "--", sys.argv
-pretrain_args = sys.argv[4:]
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-workdir = next(a.split("=", 1)[1] for a in pretrain_args if a.startswith("--workdir="))
-checkpoint = os.path.join(workdir, "checkpoints", str(checkpoint_step))
-next_batch = data.DevicePrefetcher.__next__  # what the loop takes; the host reads ahead of it
+from mvcl.train import evaluate, writers  # noqa: E402
+
+target = os.environ.get("MVCL_TEST_SIGNAL_PROCESS")
+acts = target is None or target == os.environ.get("MVCL_PROCESS_ID", "0")
 
 
-def next_batch_or_crash(self):
-    if self.get_state()["step"] == kill_step:
+def interrupt() -> None:
+    if action == "kill":
+        workdir = next(a.split("=", 1)[1] for a in script_args if a.startswith("--workdir="))
+        checkpoint = os.path.join(workdir, "checkpoints", str(checkpoint_step))
         deadline = time.time() + 120
         while not os.path.isdir(checkpoint):
             assert time.time() < deadline, f"no checkpoint at {checkpoint}"
             time.sleep(0.05)
         os.kill(os.getpid(), signal.SIGKILL)
-    return next_batch(self)
+    elif action in ("term", "term-eval"):
+        os.kill(os.getpid(), signal.SIGTERM)
+    elif action == "int":
+        os.kill(os.getpid(), signal.SIGINT)
+    elif action == "int2":
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+    else:
+        raise ValueError(f"unknown action {action!r}")
 
 
-data.DevicePrefetcher.__next__ = next_batch_or_crash
-sys.argv = ["mvcl-pretrain", *pretrain_args]
-runpy.run_module("mvcl.pretrain", run_name="__main__", alter_sys=True)
+write_scalars = writers.MetricWriter.write_scalars
+
+
+def write_scalars_and_interrupt(self, at_step, scalars):
+    write_scalars(self, at_step, scalars)
+    if acts and action != "term-eval" and at_step == step and "train/loss" in scalars:
+        interrupt()
+
+
+run_evaluation = evaluate.evaluate
+
+
+def evaluate_and_interrupt(*args, **kwargs):
+    if acts and action == "term-eval":
+        interrupt()
+    return run_evaluation(*args, **kwargs)
+
+
+writers.MetricWriter.write_scalars = write_scalars_and_interrupt
+evaluate.evaluate = evaluate_and_interrupt
+sys.argv = [os.path.join(REPO, script), *script_args]
+runpy.run_path(sys.argv[0], run_name="__main__")

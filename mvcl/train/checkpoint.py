@@ -1,4 +1,4 @@
-"""Checkpoints of a pretraining run: orbax ``CheckpointManager`` with a fall-back on restore.
+"""Checkpoints of a pretraining run: orbax ``CheckpointManager``; nothing is deleted on restore.
 
 A checkpoint at step s holds two items:
 
@@ -7,33 +7,94 @@ A checkpoint at step s holds two items:
 
 Saves are asynchronous (training continues while the files are written); orbax writes each step
 into a temporary directory and renames it when complete, so a run killed mid-save leaves the
-previous checkpoints intact. On restore the newest checkpoint is tried first; one that fails to
-restore is reported with a warning and deleted (unless the checkpointer is read-only), and the
-one before it is used.
+previous checkpoints intact. Only the retention policy of successful saves (``max_to_keep``)
+removes checkpoints.
+
+On restore the newest checkpoint is tried first, and a checkpoint that does not restore is one
+of two things:
+
+* **another structure** (its stored tree, shapes or dtypes differ from the target's, read from
+  its metadata): the config is not the one the checkpoints were written with. That is the
+  user's mistake to fix, not damage: `CheckpointMismatchError` names the differing arrays, and
+  nothing is touched.
+* **corrupt** (its metadata or its arrays cannot be read: truncated or overwritten files): it is
+  moved to ``<directory>/quarantine/<step>/`` with the error in ``quarantine/<step>.error.txt``
+  beside it, a warning says so, and the next older checkpoint is tried. A read-only
+  checkpointer (evaluation) moves nothing and only falls back.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import time
+import traceback
 from collections.abc import Mapping
 from typing import Any, Generic, TypeVar
 
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.experimental import multihost_utils
+
+from mvcl.train.errors import CheckpointMismatchError
 
 State = TypeVar("State")
+QUARANTINE_DIR = "quarantine"
+
+# "params/head/Dense_0/kernel" -> (shape, dtype name)
+LeafSpecs = dict[str, tuple[tuple[int, ...], str]]
+
+
+def _path(path: tuple[Any, ...]) -> str:
+    parts = []
+    for key in path:
+        for attr in ("key", "idx", "name"):
+            if hasattr(key, attr):
+                parts.append(str(getattr(key, attr)))
+                break
+        else:
+            parts.append(str(key))
+    return "/".join(parts)
+
+
+def leaf_specs(tree: Any) -> LeafSpecs:
+    """Every array leaf of ``tree`` (a state, or orbax's stored metadata) by its path."""
+    leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return {_path(p): (tuple(x.shape), str(x.dtype)) for p, x in leaves if hasattr(x, "shape")}
+
+
+def describe_mismatch(stored: LeafSpecs, expected: LeafSpecs, limit: int = 3) -> str:
+    """The first ``limit`` differences between two `leaf_specs`, as one line."""
+
+    def show(spec: tuple[tuple[int, ...], str]) -> str:
+        return f"{spec[0]} {spec[1]}"
+
+    differences = []
+    for name in sorted(stored.keys() | expected.keys()):
+        if name not in expected:
+            differences.append(f"{name} is in the checkpoint only")
+        elif name not in stored:
+            differences.append(f"{name} is not in the checkpoint")
+        elif stored[name] != expected[name]:
+            differences.append(
+                f"{name} is {show(stored[name])} in the checkpoint, {show(expected[name])} here"
+            )
+    more = len(differences) - limit
+    text = "; ".join(differences[:limit])
+    return text + (f" (and {more} more)" if more > 0 else "")
 
 
 class Checkpointer(Generic[State]):
     """The checkpoints of one run in ``directory``, at most ``max_to_keep`` of them.
 
-    ``read_only=True`` (for evaluation) never writes or deletes anything.
+    ``read_only=True`` (for evaluation) never writes, moves or deletes anything.
     """
 
     def __init__(self, directory: str | os.PathLike, *, max_to_keep: int, read_only: bool = False):
         self.directory = os.path.abspath(directory)
         self.read_only = read_only
+        self._closed = False
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
@@ -42,8 +103,16 @@ class Checkpointer(Generic[State]):
                 cleanup_tmp_directories=not read_only,
                 read_only=read_only,
             ),
-            item_names=("state", "data"),
+            item_handlers={
+                "state": ocp.StandardCheckpointHandler(),
+                "data": ocp.JsonCheckpointHandler(),
+            },
         )
+
+    @property
+    def quarantine(self) -> str:
+        """Where corrupt checkpoints are moved."""
+        return os.path.join(self.directory, QUARANTINE_DIR)
 
     def all_steps(self) -> list[int]:
         """Steps of the complete checkpoints on disk, oldest first."""
@@ -62,16 +131,38 @@ class Checkpointer(Generic[State]):
             force=True,
         )
 
+    def stored_specs(self, step: int) -> LeafSpecs:
+        """The arrays of the state saved at ``step`` (from its metadata; no array is read)."""
+        metadata = self._manager.item_metadata(step)["state"]
+        if metadata is None:
+            raise ValueError("the checkpoint has no readable 'state' metadata")
+        return leaf_specs(getattr(metadata, "tree", metadata))
+
     def restore_latest(self, target: State) -> tuple[int, State, dict[str, Any]] | None:
         """(step, state, data_state) of the newest checkpoint that restores, or None if none does.
 
         ``target`` is a state of the right structure, shapes, dtypes and shardings (its values
-        are not used). Newer checkpoints that failed to restore are deleted (unless read-only),
-        so the run can write its next checkpoints in their place.
+        are not used). Corrupt checkpoints on the way are quarantined (module docstring).
+
+        Raises:
+          CheckpointMismatchError: the newest readable checkpoint holds another structure.
         """
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-        restored, failed = None, []
+        expected = leaf_specs(abstract)
         for step in reversed(self.all_steps()):
+            try:
+                stored = self.stored_specs(step)
+            except Exception as e:  # (unreadable metadata: a corrupt checkpoint)
+                self._corrupt(step, e)
+                continue
+            if stored != expected:
+                raise CheckpointMismatchError(
+                    f"the checkpoint at step {step} in {self.directory} holds a train state of "
+                    f"another structure than this config builds: "
+                    f"{describe_mismatch(stored, expected)}. The config is not the one the "
+                    "checkpoints were written with (the run's config.json); a new --workdir "
+                    "starts a new run"
+                )
             try:
                 items = self._manager.restore(
                     step,
@@ -79,32 +170,61 @@ class Checkpointer(Generic[State]):
                         state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()
                     ),
                 )
-            except Exception as e:  # any failure means: use an older one
-                logging.warning(
-                    "Checkpoint at step %d in %s failed to restore (%s: %s); "
-                    "falling back to the previous checkpoint.",
-                    step,
-                    self.directory,
-                    type(e).__name__,
-                    str(e)[:500],
-                )
-                failed.append(step)
+                data_state = dict(items.data)
+            except Exception as e:  # (arrays that do not read: corrupt)
+                self._corrupt(step, e)
                 continue
-            restored = (step, items.state, dict(items.data))
-            break
-        for step in [] if self.read_only else failed:
-            logging.warning("Deleting the unreadable checkpoint at step %d.", step)
-            self._manager.delete(step)
-        if restored is None and failed:
+            return step, items.state, data_state
+        return None
+
+    def _corrupt(self, step: int, error: BaseException) -> None:
+        """Reports an unreadable checkpoint and (unless read-only) moves it to quarantine."""
+        reason = f"{type(error).__name__}: {str(error)[:500]}"
+        if self.read_only:
             logging.warning(
-                "No checkpoint in %s could be restored; starting afresh.", self.directory
+                "The checkpoint at step %d in %s does not restore (%s); using an older one.",
+                step,
+                self.directory,
+                reason,
             )
-        return restored
+            return
+        source = os.path.join(self.directory, str(step))
+        name, n = str(step), 1
+        while os.path.exists(os.path.join(self.quarantine, name)):
+            n += 1
+            name = f"{step}.{n}"
+        destination = os.path.join(self.quarantine, name)
+        several = jax.process_count() > 1
+        if several:
+            multihost_utils.sync_global_devices(f"mvcl quarantine {step} start")
+        if jax.process_index() == 0:
+            os.makedirs(self.quarantine, exist_ok=True)
+            shutil.move(source, destination)
+            with open(destination + ".error.txt", "w", encoding="utf-8") as f:
+                f.write(
+                    f"{time.strftime('%Y-%m-%d %H:%M:%S')}: the checkpoint at step {step} did "
+                    f"not restore and was moved here from {source}.\n\n"
+                )
+                f.write("".join(traceback.format_exception(error)))
+        if several:
+            multihost_utils.sync_global_devices(f"mvcl quarantine {step} done")
+        self._manager.reload()
+        logging.warning(
+            "The checkpoint at step %d in %s does not restore (%s): moved it to %s (the error is "
+            "in %s.error.txt); using an older one.",
+            step,
+            self.directory,
+            reason,
+            destination,
+            destination,
+        )
 
     def wait(self) -> None:
         """Blocks until every started save is complete on disk."""
         self._manager.wait_until_finished()
 
     def close(self) -> None:
-        """Waits for pending saves and releases the manager."""
-        self._manager.close()
+        """Waits for pending saves and releases the manager (again: nothing)."""
+        if not self._closed:
+            self._closed = True
+            self._manager.close()

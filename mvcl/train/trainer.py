@@ -20,21 +20,20 @@ One run, ``train_and_evaluate(config, workdir)``:
    same on one device or many. With multi-crop (``config.augment.multicrop.num_small = K > 0``)
    that key is split in two, for the V large and the K small crops; the model runs once per
    resolution and the loss sees ``(n, V + K, D)``.
-5. **Loop.** Progress bar, metrics (TensorBoard + ``metrics.jsonl``), checkpoints every
-   ``config.checkpoint_every_steps``, on SIGTERM (save, then return) and at the end; a rerun in
-   the same workdir resumes from the newest good checkpoint. Evaluation (`mvcl.train.evaluate`;
+5. **Loop.** Progress bar, metrics (TensorBoard + ``metrics.jsonl``, each step once),
+   checkpoints every ``config.checkpoint_every_steps``, on SIGTERM or SIGINT (save, then return;
+   `mvcl.train.signals`) and at the end. A rerun in the same workdir resumes from the newest
+   checkpoint that restores, if its config may continue the run (`mvcl.train.run_identity`:
+   nothing is written before that check). Evaluation (`mvcl.train.evaluate`;
    `mvcl.train.multimodal` for per-view models) follows the last step.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import os
-import signal
-import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import flax
@@ -51,14 +50,25 @@ from tqdm import tqdm
 
 from mvcl import data, kernels, losses, models, parallel
 from mvcl.models import per_view
-from mvcl.train import evaluate, feed, grad_cache, multimodal, optim
+from mvcl.train import (
+    cli,
+    evaluate,
+    feed,
+    grad_cache,
+    multimodal,
+    noise,
+    optim,
+    run_identity,
+    signals,
+)
 from mvcl.train.checkpoint import Checkpointer
+from mvcl.train.errors import ConfigError, NoRunError
 from mvcl.train.writers import MetricWriter
 
 AXIS = parallel.DEFAULT_AXIS
 LOSS_BACKENDS = ("gather", "ring")  # the backends that run inside shard_map over many devices
 DTYPES = ("float32", "bfloat16")
-CONFIG_FILE = "config.json"
+CONFIG_FILE = run_identity.CONFIG_FILE
 CHECKPOINT_DIR = "checkpoints"
 
 # --- 1. config checks ---------------------------------------------------------------------------
@@ -66,7 +76,7 @@ CHECKPOINT_DIR = "checkpoints"
 
 def _require(ok: bool, field: str, message: str) -> None:
     if not ok:
-        raise ValueError(f"config.{field}: {message}")
+        raise ConfigError(f"config.{field}: {message}")
 
 
 def validate_config(
@@ -75,7 +85,7 @@ def validate_config(
     device_count: int | None = None,
     process_count: int | None = None,
 ) -> None:
-    """Raises ``ValueError("config.<field>: ...")`` for the first invalid field of ``config``.
+    """Raises ``ConfigError("config.<field>: ...")`` (a ``ValueError``) for the first invalid field.
 
     ``device_count`` and ``process_count`` default to ``jax.device_count()`` and
     ``jax.process_count()``. The data set is checked when it is opened (`open_sources`).
@@ -200,13 +210,13 @@ def fake_source(config: config_dict.ConfigDict) -> list[dict[str, Any]]:
 
 
 def _open_split(config: config_dict.ConfigDict, field: str) -> data.input_pipeline.Source:
-    """The split ``config.dataset.<field>``; a ValueError naming the fields if it cannot open."""
+    """The split ``config.dataset.<field>``; a ConfigError naming the fields if it cannot open."""
     ds = config.dataset
     try:
         data.fashion_mnist.prepare_from_config(ds)  # from config.dataset.source_dir
         return data.load_split(ds.name, ds[field], ds.data_dir)
     except (FileNotFoundError, ValueError) as e:
-        raise ValueError(
+        raise ConfigError(
             f"config.dataset.name: cannot read split {ds[field]!r} (config.dataset.{field}) of "
             f"{ds.name!r} in {ds.data_dir!r}: {e}"
         ) from e
@@ -439,38 +449,27 @@ def make_train_step(
 # --- 5. the loop --------------------------------------------------------------------------------
 
 
-class _Sigterm:
-    """Context manager recording SIGTERM instead of dying, so the loop can save and return.
+def _agree(flag: bool) -> bool:
+    """Whether ``flag`` holds on any process (a blocking collective with several)."""
+    if jax.process_count() == 1:
+        return flag
+    return bool(multihost_utils.process_allgather(np.int32(flag)).any())
 
-    Python delivers signals to the main thread only; elsewhere SIGTERM keeps its old handler.
+
+def _should_stop(step: int, every: int) -> bool:
+    """Whether to stop after ``step`` because of SIGTERM/SIGINT: every process gets the same answer.
+
+    One process stops as soon as it has the signal. Several agree on it with a blocking
+    collective, so only at every ``every``-th step (where the loop syncs for logging anyway).
     """
+    if jax.process_count() > 1 and step % every:
+        return False
+    return _agree(signals.received() is not None)
 
-    def __enter__(self) -> _Sigterm:
-        self.received = False
-        self._installed = threading.current_thread() is threading.main_thread()
-        if self._installed:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        return self
 
-    def _handle(self, signum: int, frame: Any) -> None:
-        del signum, frame
-        self.received = True
-
-    def should_stop(self, step: int, every: int) -> bool:
-        """Whether to stop after ``step``: every process gets the same answer.
-
-        One process stops as soon as it has the signal. Several agree on it with a blocking
-        collective, so only at every ``every``-th step (where the loop syncs for logging anyway).
-        """
-        if jax.process_count() == 1:
-            return self.received
-        if step % every:
-            return False
-        return bool(multihost_utils.process_allgather(np.int32(self.received)).any())
-
-    def __exit__(self, *exc_info: Any) -> None:
-        if self._installed:
-            signal.signal(signal.SIGTERM, self._previous)
+def _stop_reason() -> str:
+    name = signals.received()
+    return name if name is not None else "A signal to another process"
 
 
 def _mean_metrics(history: Sequence[Mapping[str, jax.Array]]) -> dict[str, float]:
@@ -484,63 +483,121 @@ def _announce(message: str) -> None:
         tqdm.write(message)
 
 
-def train_and_evaluate(
-    config: config_dict.ConfigDict, workdir: str | os.PathLike
-) -> dict[str, Any]:
-    """Pretrains as ``config`` says, in ``workdir``, resuming from its checkpoints; evaluates.
+def _latest_step_on_disk(workdir: str) -> int | None:
+    """The newest complete checkpoint's step, from the directory names (orbax renames a step's
+    temporary directory to its number when the save is complete)."""
+    directory = os.path.join(workdir, CHECKPOINT_DIR)
+    if not os.path.isdir(directory):
+        return None
+    steps = [int(name) for name in os.listdir(directory) if name.isdigit()]
+    return max(steps, default=None)
 
-    Writes ``config.json``, ``metrics.jsonl``, TensorBoard events and ``checkpoints/`` into
-    ``workdir``.
+
+def train_and_evaluate(
+    config: config_dict.ConfigDict,
+    workdir: str | os.PathLike,
+    *,
+    allow_config_change: Iterable[str] | None = None,
+) -> dict[str, Any]:
+    """Pretrains as ``config`` says, in ``workdir``, resuming the run there if any; evaluates.
+
+    A new run writes ``config.json``; every session appends to ``config_history.jsonl`` and
+    writes ``metrics.jsonl``, TensorBoard events and ``checkpoints/`` (`mvcl.train.writers`,
+    `mvcl.train.checkpoint`). A rerun in the same workdir resumes from the newest checkpoint
+    that restores, if ``config`` may continue the run there (`mvcl.train.run_identity`).
+    SIGTERM or SIGINT saves a checkpoint and returns (`mvcl.train.signals`).
+
+    Args:
+      config: the run's config (``configs/*.py``).
+      workdir: the run's directory.
+      allow_config_change: fields of the consent class that may differ from the run's config
+        (`mvcl.train.run_identity`). None: the ``--allow_config_change`` flag of the command-line
+        program running, if any (`mvcl.train.cli.allowed_config_changes`).
 
     Returns:
       ``{"step": last step, "preempted": bool, "state": TrainState, "eval": {...}}``: "eval"
-      holds the results of `mvcl.train.evaluate.evaluate` (empty when evaluation is off or the
-      run was preempted).
+      holds the results of `mvcl.train.evaluate.evaluate` (empty when evaluation is off or was
+      stopped by a signal). "preempted" is True when a signal stopped training or evaluation
+      ("state" and "step" are None if it came before the run started).
+
+    Raises:
+      ConfigError: an invalid field, or a config that may not continue the run in ``workdir``
+        (`RunIdentityError`, `CheckpointMismatchError`).
+      WorkdirError: ``workdir`` cannot hold the run.
     """
+    noise.install()
     validate_config(config)
-    source = open_sources(config)
+    workdir = os.fspath(run_identity.check_workdir(workdir))
+    if allow_config_change is None:
+        allow_config_change = cli.allowed_config_changes()
+    with signals.handling():
+        if _agree(signals.received() is not None):  # e.g. a sweep between two cells
+            _announce(f"{_stop_reason()}: not starting the run in {workdir}.")
+            return {"step": None, "preempted": True, "state": None, "eval": {}}
+        return _train_and_evaluate(config, workdir, list(allow_config_change))
+
+
+def _train_and_evaluate(
+    config: config_dict.ConfigDict, workdir: str, allow_config_change: list[str]
+) -> dict[str, Any]:
+    with noise.quiet_data_preparation():
+        source = open_sources(config)
     mesh = parallel.make_mesh(None if config.num_devices == -1 else config.num_devices)
-    iterator = feed.train_batches(config, source, mesh, AXIS)  # puts batches on the devices
+    # Puts batches on the devices; its input workers start with the first batch, after the checks.
+    iterator = feed.train_batches(config, source, mesh, AXIS)
     num_steps = num_train_steps(config, iterator.steps_per_epoch)
+    latest = _latest_step_on_disk(workdir)
+    if latest is not None:
+        run_identity.check_target(workdir, latest, num_steps)
+    resume = run_identity.check_resume(
+        config, workdir, steps_per_epoch=iterator.steps_per_epoch, allow=allow_config_change
+    )
+
     schedule = optim.learning_rate_schedule(config, num_steps)
     tx = optim.make_optimizer(config, num_steps)
     model = build_model(config, axis_name=AXIS)
     channels = np.asarray(source[0]["image"]).shape[-1]
     state = create_train_state(config, model, tx, mesh, channels)
 
-    workdir = os.path.abspath(workdir)
+    # The first writes: nothing above touched the workdir.
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, CONFIG_FILE), "w", encoding="utf-8") as f:
-            f.write(config.to_json_best_effort(indent=2))
+        if resume.new_run:
+            run_identity.start_run(workdir, config)
     checkpointer = Checkpointer(
         os.path.join(workdir, CHECKPOINT_DIR), max_to_keep=config.keep_checkpoints
     )
-    restored = checkpointer.restore_latest(state)
-    if restored is not None:
-        _, state, data_state = restored
-        iterator.set_state(data_state)
-        _announce(f"Resumed from the checkpoint at step {int(state.step)} in {workdir}.")
-    start = int(state.step)
-    writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
-    train_step = make_train_step(config, model, tx, schedule, mesh)
-    small = config.augment.multicrop.num_small
-    views = f"V={config.num_views}" + (f"+{small} small crops" if small else "")
-    _announce(
-        f"{config.name}: {config.loss.name}, {views}, batch {config.batch_size} on "
-        f"{mesh.size} device(s) in {jax.process_count()} process(es), steps {start}->{num_steps}"
-    )
+    writer = None
+    try:  # a forced exit (second signal) or an error still ends pending saves and the logs
+        restored = checkpointer.restore_latest(state)
+        if restored is not None:
+            _, state, data_state = restored
+            iterator.set_state(data_state)
+        start = int(state.step)
+        run_identity.check_target(workdir, start, num_steps)
+        _record_session(config, workdir, resume, start, num_steps, mesh.size)
+        if restored is not None:
+            _announce(f"Resumed from the checkpoint at step {start} in {workdir}.")
 
-    step, preempted, history = start, False, []
-    progress = tqdm(
-        total=num_steps,
-        initial=start,
-        desc=config.name,
-        unit="step",
-        disable=not config.progress_bar or jax.process_index() != 0,
-    )
-    last_log = time.perf_counter()
-    with _Sigterm() as sigterm:
+        writer = MetricWriter(workdir, enabled=jax.process_index() == 0, resume_step=start)
+        train_step = make_train_step(config, model, tx, schedule, mesh)
+        small = config.augment.multicrop.num_small
+        views = f"V={config.num_views}" + (f"+{small} small crops" if small else "")
+        _announce(
+            f"{config.name}: {config.loss.name}, {views}, batch {config.batch_size} on "
+            f"{mesh.size} device(s) in {jax.process_count()} process(es), "
+            f"steps {start}->{num_steps}"
+        )
+
+        step, preempted, history = start, False, []
+        progress = tqdm(
+            total=num_steps,
+            initial=start,
+            desc=config.name,
+            unit="step",
+            disable=not config.progress_bar or jax.process_index() != 0,
+        )
+        last_log = time.perf_counter()
         for step in range(start + 1, num_steps + 1):
             images = next(iterator)  # the next step's batch is already on its way
             state, metrics = train_step(state, images)
@@ -554,31 +611,88 @@ def train_and_evaluate(
                 writer.write_scalars(step, scalars)
                 progress.set_postfix(loss=f"{scalars['train/loss']:.4f}")
                 history, last_log = [], now
-            if sigterm.should_stop(step, every=config.log_every_steps):
+            if _should_stop(step, every=config.log_every_steps):
                 preempted = True
                 break
             if step % config.checkpoint_every_steps == 0:
                 checkpointer.save(step, state, iterator.get_state())
-    progress.close()
-    iterator.close()  # stops the input workers
-    checkpointer.save(step, state, iterator.get_state())
-    checkpointer.close()
-    writer.flush()
-    checkpoints = checkpointer.directory
-    if preempted:
-        _announce(f"SIGTERM: saved the checkpoint at step {step} in {checkpoints}; exiting.")
-        writer.close()
-        return {"step": step, "preempted": True, "state": state, "eval": {}}
+        progress.close()
+        iterator.close()  # stops the input workers
+        checkpoints = checkpointer.directory
+        if preempted:
+            second = (
+                " (a second Ctrl-C exits without saving)" if signals.received() == "SIGINT" else ""
+            )
+            _announce(f"{_stop_reason()}: saving the checkpoint of step {step}{second}...")
+        checkpointer.save(step, state, iterator.get_state())
+        checkpointer.close()
+        writer.flush()
+        if preempted or signals.received() is not None:
+            writer.close()
+            _announce(
+                f"{_stop_reason()}: saved the checkpoint at step {step} in {checkpoints}; exiting"
+                f"{'' if preempted else ' before evaluation'}. Rerun the same command to resume."
+            )
+            return {"step": step, "preempted": True, "state": state, "eval": {}}
 
-    results = {}
-    if config.eval.enabled:
-        results = evaluate_variables(config, jax.device_get(state.variables()), writer, step)
-    writer.close()
-    _announce(
-        f"Checkpoints: {checkpoints}\nMetrics: {writer.jsonl_path} and TensorBoard events "
-        f"(tensorboard --logdir {workdir})"
-    )
-    return {"step": step, "preempted": False, "state": state, "eval": results}
+        results = {}
+        if config.eval.enabled:
+            try:
+                with signals.immediate():
+                    results = evaluate_variables(
+                        config, jax.device_get(state.variables()), writer, step
+                    )
+            except signals.Interrupted as e:
+                writer.close()
+                _announce(
+                    f"{e.signame} during evaluation: stopped it; the checkpoint of step {step} is "
+                    f"saved in {checkpoints}. Rerun the same command (or experiments/evaluate.py "
+                    f"--workdir={workdir}) to evaluate."
+                )
+                return {"step": step, "preempted": True, "state": state, "eval": {}}
+        writer.close()
+        _announce(
+            f"Checkpoints: {checkpoints}\nMetrics: {writer.jsonl_path} and TensorBoard events "
+            f"(tensorboard --logdir {workdir})"
+        )
+        return {"step": step, "preempted": False, "state": state, "eval": results}
+    finally:
+        checkpointer.close()
+        if writer is not None:
+            writer.close()
+
+
+def _record_session(
+    config: config_dict.ConfigDict,
+    workdir: str,
+    resume: run_identity.Resume,
+    step: int,
+    num_steps: int,
+    devices: int,
+) -> None:
+    """Announces the accepted config changes and appends the session to the run's history."""
+    notes = []
+    if not resume.new_run:
+        note = run_identity.schedule_note(
+            resume.old_config, config, resume.old_total_steps, num_steps, step
+        )
+        if note is not None:
+            notes.append(note)
+    if resume.changes:
+        changes = ", ".join(f"{change} ({how})" for change, how in resume.changes)
+        _announce(f"Config changes accepted for the run in {workdir}: {changes}.")
+    for note in notes:
+        _announce(f"Note: {note}.")
+    if jax.process_index() == 0:
+        run_identity.record_session(
+            workdir,
+            new_run=resume.new_run,
+            step=step,
+            changes=resume.changes,
+            devices=devices,
+            processes=jax.process_count(),
+            notes=notes,
+        )
 
 
 # --- evaluation of a state or of a workdir ------------------------------------------------------
@@ -606,9 +720,13 @@ def evaluate_variables(
 
 
 def load_config(workdir: str | os.PathLike) -> config_dict.ConfigDict:
-    """The config a run saved in ``workdir`` (``config.json``)."""
-    with open(os.path.join(workdir, CONFIG_FILE), encoding="utf-8") as f:
-        return config_dict.ConfigDict(json.load(f))
+    """The current config of the run in ``workdir``: its ``config.json`` with the changes later
+    sessions made (``config_history.jsonl``) applied (`mvcl.train.run_identity`).
+
+    Raises:
+      NoRunError: ``workdir`` holds no run.
+    """
+    return config_dict.ConfigDict(run_identity.effective_config(workdir))
 
 
 def restore_variables(
@@ -616,47 +734,72 @@ def restore_variables(
 ) -> tuple[int, dict[str, Any]]:
     """The step and encoder variables of the newest good checkpoint of the run in ``workdir``.
 
-    ``config`` (default: the one the run saved) gives the structure of the train state; the
+    ``config`` (default: the run's, `load_config`) gives the structure of the train state; the
     image channels come from ``config.dataset.fake_shape`` or the first test image. Nothing in
-    ``workdir`` is written or deleted.
+    ``workdir`` is written, moved or deleted.
 
     Returns:
       ``(step, {"params": ..., "batch_stats": ...})`` with numpy arrays on the host.
 
     Raises:
-      FileNotFoundError: ``workdir`` has no checkpoint that restores.
+      NoRunError: ``workdir`` has no checkpoint that restores.
+      CheckpointMismatchError: ``config`` builds another model or optimiser than the run's.
     """
+    noise.install()
     workdir = os.path.abspath(workdir)
     config = load_config(workdir) if config is None else config
+    directory = os.path.join(workdir, CHECKPOINT_DIR)
+    if not os.path.isdir(directory):
+        raise NoRunError(f"no run in {workdir}: no checkpoint in {directory}")
     if config.dataset.fake:
         channels = config.dataset.fake_shape[-1]
     else:
-        channels = np.asarray(_open_split(config, "test_split")[0]["image"]).shape[-1]
+        with noise.quiet_data_preparation():
+            channels = np.asarray(_open_split(config, "test_split")[0]["image"]).shape[-1]
     tx = optim.make_optimizer(config, total_steps=1)  # gives the state's structure only
     target = create_train_state(config, build_model(config), tx, parallel.make_mesh(), channels)
-    checkpointer = Checkpointer(
-        os.path.join(workdir, CHECKPOINT_DIR), max_to_keep=config.keep_checkpoints, read_only=True
-    )
-    restored = checkpointer.restore_latest(target)
-    checkpointer.close()
+    checkpointer = Checkpointer(directory, max_to_keep=config.keep_checkpoints, read_only=True)
+    try:
+        restored = checkpointer.restore_latest(target)
+    finally:
+        checkpointer.close()
     if restored is None:
-        raise FileNotFoundError(f"no checkpoint to restore in {checkpointer.directory}")
+        raise NoRunError(f"no run in {workdir}: no checkpoint to restore in {directory}")
     step, state, _ = restored
     return step, jax.device_get(state.variables())
 
 
 def evaluate_workdir(
-    workdir: str | os.PathLike, config: config_dict.ConfigDict | None = None
+    workdir: str | os.PathLike,
+    config: config_dict.ConfigDict | None = None,
+    *,
+    allow_config_change: Iterable[str] | None = None,
 ) -> dict[str, float]:
-    """Evaluates the newest good checkpoint in ``workdir`` (with its saved config by default).
+    """Evaluates the newest good checkpoint in ``workdir`` (with the run's config by default).
+
+    A ``config`` that differs from the run's in more than the free fields
+    (`mvcl.train.run_identity`: evaluation settings, data directory, ...) would log results under
+    other settings: it is refused unless the fields are in ``allow_config_change`` (None: the
+    ``--allow_config_change`` flag of the command-line program running). A signal stops the
+    evaluation at once (`mvcl.train.signals.Interrupted`); nothing is written then.
 
     Raises:
-      FileNotFoundError: ``workdir`` has no checkpoint that restores.
+      NoRunError: ``workdir`` holds no run, or no checkpoint that restores.
+      RunIdentityError: ``config`` differs from the run's (see above).
     """
+    noise.install()
     workdir = os.path.abspath(workdir)
-    config = load_config(workdir) if config is None else config
-    step, variables = restore_variables(workdir, config)
-    writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
-    results = evaluate_variables(config, variables, writer, step)
-    writer.close()
-    return results
+    run_config = load_config(workdir)
+    if config is None:
+        config = run_config
+    else:
+        if allow_config_change is None:
+            allow_config_change = cli.allowed_config_changes()
+        run_identity.check_evaluation(run_config, config, workdir, allow=allow_config_change)
+    with signals.handling(), signals.immediate():
+        step, variables = restore_variables(workdir, config)
+        writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
+        try:
+            return evaluate_variables(config, variables, writer, step)
+        finally:
+            writer.close()

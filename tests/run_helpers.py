@@ -1,0 +1,165 @@
+"""Helpers of the whole-run tests (test_train.py, test_run_safety.py): tiny configs, programs in
+fresh interpreters on simulated devices, and readers of a run's logs and checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import orbax.checkpoint as ocp
+from tensorboard.backend.event_processing import event_file_loader
+from tensorboard.compat.proto import event_pb2
+
+from mvcl import configs, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+# The programs as files (the old command paths, which run mvcl.pretrain etc.): train_worker.py
+# runs them with runpy.
+PRETRAIN = "experiments/pretrain.py"
+EVALUATE = "experiments/evaluate.py"
+SWEEP = "experiments/sweep.py"
+WORKER = str(REPO / "tests" / "train_worker.py")
+WIDTH = {"small_cnn": 0.125, "convnet": 0.125, "resnet18": 1 / 16, "resnet50": 1 / 32}
+# A tiny run on random 8x8 images: 16 per batch, 4 views, 20 steps, every step logged. The small
+# learning rate keeps float rounding (which differs with the device count) from being amplified
+# by the training dynamics on noise images beyond the 1e-4 the runs are compared to.
+TINY_RUN = [
+    "--config=digits:fake=True,width=0.125",
+    "--config.dataset.fake_num_examples=64",
+    "--config.batch_size=16",
+    "--config.optim.lr=0.05",
+    "--config.model.proj_dim=16",
+    "--config.num_steps=20",
+    "--config.log_every_steps=1",
+    "--config.checkpoint_every_steps=1000",
+    "--config.progress_bar=False",
+]
+
+
+def get_config(name: str, arg: str = ""):
+    return configs.load(name, arg)
+
+
+def tiny_config(name: str = "digits", **overrides):
+    """A config of ``mvcl/configs/<name>.py`` on two fake images, one step, narrow model.
+
+    ``overrides``: ``field=value``, nested fields as ``section__field``.
+    """
+    config = get_config(name, "fake=True")
+    config.model.kwargs.width = WIDTH[config.model.name]
+    config.model.proj_dim = 16
+    config.dataset.fake_num_examples = 2
+    config.batch_size = 2
+    config.num_steps = 1
+    config.progress_bar = False
+    for key, value in overrides.items():
+        target = config
+        *path, field = key.split("__")
+        for part in path:
+            target = target[part]
+        target[field] = value
+    return config
+
+
+def read_metrics(workdir) -> list[dict]:
+    with open(Path(workdir) / "metrics.jsonl", encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def train_losses(workdir) -> list[float]:
+    return [m["train/loss"] for m in read_metrics(workdir) if "train/loss" in m]
+
+
+def logged_steps(workdir, name: str = "train/loss") -> list[int]:
+    """The steps at which ``metrics.jsonl`` holds ``name``, in file order."""
+    return [m["step"] for m in read_metrics(workdir) if name in m]
+
+
+def tensorboard_steps(workdir, tag: str = "train/loss") -> list[int]:
+    """The steps of every ``tag`` value in the run's TensorBoard files, oldest file first."""
+    steps = []
+    for path in sorted(Path(workdir).glob("events.out.tfevents.*")):
+        for raw in event_file_loader.RawEventFileLoader(str(path)).Load():
+            event = event_pb2.Event.FromString(raw)
+            steps += [int(event.step) for v in event.summary.value if v.tag == tag]
+    return steps
+
+
+def checkpoint_steps(workdir) -> list[int]:
+    checkpointer = train.Checkpointer(Path(workdir) / "checkpoints", max_to_keep=3, read_only=True)
+    steps = checkpointer.all_steps()
+    checkpointer.close()
+    return steps
+
+
+def saved_state(workdir, step: int) -> dict:
+    """The train state saved at ``step``, as arrays on this process's first device (whatever
+    devices wrote it)."""
+    path = Path(workdir) / "checkpoints" / str(step) / "state"
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    with ocp.StandardCheckpointer() as checkpointer:
+        metadata = checkpointer.metadata(path)
+        tree = getattr(metadata, "item_metadata", metadata)
+        target = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+            getattr(tree, "tree", tree),
+        )
+        return checkpointer.restore(path, target)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(
+    args,
+    *,
+    devices: int = 1,
+    env: dict | None = None,
+    script: str = PRETRAIN,
+    worker: list[str] | None = None,
+) -> subprocess.Popen:
+    """Starts ``script args`` in a fresh interpreter on ``devices`` simulated CPU devices.
+
+    ``worker``: the arguments of ``tests/train_worker.py`` (``[ACTION, STEP, ...]``) to run the
+    script under, interrupted on cue.
+    """
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
+    full_env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flags.strip(), **(env or {}))
+    command = [WORKER, *worker, "--", script] if worker else [script]
+    return subprocess.Popen(
+        [sys.executable, *command, *args],
+        cwd=REPO,
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def processes(count: int) -> list[dict]:
+    """The environments of ``count`` processes joined by ``jax.distributed`` on 127.0.0.1."""
+    port = free_port()
+    return [
+        {
+            "MVCL_COORDINATOR": f"127.0.0.1:{port}",
+            "MVCL_NUM_PROCESSES": str(count),
+            "MVCL_PROCESS_ID": str(i),
+        }
+        for i in range(count)
+    ]
+
+
+def finish(proc: subprocess.Popen, timeout: float = 600, status: int = 0) -> tuple[str, str]:
+    """Waits for ``proc``; asserts its exit status; returns its (stdout, stderr)."""
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == status, f"exit {proc.returncode}\n{out[-2000:]}\n{err[-4000:]}"
+    return out, err
