@@ -100,9 +100,10 @@ def run_step(config, model, mesh, images):
     tx = store_gradient()
     state = trainer.create_train_state(config, model, tx, mesh, channels=1)
     step = trainer.make_train_step(config, model, tx, optax.constant_schedule(0.0), mesh)
+    before = jax.device_get(state)  # the step donates (deletes) the state it is given
     new_state, metrics = step(state, images)
     return (
-        state,
+        before,
         jax.device_get(new_state.opt_state),
         jax.device_get(new_state.batch_stats),
         metrics,
