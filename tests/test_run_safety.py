@@ -90,20 +90,21 @@ def test_diff_lists_changed_added_and_removed_fields_and_ignores_multicrop_while
     new["optim"]["lr"] = 0.1
     new["augment"]["multicrop"]["small_size"] = 2  # unused while num_small = 0
     new["input"] = {"num_workers": 4}
-    new["train"] = {"micro_batch": None, "chunks": 2}  # fields a newer version added
+    new["train"]["chunks"] = 2  # fields a newer version added
+    new["future"] = {"switch": None}
     del new["eval"]["knn_k"]
     changes = {c.field: c for c in run_identity.diff(old, new)}
     assert sorted(changes) == [
         "eval.knn_k",
+        "future.switch",
         "input.num_workers",
         "optim.lr",
         "train.chunks",
-        "train.micro_batch",
     ]
     assert str(changes["optim.lr"]) == "optim.lr 0.5 -> 0.1"
     assert changes["input.num_workers"].old is run_identity.ABSENT
     assert changes["eval.knn_k"].kind == FREE  # a free field stays free when absent
-    assert changes["train.micro_batch"].kind == FREE  # added unset: the old behaviour
+    assert changes["future.switch"].kind == FREE  # added unset: the old behaviour
     assert changes["train.chunks"].kind == CONSENT  # added with a value: the user must say
     new["augment"]["multicrop"]["num_small"] = 2
     assert "augment.multicrop.small_size" in {c.field for c in run_identity.diff(old, new)}

@@ -17,7 +17,8 @@ Each field is in one of three classes:
     ``keep_checkpoints``: what is shown and kept, not what is computed;
   - ``eval.*``, ``dataset.test_split``: evaluation happens after training and reads only the
     final encoder;
-  - ``dataset.data_dir``: where the same data set is read from;
+  - ``dataset.data_dir``, ``dataset.source_dir``: where the same data set is read (or first
+    written) from;
   - ``num_devices``, ``loss.backend`` (gather or ring): how the same global-batch step is spread
     over devices; the losses agree to float32 rounding (tests check 1, 2, 3 and 8 devices, 1 and
     2 processes, both backends);
@@ -86,6 +87,7 @@ FREE_FIELDS = (
     "eval.*",
     "dataset.test_split",
     "dataset.data_dir",
+    "dataset.source_dir",
     "num_devices",
     "loss.backend",
     "*num_workers",
