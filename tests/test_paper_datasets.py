@@ -144,7 +144,7 @@ def test_paper_dataset_trains_a_step_and_evaluates(config_name, tmp_path):
     config.num_steps = 1
     config.progress_bar = False
     config.eval.batch_size = 8
-    config.eval.probe_steps = 5
+    config.eval.probe_epochs = 2
     config.eval.geometry_examples = 8
     config.eval.knn_k = 3
     result = train.train_and_evaluate(config, tmp_path / "run")

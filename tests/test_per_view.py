@@ -318,7 +318,7 @@ def test_multimodal_digits_run_reports_probes_and_retrieval(tmp_path):
     config.dataset.data_dir = str(tmp_path / "tfds")
     config.model.proj_dim = 16
     config.batch_size, config.num_steps, config.progress_bar = 64, 2, False
-    config.eval.probe_steps = 30
+    config.eval.probe_epochs = 2
     results = train.train_and_evaluate(config, tmp_path / "run")["eval"]
     pairs = [
         f"retrieval/{a}->{b}"

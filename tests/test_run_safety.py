@@ -312,7 +312,7 @@ def digits_run(tmp_path) -> list[str]:
         "--config.num_steps=2",
         "--config.model.proj_dim=16",
         "--config.progress_bar=False",
-        "--config.eval.probe_steps=5",
+        "--config.eval.probe_epochs=2",
         "--config.eval.geometry_examples=32",
     ]
 
