@@ -9,9 +9,11 @@ The cost of a loss is described by its *energy shape* ``(G, R)``: the loss reduc
 R × R similarity matrices (the backend call of :func:`mvcl.losses._common.energy` on a
 ``(G, n, A, D)`` array, R = N·A rows over the global batch). From it:
 
-* :meth:`LossSpec.flops`, the matmul FLOPs the loss cannot avoid in a forward and backward pass:
-  the similarity matmul (2·R²·D per group) and, backward, the products with the queries and with
-  the keys (2·R²·D each), so 6·G·R²·D. The O(N·V²·D) alignment terms are left out.
+* :meth:`LossSpec.flops`, the FLOP floor of the loss benchmark: the matmul FLOPs of a general
+  forward and backward pass, the similarity matmul (2·R²·D per group) and, backward, the products
+  with the queries and with the keys (2·R²·D each), so 6·G·R²·D. The O(N·V²·D) alignment terms
+  are left out. With keys = queries (every loss here) the backends' symmetric backward folds the
+  two backward products into one, ``(W + Wᵀ)·v``: 4·G·R²·D in all.
 * :meth:`LossSpec.similarity_entries`, the G·R² entries a materialising backend (``dense``,
   ``gather``) holds at once.
 """
