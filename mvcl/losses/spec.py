@@ -72,12 +72,12 @@ class Case:
     """
 
     id: str
-    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    options: Mapping[str, Any] | tuple[tuple[str, Any], ...] = ()
     multidevice: bool = True
 
     def __post_init__(self):
-        # Stored as sorted (key, value) pairs: hashable, and equal for equal options.
-        object.__setattr__(self, "options", tuple(sorted(dict(self.options).items())))
+        # Given as a mapping, stored as (key, value) pairs: a Case is hashable.
+        object.__setattr__(self, "options", tuple(dict(self.options).items()))
 
     @property
     def kwargs(self) -> dict[str, Any]:
