@@ -2,12 +2,13 @@
 
 For each loss of the registry, backend and size (N instances, V views, D features, float32), the
 time of ``jax.jit(jax.value_and_grad(loss))`` (median of repeats after a warm-up call) is compared
-with its *FLOP floor*: the matmul FLOPs the loss cannot avoid (see :data:`FLOPS`) divided by this
-machine's float32 matmul rate. The rate is measured in the same run, at the start and again just
-before every row; the floor uses the fastest of these (the strictest floor), and each row also
-reports its multiple of the floor at the rate measured just before it, which follows the load on
-a shared machine. Memory is the compiled temporary bytes per device (``memory_analysis()``) and
-the peak resident memory of the process running the row.
+with its *FLOP floor*: the matmul FLOPs the loss cannot avoid (its record's
+:meth:`mvcl.losses.LossSpec.flops`) divided by this machine's float32 matmul rate. The rate is
+measured in the same run, at the start and again just before every row; the floor uses the
+fastest of these (the strictest floor), and each row also reports its multiple of the floor at
+the rate measured just before it, which follows the load on a shared machine. Memory is the
+compiled temporary bytes per device (``memory_analysis()``) and the peak resident memory of the
+process running the row.
 
 Every (loss, backend) group runs in its own worker process, rows in increasing size, so each
 row's peak RSS is its own (the high-water mark is reset before each row where Linux allows it;
@@ -68,88 +69,24 @@ MAX_REPEATS = 5
 
 
 # ------------------------------------------------------------------------------------------------
-# FLOP floors: the matmul FLOPs a loss must do. An energy over `rows` query rows and `keys` keys
-# needs the similarity matmul (2·rows·keys·D) forward and, backward, dQ = P·K and dK = Pᵀ·Q
-# (2·rows·keys·D each): 6·rows·keys·D. The O(N·V²·D) alignment terms are left out.
+# FLOP floors and similarity sizes come from each loss's record (mvcl.losses.LossSpec): an energy
+# of G groups of R rows against R keys needs the similarity matmul (2·R²·D per group) forward and,
+# backward, dQ = P·K and dK = Pᵀ·Q (2·R²·D each): 6·G·R²·D. The O(N·V²·D) alignment terms are
+# left out.
 
 
-def _energy(rows: int, keys: int, d: int) -> int:
-    return 6 * rows * keys * d
+def flops(loss: str, n: int, v: int, d: int) -> int:
+    """The FLOP floor of ``loss`` at (N, V, D): :meth:`mvcl.losses.LossSpec.flops`."""
+    import mvcl
 
-
-def flops_mv_infonce(n, v, d):
-    """One energy of all N·V rows against all N·V keys: 6·(NV)²·D."""
-    return _energy(n * v, n * v, d)
-
-
-def flops_mv_dhel(n, v, d):
-    """V energies, each view's N rows against its own N keys: 6·V·N²·D."""
-    return v * _energy(n, n, d)
-
-
-def flops_pwe(n, v, d):
-    """V(V−1)/2 two-view InfoNCE problems of 2N rows × 2N keys: V(V−1)/2 · 6·(2N)²·D."""
-    return v * (v - 1) // 2 * _energy(2 * n, 2 * n, d)
-
-
-def flops_avg(n, v, d):
-    """V two-view problems (u_l against the mean of the others), 2N × 2N each: V · 6·(2N)²·D."""
-    return v * _energy(2 * n, 2 * n, d)
-
-
-def flops_pvc(n, v, d):
-    """One energy of all N·V rows against all N·V keys: 6·(NV)²·D."""
-    return _energy(n * v, n * v, d)
-
-
-def flops_multipos_infonce(n, v, d):
-    """One energy of all N·V rows against all N·V keys: 6·(NV)²·D."""
-    return _energy(n * v, n * v, d)
-
-
-def flops_infonce(n, v, d):
-    """2N rows against 2N keys (V = 2): 6·(2N)²·D."""
-    return _energy(2 * n, 2 * n, d)
-
-
-def flops_dcl(n, v, d):
-    """2N rows against 2N keys (V = 2): 6·(2N)²·D."""
-    return _energy(2 * n, 2 * n, d)
-
-
-def flops_dhel(n, v, d):
-    """Two energies, each view against itself: 2 · 6·N²·D."""
-    return 2 * _energy(n, n, d)
-
-
-def flops_kcl(n, v, d):
-    """Two kernel sums, each view against itself: 2 · 6·N²·D."""
-    return 2 * _energy(n, n, d)
-
-
-FLOPS = {
-    "mv_infonce": flops_mv_infonce,
-    "mv_dhel": flops_mv_dhel,
-    "pwe": flops_pwe,
-    "avg": flops_avg,
-    "pvc": flops_pvc,
-    "multipos_infonce": flops_multipos_infonce,
-    "infonce": flops_infonce,
-    "dcl": flops_dcl,
-    "dhel": flops_dhel,
-    "kcl": flops_kcl,
-}
+    return mvcl.losses.spec(loss).flops(n, v, d)
 
 
 def matrix_bytes(loss: str, n: int, v: int, devices: int) -> int:
     """Bytes of the float32 similarity matrices a materialising backend holds per device."""
-    if loss in ("mv_infonce", "pvc", "multipos_infonce"):
-        groups, rows = 1, n * v
-    elif loss in ("mv_dhel", "dhel", "kcl"):
-        groups, rows = v, n
-    else:  # pairs of views: pwe, avg, infonce, dcl
-        groups, rows = {"pwe": v * (v - 1) // 2, "avg": v}.get(loss, 1), 2 * n
-    return 4 * groups * rows * rows // devices
+    import mvcl
+
+    return 4 * mvcl.losses.spec(loss).similarity_entries(n, v) // devices
 
 
 # ------------------------------------------------------------------------------------------------
@@ -157,11 +94,9 @@ def matrix_bytes(loss: str, n: int, v: int, devices: int) -> int:
 
 
 def _timed(fn, *args):
-    import jax
+    from mvcl.timing import timed_call
 
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    return time.perf_counter() - start
+    return timed_call(fn, *args)
 
 
 SHAPES = {"square_2048": (2048, 2048, 2048), "rows_8192_d128": (8192, 128, 8192)}
@@ -214,9 +149,9 @@ def run_row(row: dict, mesh_cache: dict) -> dict:
 
     import mvcl
     from mvcl import parallel
+    from mvcl.timing import time_value_and_grad
 
-    loss = mvcl.losses.get(row["loss"])
-    kwargs = {} if row["loss"] in mvcl.losses.TEMPERATURE_FREE else {"temperature": TEMPERATURE}
+    loss = mvcl.losses.spec(row["loss"])
     backend = row["backend"]
     if row.get("tile") and backend in ("blockwise", "ring"):
         backend = mvcl.kernels.get(backend, tile=row["tile"])
@@ -226,28 +161,22 @@ def run_row(row: dict, mesh_cache: dict) -> dict:
     z = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     if row["devices"] > 1:
         mesh = mesh_cache.setdefault(row["devices"], parallel.make_mesh(row["devices"]))
-        fn = parallel.shard_loss(loss, mesh, backend=backend, **kwargs)
+        kwargs = loss.kwargs(temperature=TEMPERATURE)
+        fn = parallel.shard_loss(loss.fn, mesh, backend=backend, **kwargs)
         z = jax.device_put(z, parallel.batch_sharding(mesh))
     else:
-        fn = lambda z: loss(z, backend=backend, **kwargs)
+        fn = loss.bind(temperature=TEMPERATURE, backend=backend)
         z = jnp.asarray(z)
-    start = time.perf_counter()
-    compiled = jax.jit(jax.value_and_grad(fn)).lower(z).compile()
-    out = dict(row, compile_s=time.perf_counter() - start, local_gflops=local_rate)
-    stats = compiled.memory_analysis()
-    out["temp_bytes"] = int(stats.temp_size_in_bytes) if stats is not None else None
-    first = _timed(compiled, z)
-    times = [] if row.get("no_warmup") else [_timed(compiled, z)]
-    if times:  # the warm-up was `first`; repeat within the time budget
-        repeats = int(min(MAX_REPEATS, max(1, BASE_TIME // max(times[0], 1e-3))))
-        times += [_timed(compiled, z) for _ in range(repeats - 1)]
-    else:
-        times = [first]
-    loss_value, grad = compiled(z)
+    timing = time_value_and_grad(
+        fn, z, repeats=MAX_REPEATS, budget_s=BASE_TIME, warmup=not row.get("no_warmup")
+    )
+    out = dict(row, compile_s=timing.compile_s, local_gflops=local_rate)
+    out["temp_bytes"] = timing.temp_bytes
+    loss_value, grad = timing.compiled(z)
     out.update(
-        first_call_s=first,
-        times_s=times,
-        time_s=float(np.median(times)),
+        first_call_s=timing.first_call_s,
+        times_s=list(timing.times_s),
+        time_s=timing.median_s,
         peak_rss_bytes=_peak_rss_bytes(),
         peak_rss_clean=clean,
         finite=bool(np.isfinite(float(loss_value)) and jnp.all(jnp.isfinite(grad))),
@@ -276,8 +205,8 @@ def plan(args) -> list[dict]:
 
     losses = args.losses.split(",") if args.losses else list(mvcl.losses.NAMES)
     for name in losses:
-        if name not in FLOPS:
-            raise SystemExit(f"unknown loss {name!r}; known: {', '.join(FLOPS)}")
+        if name not in mvcl.losses.NAMES:
+            raise SystemExit(f"unknown loss {name!r}; known: {', '.join(mvcl.losses.NAMES)}")
     if args.large:
         backends = [("blockwise", 1)] + ([("ring", args.devices)] if args.devices > 1 else [])
         chosen_n = [int(x) for x in args.n.split(",")] if args.n else LARGE_ROWS
@@ -296,11 +225,11 @@ def plan(args) -> list[dict]:
             sizes += [s for s in EXTRA_ROWS if s[0] in losses]
     rows = []
     for name, n, v in sizes:
-        if name in mvcl.losses.TWO_VIEW and v != 2:
+        if not mvcl.losses.spec(name).accepts_views(v):
             continue
         for backend, devices in backends:
             row = dict(loss=name, backend=backend, devices=devices, n=n, v=v, d=D, tile=args.tile)
-            row["flops"] = FLOPS[name](n, v, D)
+            row["flops"] = flops(name, n, v, D)
             if row["flops"] > NO_WARMUP_FLOPS:
                 row["no_warmup"] = True  # minutes per call: time the first call only
             if n % devices:

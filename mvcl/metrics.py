@@ -9,7 +9,9 @@ Every metric is a pure, jit-able function of an embedding array:
 
 Where a metric lives on the sphere, rows are normalised inside:
 ``u = z / max(||z||, eps)``. Any float dtype is accepted (bfloat16, float16, float32, float64); the
-metric is computed and returned in float32, or in float64 when ``jax_enable_x64`` is on.
+metric is computed and returned in float32, or in float64 when ``jax_enable_x64`` is on
+(:func:`mvcl.numerics.compute_dtype`; rows are normalised by :func:`mvcl.numerics.normalize`, as
+in the losses).
 Pairwise metrics (:func:`uniformity`, :func:`wasserstein_uniformity`) hold an ``(M, M)`` matrix:
 evaluate them on a subsample when M is large.
 """
@@ -20,12 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mvcl.numerics import compute_dtype, normalize
+
 _RANKME_EPS = 1e-7  # the epsilon of RankMe (Garrido et al. 2023, Roy & Vetterli 2007)
-
-
-def _compute_dtype() -> jnp.dtype:
-    """float32, or float64 when x64 is enabled."""
-    return jax.dtypes.canonicalize_dtype(jnp.float64)
 
 
 def _views(z: jax.Array) -> jax.Array:
@@ -37,7 +36,7 @@ def _views(z: jax.Array) -> jax.Array:
         raise ValueError(f"z needs at least one instance (N >= 1); got shape {z.shape}")
     if z.shape[1] < 2:
         raise ValueError(f"z needs at least two views (V >= 2); got shape {z.shape}")
-    return z.astype(_compute_dtype())
+    return z.astype(compute_dtype())
 
 
 def _rows(z: jax.Array, min_rows: int) -> jax.Array:
@@ -48,14 +47,7 @@ def _rows(z: jax.Array, min_rows: int) -> jax.Array:
     rows = z.reshape(-1, z.shape[-1])
     if rows.shape[0] < min_rows:
         raise ValueError(f"z needs at least {min_rows} rows (M = N * V); got shape {z.shape}")
-    return rows.astype(_compute_dtype())
-
-
-def _normalize(z: jax.Array, eps: float) -> jax.Array:
-    """u = z / max(||z||, eps) along the last axis, as ``sqrt(max(z·z, eps²))`` so that a zero row
-    has a finite derivative (the square root is never differentiated at 0)."""
-    sq = jnp.sum(z * z, axis=-1, keepdims=True)
-    return z / jnp.sqrt(jnp.maximum(sq, jnp.asarray(eps * eps, sq.dtype)))
+    return rows.astype(compute_dtype())
 
 
 def _gram(u: jax.Array) -> jax.Array:
@@ -85,7 +77,7 @@ def alignment(z: jax.Array, *, eps: float = 1e-12) -> jax.Array:
     Returns:
       Scalar in the compute dtype.
     """
-    u = _normalize(_views(z), eps)
+    u = normalize(_views(z), eps)
     first, second = np.triu_indices(u.shape[1], k=1)
     diff = u[:, first] - u[:, second]  # (N, V(V-1)/2, D)
     return jnp.mean(jnp.sum(diff * diff, axis=-1))
@@ -111,7 +103,7 @@ def uniformity(z: jax.Array, t: float = 2.0, *, eps: float = 1e-12) -> jax.Array
     """
     if isinstance(t, (int, float)) and t <= 0:
         raise ValueError(f"t must be > 0; got {t}")
-    u = _normalize(_rows(z, min_rows=2), eps)
+    u = normalize(_rows(z, min_rows=2), eps)
     m = u.shape[0]
     sq_norm = jnp.sum(u * u, axis=-1)
     sq_dist = jnp.maximum(sq_norm[:, None] + sq_norm[None, :] - 2.0 * _gram(u), 0.0)
@@ -216,7 +208,7 @@ def wasserstein_uniformity(z: jax.Array, *, num_grid: int = 4096, eps: float = 1
       Scalar in the compute dtype. Memory O(M²), time O(M² log M) (one sort of M² + num_grid
       keys: about 2.5 s for M = 2048 on a 2-core CPU).
     """
-    u = _normalize(_rows(z, min_rows=2), eps)
+    u = normalize(_rows(z, min_rows=2), eps)
     m, dim = u.shape
     if dim < 2:
         raise ValueError(f"z needs D >= 2 features; got shape {jnp.shape(z)}")

@@ -7,8 +7,9 @@ single-device result (float64 unless the line says otherwise) and the spread of 
 devices.
 
 Modes:
-  grid     every loss × {gather, ring} × device count × V ∈ {2, 3, 5} × {float64, float32}; with
-           ``--cases`` only those entries of CASES (the tests split the grid to balance workers).
+  grid     every multi-device test case of the loss records (mvcl.losses.LossSpec.cases) ×
+           {gather, ring} × device count × V ∈ {2, 3, 5} × {float64, float32}; with ``--cases``
+           only those entries of CASES (the tests split the grid to balance workers).
            The first line is ``{"num_cases": len(CASES)}``.
   recipes  the ways to call a loss on many devices: mvcl.parallel.shard_loss, jax.pmap with the
            documented gradient recipe, and plain jax.jit on NamedSharding-ed inputs.
@@ -36,30 +37,15 @@ jax.config.update("jax_enable_x64", True)
 import mvcl  # noqa: E402
 from mvcl import parallel  # noqa: E402
 
-CASES = [
-    ("mv_infonce", {}),
-    ("mv_infonce", {"negatives": "other_views"}),
-    ("mv_dhel", {}),
-    ("pwe", {}),
-    ("pwe", {"pair_loss": "dhel"}),
-    ("avg", {}),
-    ("avg", {"pair_loss": "dhel"}),
-    ("pvc", {}),
-    ("multipos_infonce", {}),
-    ("infonce", {}),
-    ("dcl", {}),
-    ("dhel", {}),
-    ("dhel", {"anchor_only": True}),
-    ("kcl", {}),
-    ("kcl", {"kernel": "imq", "t": 1.5}),
-]
+# The multi-device test cases of every loss's record, as (registry name, options).
+CASES = [(spec.name, case.kwargs) for spec, case in mvcl.losses.registry.MULTIDEVICE_CASES]
 # A 5-row tile cuts every ring block into several padded tiles, so the tiling is exercised too.
 BACKENDS = {"gather": "gather", "ring": mvcl.kernels.get("ring", tile=5)}
 N, D = 24, 6  # N divides over 1, 3 and 8 devices
 
 
 def loss_kwargs(name, options):
-    return dict(options) if name in mvcl.losses.TEMPERATURE_FREE else dict(options, temperature=0.3)
+    return mvcl.losses.spec(name).kwargs(temperature=0.3, **options)
 
 
 def every_device(loss, mesh, backends, **kwargs):
@@ -113,7 +99,7 @@ def grid():
         name, options = CASES[index]
         loss, kwargs = mvcl.losses.get(name), loss_kwargs(name, options)
         rng = np.random.default_rng(index)
-        for v in [2] if name in mvcl.losses.TWO_VIEW else [2, 3, 5]:
+        for v in [v for v in (2, 3, 5) if mvcl.losses.spec(name).accepts_views(v)]:
             z64 = rng.standard_normal((N, v, D))
             for dtype in ("float64", "float32") if v < 5 else ("float64",):
                 z = jnp.asarray(z64, dtype)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
-from typing import Callable
 
 import jax
 import jax.extend
@@ -26,93 +25,47 @@ from jax.test_util import check_grads
 from mvcl import kernels, losses
 
 # ------------------------------------------------------------------------------------------------
-# The losses under test: every registry loss, and every option that changes the maths.
+# The losses under test: every test case of every loss's record (mvcl.losses.LossSpec.cases), each
+# checked against the oracle function of the same name with the same options.
 
 
 @dataclasses.dataclass(frozen=True)
 class Case:
     id: str
-    name: str  # registry name
+    spec: losses.LossSpec
     options: tuple  # keyword options, as (key, value) pairs
-    reference: Callable  # oracle(z, temperature) -> float
+
+    @property
+    def name(self) -> str:  # registry name
+        return self.spec.name
 
     @property
     def two_view(self) -> bool:
-        return self.name in losses.TWO_VIEW
+        return self.spec.two_view
 
     @property
     def has_temperature(self) -> bool:
-        return self.name not in losses.TEMPERATURE_FREE
+        return self.spec.temperature
 
     @property
     def view_symmetric(self) -> bool:
         return dict(self.options).get("anchor_only") is not True
 
     def __call__(self, z, temperature, backend="dense"):
-        kwargs = dict(self.options, backend=backend)
+        return self.spec.call(z, temperature=temperature, backend=backend, **dict(self.options))
+
+    def reference(self, z, temperature):
+        """The float64 NumPy oracle of the same loss and options."""
+        fn = getattr(oracle, self.name)
         if self.has_temperature:
-            kwargs["temperature"] = temperature
-        return losses.get(self.name)(z, **kwargs)
+            return fn(z, temperature, **dict(self.options))
+        return fn(z, **dict(self.options))
 
     def views(self, v):
         return 2 if self.two_view else v
 
 
-def _kcl_case(kernel, t, gamma=16.0):
-    return Case(
-        f"kcl-{kernel}-t{t:g}-g{gamma:g}",
-        "kcl",
-        (("kernel", kernel), ("t", t), ("gamma", gamma)),
-        lambda z, temperature: oracle.kcl(z, kernel=kernel, t=t, gamma=gamma),
-    )
-
-
-CASES = [
-    Case("mv_infonce", "mv_infonce", (), oracle.mv_infonce),
-    Case(
-        "mv_infonce-other_views",
-        "mv_infonce",
-        (("negatives", "other_views"),),
-        functools.partial(oracle.mv_infonce, negatives="other_views"),
-    ),
-    Case("mv_dhel", "mv_dhel", (), oracle.mv_dhel),
-    Case(
-        "pwe-infonce",
-        "pwe",
-        (),  # the default pair_loss
-        functools.partial(oracle.pwe, pair_loss="infonce"),
-    ),
-    Case(
-        "pwe-dhel", "pwe", (("pair_loss", "dhel"),), functools.partial(oracle.pwe, pair_loss="dhel")
-    ),
-    Case(
-        "avg-infonce",
-        "avg",
-        (),  # the default pair_loss
-        functools.partial(oracle.avg, pair_loss="infonce"),
-    ),
-    Case(
-        "avg-dhel", "avg", (("pair_loss", "dhel"),), functools.partial(oracle.avg, pair_loss="dhel")
-    ),
-    Case("pvc", "pvc", (), oracle.pvc),
-    Case("multipos_infonce", "multipos_infonce", (), oracle.multipos_infonce),
-    Case("infonce", "infonce", (), oracle.infonce),
-    Case("dcl", "dcl", (), oracle.dcl),
-    Case("dhel", "dhel", (), oracle.dhel),
-    Case(
-        "dhel-anchor_only",
-        "dhel",
-        (("anchor_only", True),),
-        functools.partial(oracle.dhel, anchor_only=True),
-    ),
-    Case(
-        "kcl", "kcl", (), lambda z, temperature: oracle.kcl(z)
-    ),  # the defaults: gaussian, t = 2, γ = 16
-    _kcl_case("log", 0.5, 4.0),
-    _kcl_case("imq", 2.0),
-    _kcl_case("riesz", 2.0),
-    _kcl_case("riesz", -1.0, 3.0),
-]
+CASES = [Case(case.id, spec, case.options) for spec, case in losses.registry.CASES]
 CASE_IDS = [c.id for c in CASES]
 BY_ID = {c.id: c for c in CASES}
 MULTI_VIEW = [c for c in CASES if not c.two_view]
@@ -124,7 +77,9 @@ TEMPERATURES = (0.05, 0.5, 2.0)
 def test_every_registry_loss_is_covered():
     assert {c.name for c in CASES} == set(losses.NAMES)
     assert {c.name for c in DEFAULTS} == set(losses.NAMES)
+    assert len(CASE_IDS) == len(set(CASE_IDS))
     assert set(losses.TWO_VIEW) == {"infonce", "dcl", "dhel", "kcl"}
+    assert losses.TEMPERATURE_FREE == ("kcl",)
 
 
 def _backend(spec):
@@ -636,10 +591,8 @@ def _traced_loss(case, backend, precision, dtype):
     axis = None if backend in ("dense", "blockwise") else "d"
 
     def loss(z):
-        kwargs = dict(case.options, backend=fn, axis_name=axis, precision=precision)
-        if case.has_temperature:
-            kwargs["temperature"] = 0.5
-        return losses.get(case.name)(z, **kwargs)
+        options = dict(case.options, backend=fn, axis_name=axis, precision=precision)
+        return case.spec.call(z, temperature=0.5, **options)
 
     if axis is not None:
         mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("d",))

@@ -48,10 +48,22 @@ def assert_all_match(rows):
     assert not bad, f"{len(bad)} of {len(rows)} cases differ from one device: {bad[:5]}"
 
 
-# The grid's cases (multidevice_worker.CASES: 9 multi-view ones with 5 (V, dtype) pairs each,
-# then 6 two-view ones with 2) in groups of about equal cost, one worker process each, so that
-# pytest-xdist can spread them; each group runs on 1, 3 and 8 devices.
-GRID_GROUPS = [(0, 1), (2, 3), (4, 5), (6, 7), (8, 9, 10, 11), (12, 13, 14)]
+def grid_groups(cases, cost=10):
+    """The grid's cases (multidevice_worker.CASES: the records' multi-device test cases, in
+    registry order) in consecutive groups of at least ``cost`` (V, dtype) pairs (5 for a
+    multi-view case, 2 for a two-view one; the last group may be smaller), one worker process
+    each, so that pytest-xdist can spread them; each group runs on 1, 3 and 8 devices."""
+    groups, group, total = [], [], 0
+    for index, (spec, _) in enumerate(cases):
+        group.append(index)
+        total += 2 if spec.two_view else 5
+        if total >= cost:
+            groups.append(tuple(group))
+            group, total = [], 0
+    return groups + ([tuple(group)] if group else [])
+
+
+GRID_GROUPS = grid_groups(mvcl.losses.registry.MULTIDEVICE_CASES)
 GRID_DEVICES = {1, 3, 8}
 
 

@@ -21,13 +21,11 @@ from jax.experimental import checkify
 
 from mvcl import kernels, losses, parallel
 
-MULTI_VIEW = [n for n in losses.NAMES if n not in losses.TWO_VIEW]
+MULTI_VIEW = list(losses.MULTI_VIEW)
 
 
-def call(name, z, **kwargs):
-    if name not in losses.TEMPERATURE_FREE:
-        kwargs.setdefault("temperature", 0.5)
-    return losses.get(name)(z, **kwargs)
+def call(name, z, temperature=0.5, **kwargs):
+    return losses.spec(name).call(z, temperature=temperature, **kwargs)
 
 
 def z_of(shape, dtype=np.float32):
@@ -53,7 +51,7 @@ def test_fewer_than_two_instances(name):
         call(name, z_of((1, 2, 16)))
 
 
-@pytest.mark.parametrize("name", [n for n in losses.NAMES if n not in losses.TEMPERATURE_FREE])
+@pytest.mark.parametrize("name", [n for n in losses.NAMES if losses.spec(n).temperature])
 @pytest.mark.parametrize("temperature", [0.0, -0.5, float("nan")])
 def test_temperature_not_positive(name, temperature):
     with pytest.raises(ValueError, match="temperature must be > 0"):

@@ -4,20 +4,34 @@ Every loss takes ``z`` of shape (N, V, D), instance-major, normalises it itself,
 scalar mean over the global batch. ``axis_name`` makes the negatives the global batch inside
 ``jax.shard_map``/``jax.pmap``; ``backend`` picks how the energies are computed
 (:mod:`mvcl.kernels`); ``precision`` the matmul precision (:mod:`mvcl.kernels.precision`).
-The exact maths is in docs/losses.md and in each docstring.
+The exact maths is in docs/losses.md and in each docstring. Each loss has one record,
+:class:`LossSpec` (``mvcl.losses.spec("mv_dhel")``), in :mod:`mvcl.losses.registry`.
 """
 
 from mvcl.losses._common import check_finite
 from mvcl.losses.baselines import avg, multipos_infonce, pvc, pwe
 from mvcl.losses.multiview import mv_dhel, mv_infonce
 from mvcl.losses.pairwise import KERNELS, dcl, dhel, infonce, kcl
-from mvcl.losses.registry import NAMES, TEMPERATURE_FREE, TWO_VIEW, get
+from mvcl.losses.registry import (
+    MULTI_VIEW,
+    NAMES,
+    SPECS,
+    TEMPERATURE_FREE,
+    TWO_VIEW,
+    get,
+    spec,
+)
+from mvcl.losses.spec import Case, LossSpec
 
 __all__ = [
     "KERNELS",
+    "MULTI_VIEW",
     "NAMES",
+    "SPECS",
     "TEMPERATURE_FREE",
     "TWO_VIEW",
+    "Case",
+    "LossSpec",
     "avg",
     "check_finite",
     "dcl",
@@ -30,4 +44,5 @@ __all__ = [
     "mv_infonce",
     "pvc",
     "pwe",
+    "spec",
 ]

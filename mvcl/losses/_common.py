@@ -10,8 +10,7 @@ import numpy as np
 from jax.experimental import checkify
 
 from mvcl import kernels
-
-EPS = 1e-12
+from mvcl.numerics import compute_dtype, normalize
 
 
 def axis_size(axis_name) -> int:
@@ -35,22 +34,6 @@ def check_temperature(temperature) -> None:
         raise ValueError(f"temperature must be a positive scalar, got {temperature!r}")
     if not float(temperature) > 0:
         raise ValueError(f"temperature must be > 0, got {temperature!r}")
-
-
-def compute_dtype(dtype) -> jnp.dtype:
-    """float64 stays float64 (under x64); every other float is computed in float32."""
-    return jnp.float64 if dtype == jnp.float64 else jnp.float32
-
-
-def normalize(z: jax.Array) -> jax.Array:
-    """``z / max(||z||, eps)`` along the last axis, with finite derivatives at ``z = 0``.
-
-    The norm is taken as ``sqrt(max(z·z, eps²))``: the same value, but the square root is never
-    differentiated at 0 (``d sqrt(x)/dx`` is infinite there), so a zero row (a dead feature
-    vector) gives the finite derivative ``1/eps`` instead of NaN.
-    """
-    sq = jnp.sum(z * z, axis=-1, keepdims=True)
-    return z / jnp.sqrt(jnp.maximum(sq, jnp.asarray(EPS * EPS, sq.dtype)))
 
 
 def prepare(

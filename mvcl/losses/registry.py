@@ -1,32 +1,104 @@
-"""Losses by name, for configs: ``mvcl.losses.get("mv_dhel")``."""
+"""Losses by name, for configs: ``mvcl.losses.get("mv_dhel")``; one :class:`LossSpec` each.
+
+Everything else the code knows about a loss (the lists below, the benchmark's FLOP floors, the
+test cases, the sweep configs' loss lists) is derived from these records: adding a loss means
+writing its function and adding its record to :data:`SPECS`.
+"""
 
 from __future__ import annotations
 
+import types
 from typing import Callable
 
 from mvcl.losses import baselines, multiview, pairwise
+from mvcl.losses import spec as s
+from mvcl.losses.spec import Case, LossSpec
 
-_LOSSES: dict[str, Callable] = {
-    "mv_infonce": multiview.mv_infonce,
-    "mv_dhel": multiview.mv_dhel,
-    "pwe": baselines.pwe,
-    "avg": baselines.avg,
-    "pvc": baselines.pvc,
-    "multipos_infonce": baselines.multipos_infonce,
-    "infonce": pairwise.infonce,
-    "dcl": pairwise.dcl,
-    "dhel": pairwise.dhel,
-    "kcl": pairwise.kcl,
-}
-NAMES = tuple(_LOSSES)
-TWO_VIEW = ("infonce", "dcl", "dhel", "kcl")
+
+def _kcl_case(kernel: str, t: float, gamma: float = 16.0, multidevice: bool = False) -> Case:
+    options = {"kernel": kernel, "t": t, "gamma": gamma}
+    return Case(f"kcl-{kernel}-t{t:g}-g{gamma:g}", options, multidevice=multidevice)
+
+
+_SPECS = (
+    LossSpec(
+        "mv_infonce",
+        multiview.mv_infonce,
+        s.all_rows,
+        cases=(
+            Case("mv_infonce"),
+            Case("mv_infonce-other_views", {"negatives": "other_views"}),
+        ),
+    ),
+    LossSpec("mv_dhel", multiview.mv_dhel, s.each_view),
+    LossSpec(
+        "pwe",
+        baselines.pwe,
+        s.view_pairs,
+        same_at_two_views="infonce",
+        pair_aggregate=True,
+        cases=(Case("pwe-infonce"), Case("pwe-dhel", {"pair_loss": "dhel"})),
+    ),
+    LossSpec(
+        "avg",
+        baselines.avg,
+        s.view_and_rest,
+        same_at_two_views="infonce",
+        pair_aggregate=True,
+        cases=(Case("avg-infonce"), Case("avg-dhel", {"pair_loss": "dhel"})),
+    ),
+    LossSpec("pvc", baselines.pvc, s.all_rows, same_at_two_views="infonce", pair_aggregate=True),
+    LossSpec(
+        "multipos_infonce", baselines.multipos_infonce, s.all_rows, same_at_two_views="infonce"
+    ),
+    LossSpec("infonce", pairwise.infonce, s.two_views, max_views=2),
+    LossSpec("dcl", pairwise.dcl, s.two_views, max_views=2),
+    LossSpec(
+        "dhel",
+        pairwise.dhel,
+        s.each_view,
+        max_views=2,
+        same_at_two_views="mv_dhel",
+        cases=(Case("dhel"), Case("dhel-anchor_only", {"anchor_only": True})),
+    ),
+    LossSpec(
+        "kcl",
+        pairwise.kcl,
+        s.each_view,
+        temperature=False,
+        max_views=2,
+        cases=(
+            Case("kcl"),  # the defaults: gaussian, t = 2, γ = 16
+            _kcl_case("log", 0.5, 4.0),
+            _kcl_case("imq", 2.0, multidevice=True),
+            _kcl_case("riesz", 2.0),
+            _kcl_case("riesz", -1.0, 3.0),
+        ),
+    ),
+)
+
+SPECS: types.MappingProxyType[str, LossSpec] = types.MappingProxyType({x.name: x for x in _SPECS})
+"""Every loss's record, by name, in registry order."""
+NAMES = tuple(SPECS)
+TWO_VIEW = tuple(name for name, x in SPECS.items() if x.two_view)
 """Losses that take exactly V = 2 views."""
-TEMPERATURE_FREE = ("kcl",)
+MULTI_VIEW = tuple(name for name, x in SPECS.items() if not x.two_view)
+"""Losses that take any V >= 2."""
+TEMPERATURE_FREE = tuple(name for name, x in SPECS.items() if not x.temperature)
 """Losses without a ``temperature`` argument."""
+CASES = tuple((x, case) for x in SPECS.values() for case in x.cases)
+"""Every (spec, test case), in registry order: what the loss tests run."""
+MULTIDEVICE_CASES = tuple((x, case) for x, case in CASES if case.multidevice)
+"""The test cases of the multi-device grid, in registry order."""
+
+
+def spec(name: str) -> LossSpec:
+    """The record of the loss called ``name`` (one of :data:`NAMES`)."""
+    if name not in SPECS:
+        raise ValueError(f"unknown loss {name!r}; known losses: {', '.join(NAMES)}")
+    return SPECS[name]
 
 
 def get(name: str) -> Callable:
     """The loss function called ``name`` (one of :data:`NAMES`)."""
-    if name not in _LOSSES:
-        raise ValueError(f"unknown loss {name!r}; known losses: {', '.join(NAMES)}")
-    return _LOSSES[name]
+    return spec(name).fn

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from mvcl import losses
+from mvcl.timing import time_value_and_grad
 
 
 def from_bench(path: str | os.PathLike, backend: str) -> list[dict[str, Any]] | None:
@@ -45,26 +44,17 @@ def time_loss(
     backend: str = "dense",
     repeats: int = 3,
 ) -> dict[str, Any]:
-    """Times ``jax.value_and_grad`` of ``loss`` on a random float32 (n, v, d) input."""
-    kwargs = {"backend": backend}
-    if loss not in losses.TEMPERATURE_FREE:
-        kwargs["temperature"] = temperature
-    fn = losses.get(loss)
+    """Times ``jax.value_and_grad`` of ``loss`` on a random float32 (n, v, d) input: the median
+    of ``repeats`` calls after a warm-up (:func:`mvcl.timing.time_value_and_grad`)."""
+    fn = losses.spec(loss).bind(temperature=temperature, backend=backend)
     z = jnp.asarray(np.random.default_rng(0).standard_normal((n, v, d)), jnp.float32)
-    compiled = jax.jit(jax.value_and_grad(lambda x: fn(x, **kwargs))).lower(z).compile()
-    stats = compiled.memory_analysis()
-    jax.block_until_ready(compiled(z))  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(compiled(z))
-        times.append(time.perf_counter() - start)
+    timing = time_value_and_grad(fn, z, repeats=repeats)
     return {
         "loss": loss,
         "n": n,
         "v": v,
-        "time_s": float(np.median(times)),
-        "temp_bytes": None if stats is None else int(stats.temp_size_in_bytes),
+        "time_s": timing.median_s,
+        "temp_bytes": timing.temp_bytes,
     }
 
 
@@ -80,5 +70,5 @@ def time_losses(
         for name in names
         for v in views
         for n in ns
-        if name not in losses.TWO_VIEW or v == 2
+        if losses.spec(name).accepts_views(v)
     ]

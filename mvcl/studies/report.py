@@ -14,11 +14,14 @@ from typing import Any
 
 import numpy as np
 
+from mvcl import losses
+
 KEYS = ("loss", "views", "batch_size")
 """What a group of seeds shares."""
 RUN_FIELDS = ("loss", "views", "batch_size", "seed", "step", "seconds", "train_loss")
-PAIRWISE_BASELINES = ("pwe", "avg", "pvc")
-"""The multi-view losses built from two-view pairs (the paper's baselines of MV-DHEL)."""
+PAIRWISE_BASELINES = tuple(name for name, spec in losses.SPECS.items() if spec.pair_aggregate)
+"""The multi-view losses built from pairs of views, pwe, avg and pvc (the paper's baselines of
+MV-DHEL; each record's ``pair_aggregate``)."""
 
 
 def rows(results: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:

@@ -30,7 +30,6 @@ One run, ``train_and_evaluate(config, workdir)``:
 
 from __future__ import annotations
 
-import functools
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -327,10 +326,8 @@ def make_loss_fn(config: config_dict.ConfigDict) -> Callable[[jax.Array], jax.Ar
     """``z (n, V, D) -> global-batch loss`` of ``config.loss``, to call inside shard_map."""
     kwargs = config.loss.kwargs.to_dict()
     kwargs["precision"] = config.loss.get("precision")  # None: HIGHEST for float32 embeddings
-    if config.loss.name not in losses.TEMPERATURE_FREE:
-        kwargs["temperature"] = config.loss.temperature
-    return functools.partial(
-        losses.get(config.loss.name), axis_name=AXIS, backend=config.loss.backend, **kwargs
+    return losses.spec(config.loss.name).bind(
+        temperature=config.loss.temperature, axis_name=AXIS, backend=config.loss.backend, **kwargs
     )
 
 

@@ -29,11 +29,16 @@ from typing import Any
 
 from ml_collections import config_dict
 
+from mvcl import losses
+
 BENCH_JSON = "experiments/results/bench_losses.json"
-MULTI_VIEW_LOSSES = ("mv_dhel", "mv_infonce", "pwe", "avg", "pvc", "multipos_infonce")
-# At V = 2, pwe = avg = pvc = multipos_infonce = infonce and mv_dhel = dhel (docs/losses.md):
-# the two-view block runs each distinct loss once.
-TWO_VIEW_LOSSES = ("mv_dhel", "mv_infonce", "infonce", "dcl", "kcl")
+# Every multi-view loss, MV-DHEL (the paper's method) first.
+MULTI_VIEW_LOSSES = ("mv_dhel",) + tuple(n for n in losses.MULTI_VIEW if n != "mv_dhel")
+# At V = 2, pwe = avg = pvc = multipos_infonce = infonce and dhel = mv_dhel (each record's
+# `same_at_two_views`, docs/losses.md): the two-view block runs each distinct loss once.
+TWO_VIEW_LOSSES = tuple(
+    n for n in MULTI_VIEW_LOSSES + losses.TWO_VIEW if losses.spec(n).same_at_two_views is None
+)
 FAKE_WIDTH = 0.0625  # backbone channel multiplier of smoke runs
 FAKE_BATCH = 8
 
