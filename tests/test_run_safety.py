@@ -375,7 +375,7 @@ def test_every_user_error_is_one_line_on_stderr(tmp_path):
         "config file": (
             ["--config=nope"],
             PRETRAIN,
-            "--config: cannot load the config file: [Errno 2] No such file or directory",
+            "config 'nope' is neither a packaged config nor an existing .py file",
         ),
         "config argument": (
             ["--config=digits:lss=2"],
