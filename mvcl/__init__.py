@@ -8,7 +8,7 @@ backends), ``mvcl.parallel`` (meshes, sharded losses, multi-host start-up) and `
 tensorflow-datasets, ...) and are imported on demand.
 """
 
-from mvcl import kernels, losses, metrics, parallel
+from mvcl import backends, losses, metrics, parallel
 
 __version__ = "0.1.0"
-__all__ = ["kernels", "losses", "metrics", "parallel"]
+__all__ = ["backends", "losses", "metrics", "parallel"]

@@ -54,7 +54,7 @@ CASES = [
     ("kcl", {"kernel": "imq", "t": 1.5}),
 ]
 # A 5-row tile cuts every ring block into several padded tiles, so the tiling is exercised too.
-BACKENDS = {"gather": "gather", "ring": mvcl.kernels.get("ring", tile=5)}
+BACKENDS = {"gather": "gather", "ring": mvcl.backends.get("ring", tile=5)}
 N, D = 24, 6  # N divides over 1, 3 and 8 devices
 
 

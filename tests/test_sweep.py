@@ -11,7 +11,7 @@ import pytest
 from ml_collections import config_dict
 
 from mvcl import configs, studies, train
-from mvcl.studies import grid, kernel_cost, outputs, plots, report, runner
+from mvcl.studies import grid, loss_cost, outputs, plots, report, runner
 
 SWEEP_CONFIGS = [name for name in configs.names() if name.startswith("sweeps/")]
 OUTPUTS = (
@@ -267,17 +267,17 @@ def test_kernel_costs_from_the_benchmark_json_or_timed(tmp_path):
         ]
     }
     (tmp_path / "bench.json").write_text(json.dumps(bench))
-    assert kernel_cost.from_bench(tmp_path / "bench.json", "dense") == [
+    assert loss_cost.from_bench(tmp_path / "bench.json", "dense") == [
         {"loss": "mv_dhel", "n": 4, "v": 2, "time_s": 0.5, "temp_bytes": 7}
     ]
-    assert kernel_cost.from_bench(tmp_path / "missing.json", "dense") is None
+    assert loss_cost.from_bench(tmp_path / "missing.json", "dense") is None
 
     sweep = tiny_sweep(a=(("mv_dhel",), (2,)))
     sweep.kernel_cost.bench_json = str(tmp_path / "bench.json")
-    assert outputs.kernel_rows(sweep, tmp_path) == kernel_cost.from_bench(
+    assert outputs.kernel_rows(sweep, tmp_path) == loss_cost.from_bench(
         tmp_path / "bench.json", "dense"
     )
-    row = kernel_cost.time_loss("kcl", 4, 2, d=8, repeats=1)
+    row = loss_cost.time_loss("kcl", 4, 2, d=8, repeats=1)
     assert row["time_s"] > 0 and row["temp_bytes"] is not None
 
 

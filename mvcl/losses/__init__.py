@@ -10,8 +10,8 @@ The exact maths is in docs/losses.md and in each docstring.
 from mvcl.losses._common import check_finite
 from mvcl.losses.baselines import avg, multipos_infonce, pvc, pwe
 from mvcl.losses.multiview import mv_dhel, mv_infonce
-from mvcl.losses.pairwise import KERNELS, dcl, dhel, infonce, kcl
 from mvcl.losses.registry import NAMES, TEMPERATURE_FREE, TWO_VIEW, get
+from mvcl.losses.two_view import KERNELS, dcl, dhel, infonce, kcl
 
 __all__ = [
     "KERNELS",

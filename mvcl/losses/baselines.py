@@ -12,10 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from mvcl.losses import _common as c
-from mvcl.losses import pairwise
+from mvcl.losses import two_view
 from mvcl.losses.multiview import dhel_terms
 
-PAIR_LOSSES = {"infonce": pairwise.infonce_terms, "dhel": dhel_terms}
+PAIR_LOSSES = {"infonce": two_view.infonce_terms, "dhel": dhel_terms}
 
 
 def _mean_pair_loss(pairs, temperature, pair_loss, *, axis_name, backend, precision):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from mvcl.losses import baselines, multiview, pairwise
+from mvcl.losses import baselines, multiview, two_view
 
 _LOSSES: dict[str, Callable] = {
     "mv_infonce": multiview.mv_infonce,
@@ -13,10 +13,10 @@ _LOSSES: dict[str, Callable] = {
     "avg": baselines.avg,
     "pvc": baselines.pvc,
     "multipos_infonce": baselines.multipos_infonce,
-    "infonce": pairwise.infonce,
-    "dcl": pairwise.dcl,
-    "dhel": pairwise.dhel,
-    "kcl": pairwise.kcl,
+    "infonce": two_view.infonce,
+    "dcl": two_view.dcl,
+    "dhel": two_view.dhel,
+    "kcl": two_view.kcl,
 }
 NAMES = tuple(_LOSSES)
 TWO_VIEW = ("infonce", "dcl", "dhel", "kcl")

@@ -9,7 +9,7 @@ The command-line entry point is ``mvcl-sweep`` (`mvcl.sweep`). Imported on deman
 ``mvcl.train``).
 """
 
-from mvcl.studies import grid, kernel_cost, plots, report, runner
+from mvcl.studies import grid, loss_cost, plots, report, runner
 from mvcl.studies.grid import Cell, cell_config, cells
 from mvcl.studies.outputs import write_outputs
 from mvcl.studies.runner import SweepRun, run_sweep
@@ -20,7 +20,7 @@ __all__ = [
     "cell_config",
     "cells",
     "grid",
-    "kernel_cost",
+    "loss_cost",
     "plots",
     "report",
     "run_sweep",

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from ml_collections import config_dict
 
-from mvcl.studies import grid, kernel_cost, plots, report, runner
+from mvcl.studies import grid, loss_cost, plots, report, runner
 
 KERNEL_COST_FILE = "kernel_cost.json"
 
@@ -31,13 +31,13 @@ def kernel_rows(sweep: config_dict.ConfigDict, workdir: str | os.PathLike) -> li
     settings = sweep.kernel_cost
     names = list(dict.fromkeys(cell.loss for cell in grid.cells(sweep)))
     views = sorted({cell.views for cell in grid.cells(sweep)})
-    bench = kernel_cost.from_bench(settings.bench_json, settings.backend)
+    bench = loss_cost.from_bench(settings.bench_json, settings.backend)
     if bench:
         return [r for r in bench if r["loss"] in names]
     cache = Path(workdir) / KERNEL_COST_FILE
     if cache.is_file():
         return json.loads(cache.read_text(encoding="utf-8"))
-    rows = kernel_cost.time_losses(
+    rows = loss_cost.time_losses(
         names, views, settings.ns, d=settings.d, backend=settings.backend, repeats=settings.repeats
     )
     cache.write_text(json.dumps(rows, indent=1), encoding="utf-8")

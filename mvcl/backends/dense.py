@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mvcl.kernels import reductions
+from mvcl.backends import reductions
 
 
 def _flat(x):

@@ -32,10 +32,10 @@ from typing import Callable
 
 import jax
 
-from mvcl.kernels import dense as _dense
-from mvcl.kernels import precision
-from mvcl.kernels import streaming as _streaming
-from mvcl.kernels.reductions import LSE, MASKS, Reduction, keep, sum_of
+from mvcl.backends import dense as _dense
+from mvcl.backends import precision
+from mvcl.backends import streaming as _streaming
+from mvcl.backends.reductions import LSE, MASKS, Reduction, keep, sum_of
 
 Backend = Callable[..., jax.Array]
 

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mvcl.kernels import reductions
+from mvcl.backends import reductions
 
 TILE_ELEMENTS = 512 * 512
 """Default similarity-tile size, over all G groups: 1 MiB of float32, cache-sized."""

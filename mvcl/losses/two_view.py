@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from mvcl import kernels
+from mvcl import backends
 from mvcl.losses import _common as c
 from mvcl.losses.multiview import dhel_terms
 
@@ -56,7 +56,7 @@ def infonce(
       z: (N, 2, D) embeddings (the local shard under ``axis_name``).
       temperature: τ > 0.
       axis_name: mesh axis of a surrounding ``shard_map``/``pmap``, or ``None``.
-      backend: a name from :data:`mvcl.kernels.NAMES` or a backend function.
+      backend: a name from :data:`mvcl.backends.NAMES` or a backend function.
       precision: matmul precision, as in :func:`mvcl.losses.mv_infonce`.
     """
     c.check_temperature(temperature)
@@ -181,7 +181,7 @@ def kcl(
         axis_name=axis_name,
         backend=backend,
         precision=precision,
-        reduction=kernels.sum_of(of_dot),
+        reduction=backends.sum_of(of_dot),
     )[..., 0]
     # Σ_{i≠j} is twice Σ_{i<j}, over N(N−1)/2 pairs: mean_{i<j} = Σ_i rows_i / (N(N−1)).
     uniformity = jnp.sum(row_sums, axis=0) / (n_global - 1)
