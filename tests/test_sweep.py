@@ -238,11 +238,11 @@ def test_plots_draw_one_line_per_loss():
         {"loss": "mv_dhel", "n": 8, "v": v, "time_s": 0.1 * v, "temp_bytes": 1024 * v}
         for v in (2, 4)
     ]
-    fig = plots.kernel_cost(rows)
+    fig = plots.loss_cost(rows)
     assert all(ax.get_lines() for ax in fig.axes)
 
 
-def test_kernel_costs_from_the_benchmark_json_or_timed(tmp_path):
+def test_loss_costs_from_the_benchmark_json_or_timed(tmp_path):
     bench = {
         "rows": [
             {
@@ -274,7 +274,7 @@ def test_kernel_costs_from_the_benchmark_json_or_timed(tmp_path):
 
     sweep = tiny_sweep(a=(("mv_dhel",), (2,)))
     sweep.kernel_cost.bench_json = str(tmp_path / "bench.json")
-    assert outputs.kernel_rows(sweep, tmp_path) == loss_cost.from_bench(
+    assert outputs.loss_cost_rows(sweep, tmp_path) == loss_cost.from_bench(
         tmp_path / "bench.json", "dense"
     )
     row = loss_cost.time_loss("kcl", 4, 2, d=8, repeats=1)

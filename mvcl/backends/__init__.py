@@ -4,10 +4,10 @@ A backend is a function ``backend(q, k, *, mask, reduction, axis_name, precision
 
 * ``q``: (G, n, A, D) query rows, already scaled, in G independent groups;
 * ``k``: (G, n, B, D) this device's keys (the global key set is every device's ``k``);
-* ``mask``: which keys a row sees (see :func:`mvcl.kernels.reductions.keep`);
+* ``mask``: which keys a row sees (see :func:`mvcl.backends.reductions.keep`);
 * ``reduction``: :data:`LSE` or :func:`sum_of` ``(fn)``;
 * ``precision``: the ``jax.lax.Precision`` of every matmul, forward and backward
-  (:mod:`mvcl.kernels.precision`; ``None`` leaves the platform default);
+  (:mod:`mvcl.backends.precision`; ``None`` leaves the platform default);
 * ``out``: (G, n, A), the reduction of each local query row over the global keys of its group.
 
 The losses in :mod:`mvcl.losses` are written against this signature only; adding a backend here
@@ -20,7 +20,7 @@ gives it to every loss. The exact maths of every reduction and backend is in doc
 | ``blockwise``, ``ring`` | streamed tiles, ring-passed blocks | O(n(A+B)D + tile²) | recomputed |
 
 The losses call :func:`self_rows` (the keys are the query rows themselves, ``v = u / sqrt(τ)``),
-which takes a backend's symmetric path when it has one (:class:`Kernel`); a plain backend
+which takes a backend's symmetric path when it has one (:class:`BuiltinBackend`); a plain backend
 function is called with ``q = k = v``.
 """
 
@@ -28,10 +28,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 
+from mvcl._deprecation import warn_moved
 from mvcl.backends import dense as _dense
 from mvcl.backends import precision
 from mvcl.backends import streaming as _streaming
@@ -41,8 +42,8 @@ Backend = Callable[..., jax.Array]
 
 
 @dataclasses.dataclass(frozen=True)
-class Kernel:
-    """A built-in backend: called as ``kernel(q, k, ...)`` it is a backend like any other.
+class BuiltinBackend:
+    """A built-in backend: called as ``backend(q, k, ...)`` it is a backend like any other.
 
     ``self_rows(v, ...)`` is the same reduction when the keys are the query rows themselves
     (``q = k = v``), which every loss here needs (it passes ``u / sqrt(τ)``, so that
@@ -59,18 +60,18 @@ class Kernel:
         )
 
 
-def _streaming_kernel(**options) -> Kernel:
-    return Kernel(
+def _streaming_backend(**options) -> BuiltinBackend:
+    return BuiltinBackend(
         functools.partial(_streaming.streaming, **options),
         functools.partial(_streaming.streaming_self, **options),
     )
 
 
 _BACKENDS: dict[str, Callable[..., Backend]] = {
-    "dense": lambda: Kernel(_dense.dense, _dense.dense_self),
-    "gather": lambda: Kernel(_dense.gather, _dense.gather_self),
-    "blockwise": _streaming_kernel,
-    "ring": _streaming_kernel,
+    "dense": lambda: BuiltinBackend(_dense.dense, _dense.dense_self),
+    "gather": lambda: BuiltinBackend(_dense.gather, _dense.gather_self),
+    "blockwise": _streaming_backend,
+    "ring": _streaming_backend,
 }
 NAMES = tuple(_BACKENDS)
 
@@ -103,7 +104,8 @@ __all__ = [
     "LSE",
     "MASKS",
     "NAMES",
-    "Kernel",
+    "Backend",
+    "BuiltinBackend",
     "Reduction",
     "get",
     "keep",
@@ -111,3 +113,10 @@ __all__ = [
     "self_rows",
     "sum_of",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Kernel":  # the former name of BuiltinBackend
+        warn_moved("mvcl.backends.Kernel", "mvcl.backends.BuiltinBackend")
+        return BuiltinBackend
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

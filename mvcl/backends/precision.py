@@ -1,7 +1,7 @@
-"""The matmul precision of every kernel and loss.
+"""The matmul precision of every backend and loss.
 
 On TPUs a float32 matmul runs by default as bfloat16 passes, on recent GPUs as TF32: "computed in
-float32" would then hold on the CPU only. Every kernel and loss therefore takes ``precision``, and
+float32" would then hold on the CPU only. Every backend and loss therefore takes ``precision``, and
 passes it to every ``dot_general`` of its forward and backward pass:
 
 * ``None`` (the default): ``Precision.HIGHEST`` (full float32/float64 passes) for float32 and

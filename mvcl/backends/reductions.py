@@ -1,6 +1,6 @@
 """What a backend computes per query row, and which keys it may see.
 
-Every kernel reduces one row of similarities ``S[a, (j, b)] = q_a · k_(j,b)`` over the global key
+Every backend reduces one row of similarities ``S[a, (j, b)] = q_a · k_(j,b)`` over the global key
 set with a mask. Two reductions exist:
 
 * :data:`LSE`: ``log Σ_keys exp S`` (the energy of every InfoNCE-style loss);

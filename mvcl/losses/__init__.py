@@ -3,9 +3,12 @@
 Every loss takes ``z`` of shape (N, V, D), instance-major, normalises it itself, and returns the
 scalar mean over the global batch. ``axis_name`` makes the negatives the global batch inside
 ``jax.shard_map``/``jax.pmap``; ``backend`` picks how the energies are computed
-(:mod:`mvcl.kernels`); ``precision`` the matmul precision (:mod:`mvcl.kernels.precision`).
+(:mod:`mvcl.backends`); ``precision`` the matmul precision (:mod:`mvcl.backends.precision`).
 The exact maths is in docs/losses.md and in each docstring.
 """
+
+import importlib
+from types import ModuleType
 
 from mvcl.losses._common import check_finite
 from mvcl.losses.baselines import avg, multipos_infonce, pvc, pwe
@@ -31,3 +34,10 @@ __all__ = [
     "pvc",
     "pwe",
 ]
+
+
+def __getattr__(name: str) -> ModuleType:
+    # mvcl.losses.pairwise, the former two_view: importing it warns.
+    if name == "pairwise":
+        return importlib.import_module(f"{__name__}.pairwise")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

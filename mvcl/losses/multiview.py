@@ -42,8 +42,8 @@ def mv_infonce(
       negatives: ``"all"`` (the authors' code) or ``"other_views"`` (the paper README's reading).
       axis_name: mesh axis of a surrounding ``shard_map``/``pmap`` to take negatives from the
         global batch; ``None`` for one device.
-      backend: a name from :data:`mvcl.kernels.NAMES` or a backend function.
-      precision: matmul precision (:mod:`mvcl.kernels.precision`): ``None`` is HIGHEST for
+      backend: a name from :data:`mvcl.backends.NAMES` or a backend function.
+      precision: matmul precision (:mod:`mvcl.backends.precision`): ``None`` is HIGHEST for
         float32/float64 input and the native passes for bfloat16/float16; a
         ``jax.lax.Precision`` or ``"default"``/``"high"``/``"highest"`` as given.
 

@@ -9,6 +9,9 @@ The command-line entry point is ``mvcl-sweep`` (`mvcl.sweep`). Imported on deman
 ``mvcl.train``).
 """
 
+import importlib
+from types import ModuleType
+
 from mvcl.studies import grid, loss_cost, plots, report, runner
 from mvcl.studies.grid import Cell, cell_config, cells
 from mvcl.studies.outputs import write_outputs
@@ -27,3 +30,10 @@ __all__ = [
     "runner",
     "write_outputs",
 ]
+
+
+def __getattr__(name: str) -> ModuleType:
+    # mvcl.studies.kernel_cost, the former loss_cost: importing it warns.
+    if name == "kernel_cost":
+        return importlib.import_module(f"{__name__}.kernel_cost")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
