@@ -11,6 +11,7 @@ import pytest
 from ml_collections import config_dict
 
 from mvcl import configs, studies, train
+from mvcl.configs.sweeps import paper
 from mvcl.studies import grid, loss_cost, outputs, plots, report, runner
 
 SWEEP_CONFIGS = [name for name in configs.names() if name.startswith("sweeps/")]
@@ -296,3 +297,25 @@ def test_fashion_mnist_claims_sweep_has_three_losses_three_view_counts_three_see
     assert config.checkpoint_every_steps <= 100  # an interrupted cell loses little
     more = grid.load_config_file("sweeps/fashion_mnist_claims", "more_losses=True")
     assert len(studies.cells(more)) == 45
+
+
+@pytest.mark.parametrize("dataset", sorted(paper.PUBLISHED))
+def test_paper_sweep_is_one_config_with_the_published_targets(dataset):
+    published = paper.PUBLISHED[dataset]
+    for arg in ("", "fake=True,seeds=2"):
+        by_name = grid.load_config_file(f"sweeps/{dataset}", arg)  # the earlier short name
+        sep = "," if arg else ""
+        by_arg = grid.load_config_file("sweeps/paper", f"dataset={dataset}{sep}{arg}")
+        assert by_name.to_dict() == by_arg.to_dict()
+    sweep = grid.load_config_file(f"sweeps/{dataset}")
+    assert sweep.base == dataset and sweep.overrides.num_epochs == published.epochs
+    assert tuple(sweep.targets.mv_dhel) == published.mv_dhel
+    assert tuple(sweep.targets.best_baseline) == published.best_baseline
+    assert len(studies.cells(sweep)) == 11
+
+
+def test_paper_sweep_of_an_unknown_dataset_names_the_known_ones():
+    with pytest.raises(ValueError, match="dataset must be one of cifar10, cifar100"):
+        grid.load_config_file("sweeps/paper", "dataset=mnist")
+    with pytest.raises(ValueError, match="unknown config argument 'dataset'"):
+        grid.load_config_file("sweeps/cifar10", "dataset=cifar100")
