@@ -28,17 +28,23 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import jax
+from jax.typing import ArrayLike
 
 from mvcl._deprecation import warn_moved
 from mvcl.backends import dense as _dense
 from mvcl.backends import precision
 from mvcl.backends import streaming as _streaming
-from mvcl.backends.reductions import LSE, MASKS, Reduction, keep, sum_of
+from mvcl.backends.precision import PrecisionLike
+from mvcl.backends.reductions import LSE, MASKS, AxisName, Mask, Reduction, keep, sum_of
 
 Backend = Callable[..., jax.Array]
+"""A backend function (see above)."""
+BackendName = Literal["dense", "gather", "blockwise", "ring"]
+BackendLike = BackendName | Backend
+"""What a ``backend`` argument takes: a built-in backend's name or a backend function."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,29 +60,38 @@ class BuiltinBackend:
     rows: Backend
     self_rows: Backend | None = None
 
-    def __call__(self, q, k, *, mask, reduction, axis_name=None, precision=None):
+    def __call__(
+        self,
+        q: ArrayLike,
+        k: ArrayLike,
+        *,
+        mask: Mask,
+        reduction: Reduction,
+        axis_name: AxisName | None = None,
+        precision: PrecisionLike = None,
+    ) -> jax.Array:
         return self.rows(
             q, k, mask=mask, reduction=reduction, axis_name=axis_name, precision=precision
         )
 
 
-def _streaming_backend(**options) -> BuiltinBackend:
+def _streaming_backend(**options: Any) -> BuiltinBackend:
     return BuiltinBackend(
         functools.partial(_streaming.streaming, **options),
         functools.partial(_streaming.streaming_self, **options),
     )
 
 
-_BACKENDS: dict[str, Callable[..., Backend]] = {
+_BACKENDS: dict[BackendName, Callable[..., BuiltinBackend]] = {
     "dense": lambda: BuiltinBackend(_dense.dense, _dense.dense_self),
     "gather": lambda: BuiltinBackend(_dense.gather, _dense.gather_self),
     "blockwise": _streaming_backend,
     "ring": _streaming_backend,
 }
-NAMES = tuple(_BACKENDS)
+NAMES: tuple[BackendName, ...] = tuple(_BACKENDS)
 
 
-def get(backend: str | Backend, **options) -> Backend:
+def get(backend: BackendLike, **options: Any) -> Backend:
     """The backend function for a name (``options`` such as ``tile=`` go to its constructor).
 
     A callable is returned unchanged, so losses accept either a name or a backend function.
@@ -89,7 +104,13 @@ def get(backend: str | Backend, **options) -> Backend:
 
 
 def self_rows(
-    backend: str | Backend, v, *, mask, reduction, axis_name=None, precision=None
+    backend: BackendLike,
+    v: ArrayLike,
+    *,
+    mask: Mask,
+    reduction: Reduction,
+    axis_name: AxisName | None = None,
+    precision: PrecisionLike = None,
 ) -> jax.Array:
     """The reduction of every row of ``v`` (G, n, A, D) over the global rows of ``v``: (G, n, A).
 
@@ -104,8 +125,13 @@ __all__ = [
     "LSE",
     "MASKS",
     "NAMES",
+    "AxisName",
     "Backend",
+    "BackendLike",
+    "BackendName",
     "BuiltinBackend",
+    "Mask",
+    "PrecisionLike",
     "Reduction",
     "get",
     "keep",

@@ -15,14 +15,20 @@ See docs/losses.md, "Precision".
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import jax
 import jax.numpy as jnp
+from jax.typing import DTypeLike
 
 Precision = jax.lax.Precision
-CHOICES = ("default", "high", "highest")
+PrecisionName = Literal["default", "high", "highest"]
+CHOICES: tuple[PrecisionName, ...] = get_args(PrecisionName)
+PrecisionLike = Precision | PrecisionName | None
+"""What a ``precision`` argument takes (a name in any case works too)."""
 
 
-def resolve(precision, dtype) -> Precision:
+def resolve(precision: PrecisionLike | str, dtype: DTypeLike) -> Precision:
     """The ``jax.lax.Precision`` that ``precision`` asks for, for inputs of ``dtype``."""
     if precision is None:
         exact = jnp.dtype(dtype) in (jnp.dtype(jnp.float32), jnp.dtype(jnp.float64))

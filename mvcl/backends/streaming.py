@@ -35,8 +35,11 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from mvcl.backends import reductions
+from mvcl.backends.precision import PrecisionLike
+from mvcl.backends.reductions import AxisName, Mask, Reduction
 
 TILE_ELEMENTS = 512 * 512
 """Default similarity-tile size, over all G groups: 1 MiB of float32, cache-sized."""
@@ -48,7 +51,7 @@ def default_tile(groups: int) -> int:
     return max(MIN_TILE, math.isqrt(TILE_ELEMENTS // groups) // 8 * 8)
 
 
-def _check_tile(tile, x):
+def _check_tile(tile: int | None, x: jax.Array) -> int:
     if tile is None:
         return default_tile(x.shape[0])
     if tile < 1:
@@ -56,8 +59,18 @@ def _check_tile(tile, x):
     return tile
 
 
-def streaming(q, k, *, mask, reduction, axis_name=None, precision=None, tile: int | None = None):
+def streaming(
+    q: ArrayLike,
+    k: ArrayLike,
+    *,
+    mask: Mask,
+    reduction: Reduction,
+    axis_name: AxisName | None = None,
+    precision: PrecisionLike = None,
+    tile: int | None = None,
+) -> jax.Array:
     """Row reductions of ``q`` (G, n, A, D) over global keys ``k`` (G, n, B, D): (G, n, A)."""
+    q, k = jnp.asarray(q), jnp.asarray(k)
     tile = _check_tile(tile, q)
     return _stream(q, k, mask, reduction, axis_name, tile, precision)
 
@@ -227,8 +240,17 @@ def _stream_bwd(mask, reduction, axis_name, tile, precision, residuals, g):
 _stream.defvjp(_stream_fwd, _stream_bwd)
 
 
-def streaming_self(v, *, mask, reduction, axis_name=None, precision=None, tile: int | None = None):
+def streaming_self(
+    v: ArrayLike,
+    *,
+    mask: Mask,
+    reduction: Reduction,
+    axis_name: AxisName | None = None,
+    precision: PrecisionLike = None,
+    tile: int | None = None,
+) -> jax.Array:
     """Row reductions of ``v`` (G, n, A, D) over the global rows of ``v`` themselves: (G, n, A)."""
+    v = jnp.asarray(v)
     tile = _check_tile(tile, v)
     return _self(v, mask, reduction, axis_name, tile, precision)
 
