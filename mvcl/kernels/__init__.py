@@ -10,7 +10,7 @@ import sys
 from mvcl import backends as _backends
 from mvcl._deprecation import warn_moved
 from mvcl.backends import *  # noqa: F403 (the whole public API, re-exported)
-from mvcl.backends import Backend, BuiltinBackend, dense, reductions, streaming
+from mvcl.backends import BuiltinBackend, dense, reductions, streaming
 
 warn_moved("mvcl.kernels", "mvcl.backends", stacklevel=2)
 
@@ -19,4 +19,4 @@ for _name in ("dense", "precision", "reductions", "streaming"):
 
 Kernel = BuiltinBackend
 
-__all__ = [*_backends.__all__, "Backend", "Kernel", "dense", "reductions", "streaming"]
+__all__ = [*_backends.__all__, "Kernel", "dense", "reductions", "streaming"]
