@@ -8,10 +8,11 @@ backends), ``mvcl.parallel`` (meshes, sharded losses, multi-host start-up) and `
 tensorflow-datasets, ...) and are imported on demand.
 """
 
-import importlib
 from types import ModuleType
 
-from mvcl import backends, losses, metrics, parallel
+from mvcl import _deprecation, backends, losses, metrics, parallel
+
+_deprecation.install()  # the module names of earlier releases (mvcl.kernels, ...), with a warning
 
 __version__ = "0.1.0"
 __all__ = ["backends", "losses", "metrics", "parallel"]
@@ -20,5 +21,5 @@ __all__ = ["backends", "losses", "metrics", "parallel"]
 def __getattr__(name: str) -> ModuleType:
     # mvcl.kernels, the former name of mvcl.backends: importing it warns.
     if name == "kernels":
-        return importlib.import_module(f"{__name__}.kernels")
+        return _deprecation.import_moved(f"{__name__}.kernels")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

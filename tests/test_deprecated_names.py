@@ -27,7 +27,8 @@ def _fresh_import(name: str):
     importlib.import_module(parent)
     if child in vars(sys.modules[parent]):
         delattr(sys.modules[parent], child)
-    return importlib.import_module(name)
+    __import__(name)  # as an import statement does (importlib.import_module is a frame of its own)
+    return sys.modules[name]
 
 
 def test_importing_the_package_and_its_core_warns_of_nothing():
@@ -42,28 +43,39 @@ def test_importing_the_package_and_its_core_warns_of_nothing():
 
 
 @pytest.mark.parametrize("old, new", OLD_MODULES)
-def test_old_module_paths_warn_and_name_the_replacement(old, new):
+def test_old_module_paths_warn_at_the_import_and_name_the_replacement(old, new):
     if old.startswith("mvcl.studies"):
         pytest.importorskip("flax")
-    with pytest.warns(DeprecationWarning, match=f"{old} is deprecated.*use {new}"):
+    with pytest.warns(DeprecationWarning, match=f"{old} is deprecated.*use {new}") as record:
         module = _fresh_import(old)
+    assert record[0].filename == __file__  # the warning points at the importing line
     replacement = importlib.import_module(new)
-    for name in set(module.__all__) - {"Kernel"}:  # (Kernel: below)
+    assert module.__all__
+    for name in module.__all__:
         assert getattr(module, name) is getattr(replacement, name), name
+    with pytest.warns(DeprecationWarning, match=f"use {new}") as record:  # attribute access
+        parent, _, child = old.rpartition(".")
+        _fresh_import(old)
+        del sys.modules[old]
+        delattr(sys.modules[parent], child)
+        getattr(sys.modules[parent], child)
+    assert record[-1].filename == __file__
 
 
 def test_old_kernels_package_is_the_backends_package():
     with pytest.warns(DeprecationWarning, match="use mvcl.backends"):
         kernels = _fresh_import("mvcl.kernels")
-    assert mvcl.kernels is kernels  # attribute access on the package reaches it too
-    import mvcl.kernels.reductions as old_reductions  # noqa: PLC0415 (the old submodule path)
-    from mvcl.kernels.streaming import streaming  # noqa: PLC0415
+    assert mvcl.kernels is kernels
+    with pytest.warns(DeprecationWarning, match="use mvcl.backends.reductions"):
+        import mvcl.kernels.reductions as old_reductions  # noqa: PLC0415 (the old submodule path)
+    with pytest.warns(DeprecationWarning, match="use mvcl.backends.streaming"):
+        from mvcl.kernels.streaming import streaming  # noqa: PLC0415
 
-    assert old_reductions is backends.reductions
+    assert old_reductions.keep is backends.reductions.keep
     assert streaming is backends.streaming.streaming
-    assert kernels.Kernel is backends.BuiltinBackend
+    assert kernels.dense is backends.dense and kernels.precision is backends.precision
     with pytest.warns(DeprecationWarning, match="use mvcl.backends.BuiltinBackend"):
-        assert backends.Kernel is backends.BuiltinBackend
+        assert kernels.Kernel is backends.BuiltinBackend
     # A loss given the old package's backend computes what it computes with the new one.
     z = jnp.asarray(np.random.default_rng(0).normal(size=(8, 3, 4)), jnp.float32)
     old = losses.mv_infonce(z, temperature=0.5, backend=kernels.get("blockwise", tile=4))

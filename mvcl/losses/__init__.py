@@ -7,9 +7,9 @@ scalar mean over the global batch. ``axis_name`` makes the negatives the global 
 The exact maths is in docs/losses.md and in each docstring.
 """
 
-import importlib
 from types import ModuleType
 
+from mvcl import _deprecation
 from mvcl.losses._common import check_finite
 from mvcl.losses.baselines import avg, multipos_infonce, pvc, pwe
 from mvcl.losses.multiview import mv_dhel, mv_infonce
@@ -39,5 +39,5 @@ __all__ = [
 def __getattr__(name: str) -> ModuleType:
     # mvcl.losses.pairwise, the former two_view: importing it warns.
     if name == "pairwise":
-        return importlib.import_module(f"{__name__}.pairwise")
+        return _deprecation.import_moved(f"{__name__}.pairwise")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,9 +9,9 @@ The command-line entry point is ``mvcl-sweep`` (`mvcl.sweep`). Imported on deman
 ``mvcl.train``).
 """
 
-import importlib
 from types import ModuleType
 
+from mvcl import _deprecation
 from mvcl.studies import grid, loss_cost, plots, report, runner
 from mvcl.studies.grid import Cell, cell_config, cells
 from mvcl.studies.outputs import write_outputs
@@ -35,5 +35,5 @@ __all__ = [
 def __getattr__(name: str) -> ModuleType:
     # mvcl.studies.kernel_cost, the former loss_cost: importing it warns.
     if name == "kernel_cost":
-        return importlib.import_module(f"{__name__}.kernel_cost")
+        return _deprecation.import_moved(f"{__name__}.kernel_cost")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
