@@ -154,7 +154,7 @@ def run_row(row: dict, mesh_cache: dict) -> dict:
     loss = mvcl.losses.spec(row["loss"])
     backend = row["backend"]
     if row.get("tile") and backend in ("blockwise", "ring"):
-        backend = mvcl.kernels.get(backend, tile=row["tile"])
+        backend = mvcl.backends.get(backend, tile=row["tile"])
     shape = (row["n"], row["v"], row["d"])
     local_rate = matmul_rate(repeats=3, shapes=("square_2048",))["gflops"]
     clean = _reset_peak_rss()

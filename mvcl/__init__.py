@@ -1,6 +1,6 @@
 """mvcl: multi-view contrastive learning in JAX.
 
-``mvcl.losses`` (the loss functions and their registry), ``mvcl.kernels`` (the row-reduction
+``mvcl.losses`` (the loss functions and their registry), ``mvcl.backends`` (the row-reduction
 backends), ``mvcl.parallel`` (meshes, sharded losses, multi-host start-up) and ``mvcl.metrics``
 (embedding geometry) are imported with the package and need only JAX and NumPy
 (``pip install mvcl``). ``mvcl.data``, ``mvcl.models``, ``mvcl.train``, ``mvcl.studies`` and
@@ -8,7 +8,18 @@ backends), ``mvcl.parallel`` (meshes, sharded losses, multi-host start-up) and `
 tensorflow-datasets, ...) and are imported on demand.
 """
 
-from mvcl import kernels, losses, metrics, parallel
+from types import ModuleType
+
+from mvcl import _deprecation, backends, losses, metrics, parallel
+
+_deprecation.install()  # the module names of earlier releases (mvcl.kernels, ...), with a warning
 
 __version__ = "0.1.0"
-__all__ = ["kernels", "losses", "metrics", "parallel"]
+__all__ = ["backends", "losses", "metrics", "parallel"]
+
+
+def __getattr__(name: str) -> ModuleType:
+    # mvcl.kernels, the former name of mvcl.backends: importing it warns.
+    if name == "kernels":
+        return _deprecation.import_moved(f"{__name__}.kernels")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -21,13 +21,14 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from mvcl.numerics import compute_dtype, normalize
 
 _RANKME_EPS = 1e-7  # the epsilon of RankMe (Garrido et al. 2023, Roy & Vetterli 2007)
 
 
-def _views(z: jax.Array) -> jax.Array:
+def _views(z: ArrayLike) -> jax.Array:
     """Checks an instance-major ``(N, V, D)`` array with V >= 2; casts it to the compute dtype."""
     z = jnp.asarray(z)
     if z.ndim != 3:
@@ -39,7 +40,7 @@ def _views(z: jax.Array) -> jax.Array:
     return z.astype(compute_dtype())
 
 
-def _rows(z: jax.Array, min_rows: int) -> jax.Array:
+def _rows(z: ArrayLike, min_rows: int) -> jax.Array:
     """Flattens ``(N, V, D)`` or passes ``(M, D)`` to ``(M, D)`` rows in the compute dtype."""
     z = jnp.asarray(z)
     if z.ndim not in (2, 3):
@@ -61,7 +62,7 @@ def _upper_mask(m: int) -> jax.Array:
     return idx[:, None] < idx[None, :]
 
 
-def alignment(z: jax.Array, *, eps: float = 1e-12) -> jax.Array:
+def alignment(z: ArrayLike, *, eps: float = 1e-12) -> jax.Array:
     """Alignment of Wang & Isola (2020), averaged over all view pairs.
 
         A = 1/N Σ_i 2/(V(V−1)) Σ_{l<m} ||u_il − u_im||²,   u = z / max(||z||, eps)
@@ -83,7 +84,7 @@ def alignment(z: jax.Array, *, eps: float = 1e-12) -> jax.Array:
     return jnp.mean(jnp.sum(diff * diff, axis=-1))
 
 
-def uniformity(z: jax.Array, t: float = 2.0, *, eps: float = 1e-12) -> jax.Array:
+def uniformity(z: ArrayLike, t: float = 2.0, *, eps: float = 1e-12) -> jax.Array:
     """Uniformity of Wang & Isola (2020) over all pairs of rows.
 
         U = log [ 2/(M(M−1)) Σ_{i<j} exp(−t ||u_i − u_j||²) ],   u = z / max(||z||, eps)
@@ -111,7 +112,7 @@ def uniformity(z: jax.Array, t: float = 2.0, *, eps: float = 1e-12) -> jax.Array
     return lse - jnp.log(m * (m - 1) / 2).astype(u.dtype)
 
 
-def effective_rank(z: jax.Array) -> jax.Array:
+def effective_rank(z: ArrayLike) -> jax.Array:
     """RankMe effective rank (Roy & Vetterli 2007; Garrido et al. 2023).
 
         p_k = σ_k / ||σ||₁ + 1e−7,   erank = exp(−Σ_k p_k log p_k)
@@ -131,7 +132,7 @@ def effective_rank(z: jax.Array) -> jax.Array:
     return jnp.exp(-jnp.sum(p * jnp.log(p)))
 
 
-def covariance_rank(z: jax.Array, tol: float = 1e-5) -> jax.Array:
+def covariance_rank(z: ArrayLike, tol: float = 1e-5) -> jax.Array:
     """Numerical rank of the centred feature covariance C = XcᵀXc / (M − 1), a D × D matrix.
 
         rank = #{k : λ_k > tol · λ_max}
@@ -181,7 +182,7 @@ def _sphere_cosine_cdf(dim: int, num_grid: int) -> tuple[np.ndarray, np.ndarray]
     return x, cdf / cdf[-1]
 
 
-def wasserstein_uniformity(z: jax.Array, *, num_grid: int = 4096, eps: float = 1e-12) -> jax.Array:
+def wasserstein_uniformity(z: ArrayLike, *, num_grid: int = 4096, eps: float = 1e-12) -> jax.Array:
     """W1 distance between pairwise cosines and the cosine law of the uniform sphere.
 
         W = ∫_{−1}^{1} |F_emp(x) − F(x)| dx
@@ -248,7 +249,7 @@ def wasserstein_uniformity(z: jax.Array, *, num_grid: int = 4096, eps: float = 1
     return jnp.sum(width * area)
 
 
-def all_metrics(z: jax.Array, *, t: float = 2.0, tol: float = 1e-5) -> dict[str, jax.Array]:
+def all_metrics(z: ArrayLike, *, t: float = 2.0, tol: float = 1e-5) -> dict[str, jax.Array]:
     """All geometry metrics of ``(N, V, D)`` embeddings, as a dict of scalar arrays.
 
     Keys: ``alignment``, ``uniformity`` (kernel scale ``t``), ``effective_rank``,

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
+from jax.typing import ArrayLike
 
 DEFAULT_AXIS = "data"
 
@@ -91,8 +92,11 @@ def check_divisible(n: int, mesh: jax.sharding.Mesh, axis_name: str, what: str =
 
 
 def shard_loss(
-    loss: Callable, mesh: jax.sharding.Mesh, axis_name: str = DEFAULT_AXIS, **loss_kwargs
-) -> Callable[[jax.Array], jax.Array]:
+    loss: Callable[..., jax.Array],
+    mesh: jax.sharding.Mesh,
+    axis_name: str = DEFAULT_AXIS,
+    **loss_kwargs: Any,
+) -> Callable[[ArrayLike], jax.Array]:
     """The jitted global-batch loss of a global (N, V, D) array, computed with ``shard_map``.
 
     Each device gets N / devices instances and calls ``loss(z_local, axis_name=axis_name,
@@ -114,7 +118,7 @@ def shard_loss(
     )
 
     @jax.jit
-    def sharded(z):
+    def sharded(z: jax.Array) -> jax.Array:
         if z.ndim != 3:
             raise ValueError(f"z must have rank 3, (N, V, D), got shape {tuple(z.shape)}")
         check_divisible(z.shape[0], mesh, axis_name)

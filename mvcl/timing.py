@@ -1,7 +1,7 @@
 """Timing a loss: one compiled forward+backward pass, its wall time and its temporary memory.
 
 Used by the loss benchmark (``experiments/bench_losses.py``) and the studies' kernel costs
-(:mod:`mvcl.studies.kernel_cost`). Needs only JAX and NumPy.
+(:mod:`mvcl.studies.loss_cost`). Needs only JAX and NumPy.
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ from mvcl import parallel  # noqa: E402
 # The multi-device test cases of every loss's record, as (registry name, options).
 CASES = [(spec.name, case.kwargs) for spec, case in mvcl.losses.registry.MULTIDEVICE_CASES]
 # A 5-row tile cuts every ring block into several padded tiles, so the tiling is exercised too.
-BACKENDS = {"gather": "gather", "ring": mvcl.kernels.get("ring", tile=5)}
+BACKENDS = {"gather": "gather", "ring": mvcl.backends.get("ring", tile=5)}
 N, D = 24, 6  # N divides over 1, 3 and 8 devices
 
 

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mvcl import kernels, losses
+from mvcl import backends, losses
 from mvcl.configs.sweeps import common as sweeps
 from mvcl.studies import report
 
@@ -53,7 +53,7 @@ def _recorded_energy(spec, n, v, d=3):
 
     def recording(q, k, **kwargs):
         calls.append((q.shape[0], q.shape[1] * q.shape[2]))
-        return kernels.get("dense")(q, k, **kwargs)
+        return backends.get("dense")(q, k, **kwargs)
 
     jax.make_jaxpr(lambda z: spec.call(z, temperature=0.5, backend=recording))(jnp.ones((n, v, d)))
     return calls

@@ -22,7 +22,7 @@ import oracle
 import pytest
 from jax.test_util import check_grads
 
-from mvcl import kernels, losses
+from mvcl import backends, losses
 
 # ------------------------------------------------------------------------------------------------
 # The losses under test: every test case of every loss's record (mvcl.losses.LossSpec.cases), each
@@ -87,7 +87,7 @@ def _backend(spec):
     if isinstance(spec, str):
         return spec
     name, tile = spec
-    return kernels.get(name, tile=tile)
+    return backends.get(name, tile=tile)
 
 
 @functools.lru_cache(maxsize=None)
@@ -267,7 +267,7 @@ BACKEND_IDS = ["gather", "blockwise", "blockwise-tile4", "blockwise-tile5"]
 
 
 def test_ring_without_axis_name_is_the_blockwise_kernel():
-    ring, blockwise = kernels.get("ring", tile=4), kernels.get("blockwise", tile=4)
+    ring, blockwise = backends.get("ring", tile=4), backends.get("blockwise", tile=4)
     assert ring.rows.func is blockwise.rows.func and ring.rows.keywords == blockwise.rows.keywords
     assert ring.self_rows.func is blockwise.self_rows.func
 
@@ -465,7 +465,7 @@ def test_check_grads_blockwise(x64, case_id):
     # custom_vjp: reverse mode only. One case per mask and reduction of the streaming kernel.
     case = BY_ID[case_id]
     z = jnp.asarray(_z((4, case.views(3), 3), seed=10))
-    backend = kernels.get("blockwise", tile=5)
+    backend = backends.get("blockwise", tile=5)
     check_grads(jax.jit(lambda z: case(z, 0.4, backend=backend)), (z,), order=1, modes=["rev"])
 
 
@@ -587,7 +587,7 @@ def _traced_loss(case, backend, precision, dtype):
     """jaxprs of the loss and its gradient, the loss inside a 1-device shard_map for gather and
     ring (so that their collectives are traced)."""
     z = jnp.asarray(_z((6, case.views(3), 4), seed=2), dtype)
-    fn = _backend(backend) if backend != "ring" else kernels.get("ring", tile=4)
+    fn = _backend(backend) if backend != "ring" else backends.get("ring", tile=4)
     axis = None if backend in ("dense", "blockwise") else "d"
 
     def loss(z):
@@ -631,11 +631,11 @@ def test_every_matmul_carries_the_precision_asked_for(backend):
 def test_general_kernel_matmuls_carry_the_precision(name):
     # The q != k path of every backend (the losses only use keys = queries).
     q, k = jnp.ones((1, 5, 2, 3)), jnp.ones((1, 5, 2, 3))
-    fn = kernels.get(name, tile=4) if name == "blockwise" else kernels.get(name)
+    fn = backends.get(name, tile=4) if name == "blockwise" else backends.get(name)
     P = jax.lax.Precision.HIGH
 
     def out(q, k):
-        return jnp.sum(fn(q, k, mask="self", reduction=kernels.LSE, precision=P))
+        return jnp.sum(fn(q, k, mask="self", reduction=backends.LSE, precision=P))
 
     for jaxpr in (jax.make_jaxpr(out)(q, k), jax.make_jaxpr(jax.grad(out, (0, 1)))(q, k)):
         assert set(_dot_precisions(jaxpr)) == {(P, P)}

@@ -32,7 +32,7 @@ _CORE_ONLY = textwrap.dedent(
     sys.meta_path.insert(0, Block())
     import jax.numpy as jnp
     import mvcl
-    import mvcl.kernels, mvcl.losses, mvcl.metrics, mvcl.parallel
+    import mvcl.backends, mvcl.losses, mvcl.metrics, mvcl.parallel
 
     z = jnp.ones((4, 2, 3)) / 3**0.5
     loss = mvcl.losses.mv_dhel(z, temperature=0.5)

@@ -13,7 +13,8 @@ import pytest
 from ml_collections import config_dict
 
 from mvcl import configs, studies, train
-from mvcl.studies import grid, kernel_cost, outputs, plots, report, runner
+from mvcl.configs.sweeps import paper
+from mvcl.studies import grid, loss_cost, outputs, plots, report, runner
 
 SWEEP_CONFIGS = [name for name in configs.names() if name.startswith("sweeps/")]
 OUTPUTS = (
@@ -242,11 +243,11 @@ def test_plots_draw_one_line_per_loss():
         {"loss": "mv_dhel", "n": 8, "v": v, "time_s": 0.1 * v, "temp_bytes": 1024 * v}
         for v in (2, 4)
     ]
-    fig = plots.kernel_cost(rows)
+    fig = plots.loss_cost(rows)
     assert all(ax.get_lines() for ax in fig.axes)
 
 
-def test_kernel_costs_from_the_benchmark_json_or_timed(tmp_path):
+def test_loss_costs_from_the_benchmark_json_or_timed(tmp_path):
     bench = {
         "rows": [
             {
@@ -271,17 +272,17 @@ def test_kernel_costs_from_the_benchmark_json_or_timed(tmp_path):
         ]
     }
     (tmp_path / "bench.json").write_text(json.dumps(bench))
-    assert kernel_cost.from_bench(tmp_path / "bench.json", "dense") == [
+    assert loss_cost.from_bench(tmp_path / "bench.json", "dense") == [
         {"loss": "mv_dhel", "n": 4, "v": 2, "time_s": 0.5, "temp_bytes": 7}
     ]
-    assert kernel_cost.from_bench(tmp_path / "missing.json", "dense") is None
+    assert loss_cost.from_bench(tmp_path / "missing.json", "dense") is None
 
     sweep = tiny_sweep(a=(("mv_dhel",), (2,)))
     sweep.kernel_cost.bench_json = str(tmp_path / "bench.json")
-    assert outputs.kernel_rows(sweep, tmp_path) == kernel_cost.from_bench(
+    assert outputs.loss_cost_rows(sweep, tmp_path) == loss_cost.from_bench(
         tmp_path / "bench.json", "dense"
     )
-    row = kernel_cost.time_loss("kcl", 4, 2, d=8, repeats=1)
+    row = loss_cost.time_loss("kcl", 4, 2, d=8, repeats=1)
     assert row["time_s"] > 0 and row["temp_bytes"] is not None
 
 
@@ -300,3 +301,25 @@ def test_fashion_mnist_claims_sweep_has_three_losses_three_view_counts_three_see
     assert config.checkpoint_every_steps <= 100  # an interrupted cell loses little
     more = grid.load_config_file("sweeps/fashion_mnist_claims", "more_losses=True")
     assert len(studies.cells(more)) == 45
+
+
+@pytest.mark.parametrize("dataset", sorted(paper.PUBLISHED))
+def test_paper_sweep_is_one_config_with_the_published_targets(dataset):
+    published = paper.PUBLISHED[dataset]
+    for arg in ("", "fake=True,seeds=2"):
+        by_name = grid.load_config_file(f"sweeps/{dataset}", arg)  # the earlier short name
+        sep = "," if arg else ""
+        by_arg = grid.load_config_file("sweeps/paper", f"dataset={dataset}{sep}{arg}")
+        assert by_name.to_dict() == by_arg.to_dict()
+    sweep = grid.load_config_file(f"sweeps/{dataset}")
+    assert sweep.base == dataset and sweep.overrides.num_epochs == published.epochs
+    assert tuple(sweep.targets.mv_dhel) == published.mv_dhel
+    assert tuple(sweep.targets.best_baseline) == published.best_baseline
+    assert len(studies.cells(sweep)) == 11
+
+
+def test_paper_sweep_of_an_unknown_dataset_names_the_known_ones():
+    with pytest.raises(ValueError, match="dataset must be one of cifar10, cifar100"):
+        grid.load_config_file("sweeps/paper", "dataset=mnist")
+    with pytest.raises(ValueError, match="unknown config argument 'dataset'"):
+        grid.load_config_file("sweeps/cifar10", "dataset=cifar100")

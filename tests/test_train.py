@@ -56,8 +56,8 @@ PARAMS = {
 }
 
 
-def test_kernel_mask_selects_only_convolution_and_dense_kernels():
-    mask = optim.kernel_mask(PARAMS)
+def test_weight_matrix_mask_selects_only_convolution_and_dense_kernels():
+    mask = optim.weight_matrix_mask(PARAMS)
     assert mask == {
         "Conv_0": {"kernel": True},
         "BatchNorm_0": {"scale": False, "bias": False},
@@ -345,7 +345,7 @@ def test_digits_run_reports_probe_knn_pixels_and_geometry_and_evaluate_cli_agree
     jax.tree.map(
         np.testing.assert_array_equal, variables, jax.device_get(result["state"].variables())
     )
-    embeddings = runner.test_embeddings(config, tmp_path / "run")  # a sweep's restore path
+    embeddings = runner.embed_test_split(config, tmp_path / "run")  # a sweep's restore path
     assert embeddings["projector"].shape == (360, 16) and embeddings["labels"].shape == (360,)
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         train.restore_variables(tmp_path / "nothing", config)

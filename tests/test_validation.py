@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from jax.experimental import checkify
 
-from mvcl import kernels, losses, parallel
+from mvcl import backends, losses, parallel
 
 MULTI_VIEW = list(losses.MULTI_VIEW)
 
@@ -104,7 +104,7 @@ def test_non_float_embeddings(name, dtype):
 
 def test_bad_tile():
     with pytest.raises(ValueError, match="tile must be a positive number"):
-        losses.mv_dhel(z_of((8, 2, 16)), temperature=0.5, backend=kernels.get("blockwise", tile=0))
+        losses.mv_dhel(z_of((8, 2, 16)), temperature=0.5, backend=backends.get("blockwise", tile=0))
 
 
 def test_dense_backend_refuses_an_axis():

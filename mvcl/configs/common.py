@@ -144,7 +144,7 @@ def base_config() -> config_dict.ConfigDict:
     config.loss.temperature = 0.5  # not passed to mvcl.losses.TEMPERATURE_FREE losses
     config.loss.backend = "gather"  # "gather" or "ring"
     # Matmul precision of the loss: None is "highest" for float32 embeddings and the native
-    # passes for bfloat16; "default", "high" or "highest" as given (mvcl.kernels.precision).
+    # passes for bfloat16; "default", "high" or "highest" as given (mvcl.backends.precision).
     config.loss.precision = config_dict.placeholder(str)
     config.loss.kwargs = config_dict.ConfigDict()  # extra loss arguments
 

@@ -3,15 +3,17 @@
 Every loss takes ``z`` of shape (N, V, D), instance-major, normalises it itself, and returns the
 scalar mean over the global batch. ``axis_name`` makes the negatives the global batch inside
 ``jax.shard_map``/``jax.pmap``; ``backend`` picks how the energies are computed
-(:mod:`mvcl.kernels`); ``precision`` the matmul precision (:mod:`mvcl.kernels.precision`).
+(:mod:`mvcl.backends`); ``precision`` the matmul precision (:mod:`mvcl.backends.precision`).
 The exact maths is in docs/losses.md and in each docstring. Each loss has one record,
 :class:`LossSpec` (``mvcl.losses.spec("mv_dhel")``), in :mod:`mvcl.losses.registry`.
 """
 
+from types import ModuleType
+
+from mvcl import _deprecation
 from mvcl.losses._common import check_finite
 from mvcl.losses.baselines import avg, multipos_infonce, pvc, pwe
 from mvcl.losses.multiview import mv_dhel, mv_infonce
-from mvcl.losses.pairwise import KERNELS, dcl, dhel, infonce, kcl
 from mvcl.losses.registry import (
     MULTI_VIEW,
     NAMES,
@@ -22,6 +24,7 @@ from mvcl.losses.registry import (
     spec,
 )
 from mvcl.losses.spec import Case, LossSpec
+from mvcl.losses.two_view import KERNELS, dcl, dhel, infonce, kcl
 
 __all__ = [
     "KERNELS",
@@ -46,3 +49,10 @@ __all__ = [
     "pwe",
     "spec",
 ]
+
+
+def __getattr__(name: str) -> ModuleType:
+    # mvcl.losses.pairwise, the former two_view: importing it warns.
+    if name == "pairwise":
+        return _deprecation.import_moved(f"{__name__}.pairwise")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

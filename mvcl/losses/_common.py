@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify
 
-from mvcl import kernels
+from mvcl import backends
 from mvcl.numerics import compute_dtype, normalize
 
 
@@ -48,7 +48,7 @@ def prepare(
       views: the exact number of views the loss takes (2 for the two-view losses); ``None`` for
         any V ≥ 2.
       precision: the loss's ``precision`` argument, resolved for ``z``'s dtype by
-        :func:`mvcl.kernels.precision.resolve` (HIGHEST for float32/float64 by default).
+        :func:`mvcl.backends.precision.resolve` (HIGHEST for float32/float64 by default).
     """
     if not hasattr(z, "ndim") or not hasattr(z, "dtype"):
         z = jnp.asarray(z)
@@ -66,7 +66,7 @@ def prepare(
         raise ValueError(
             f"{loss}: z needs N >= 2 instances in the (global) batch, got N = {n_global}"
         )
-    precision = kernels.precision.resolve(precision, z.dtype)
+    precision = backends.precision.resolve(precision, z.dtype)
     return normalize(z.astype(compute_dtype(z.dtype))), precision
 
 
@@ -86,15 +86,15 @@ def energy(
     axis_name,
     backend,
     precision,
-    reduction: kernels.Reduction = kernels.LSE,
+    reduction: backends.Reduction = backends.LSE,
 ) -> jax.Array:
     """The row reduction of s(u_a, u_b) = u_a·u_b/τ over the global keys: (G, n, A, D) -> (G, n, A).
 
     The backend sees ``v = u / sqrt(τ)`` as both queries and keys (``v_a · v_b = s(u_a, u_b)``),
-    so a symmetric backend path (:func:`mvcl.kernels.self_rows`) applies.
+    so a symmetric backend path (:func:`mvcl.backends.self_rows`) applies.
     """
     v = u / jnp.sqrt(temperature)
-    return kernels.self_rows(
+    return backends.self_rows(
         backend, v, mask=mask, reduction=reduction, axis_name=axis_name, precision=precision
     )
 

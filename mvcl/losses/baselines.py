@@ -7,18 +7,32 @@ loss's ``*_terms`` function (the backend runs them as G independent groups).
 
 from __future__ import annotations
 
+from typing import Literal
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
+from mvcl.backends import AxisName, BackendLike, PrecisionLike
 from mvcl.losses import _common as c
-from mvcl.losses import pairwise
+from mvcl.losses import two_view
 from mvcl.losses.multiview import dhel_terms
 
-PAIR_LOSSES = {"infonce": pairwise.infonce_terms, "dhel": dhel_terms}
+PairLoss = Literal["infonce", "dhel"]
+"""The two-view loss that PWE and AVG aggregate."""
+PAIR_LOSSES = {"infonce": two_view.infonce_terms, "dhel": dhel_terms}
 
 
-def _mean_pair_loss(pairs, temperature, pair_loss, *, axis_name, backend, precision):
+def _mean_pair_loss(
+    pairs: jax.Array,
+    temperature: ArrayLike,
+    pair_loss: PairLoss,
+    *,
+    axis_name: AxisName | None,
+    backend: BackendLike,
+    precision: PrecisionLike,
+) -> jax.Array:
     terms = PAIR_LOSSES[pair_loss](
         pairs, temperature, axis_name=axis_name, backend=backend, precision=precision
     )
@@ -26,13 +40,13 @@ def _mean_pair_loss(pairs, temperature, pair_loss, *, axis_name, backend, precis
 
 
 def pwe(
-    z: jax.Array,
+    z: ArrayLike,
     *,
-    temperature: float,
-    pair_loss: str = "infonce",
-    axis_name=None,
-    backend="dense",
-    precision=None,
+    temperature: ArrayLike,
+    pair_loss: PairLoss = "infonce",
+    axis_name: AxisName | None = None,
+    backend: BackendLike = "dense",
+    precision: PrecisionLike = None,
 ) -> jax.Array:
     """Pairwise aggregation: the mean over the V(V−1)/2 view pairs a < b of the two-view loss.
 
@@ -53,13 +67,13 @@ def pwe(
 
 
 def avg(
-    z: jax.Array,
+    z: ArrayLike,
     *,
-    temperature: float,
-    pair_loss: str = "infonce",
-    axis_name=None,
-    backend="dense",
-    precision=None,
+    temperature: ArrayLike,
+    pair_loss: PairLoss = "infonce",
+    axis_name: AxisName | None = None,
+    backend: BackendLike = "dense",
+    precision: PrecisionLike = None,
 ) -> jax.Array:
     """Average aggregation: the mean over l of the two-view loss between u_l and ū_{−l}.
 
@@ -81,7 +95,12 @@ def avg(
 
 
 def pvc(
-    z: jax.Array, *, temperature: float, axis_name=None, backend="dense", precision=None
+    z: ArrayLike,
+    *,
+    temperature: ArrayLike,
+    axis_name: AxisName | None = None,
+    backend: BackendLike = "dense",
+    precision: PrecisionLike = None,
 ) -> jax.Array:
     """Poly-view contrastive loss (Shidani et al. 2024), geometric aggregation.
 
@@ -112,7 +131,12 @@ def pvc(
 
 
 def multipos_infonce(
-    z: jax.Array, *, temperature: float, axis_name=None, backend="dense", precision=None
+    z: ArrayLike,
+    *,
+    temperature: ArrayLike,
+    axis_name: AxisName | None = None,
+    backend: BackendLike = "dense",
+    precision: PrecisionLike = None,
 ) -> jax.Array:
     """Multi-positive InfoNCE (SupCon-style): every other view of the instance is a positive.
 

@@ -6,22 +6,29 @@ means over instances run over the global batch when ``axis_name`` is given.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Literal, get_args
+
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
+from mvcl.backends import AxisName, BackendLike, PrecisionLike
 from mvcl.losses import _common as c
 
-NEGATIVES = ("all", "other_views")
+Negatives = Literal["all", "other_views"]
+"""MV-InfoNCE's key set (see :func:`mv_infonce`)."""
+NEGATIVES: tuple[Negatives, ...] = get_args(Negatives)
 
 
 def mv_infonce(
-    z: jax.Array,
+    z: ArrayLike,
     *,
-    temperature: float,
-    negatives: str = "all",
-    axis_name=None,
-    backend="dense",
-    precision=None,
+    temperature: ArrayLike,
+    negatives: Negatives = "all",
+    axis_name: AxisName | None = None,
+    backend: BackendLike = "dense",
+    precision: PrecisionLike = None,
 ) -> jax.Array:
     """MV-InfoNCE: one log-sum-exp per instance over all of its anchors.
 
@@ -42,8 +49,8 @@ def mv_infonce(
       negatives: ``"all"`` (the authors' code) or ``"other_views"`` (the paper README's reading).
       axis_name: mesh axis of a surrounding ``shard_map``/``pmap`` to take negatives from the
         global batch; ``None`` for one device.
-      backend: a name from :data:`mvcl.kernels.NAMES` or a backend function.
-      precision: matmul precision (:mod:`mvcl.kernels.precision`): ``None`` is HIGHEST for
+      backend: a name from :data:`mvcl.backends.NAMES` or a backend function.
+      precision: matmul precision (:mod:`mvcl.backends.precision`): ``None`` is HIGHEST for
         float32/float64 input and the native passes for bfloat16/float16; a
         ``jax.lax.Precision`` or ``"default"``/``"high"``/``"highest"`` as given.
 
@@ -63,7 +70,13 @@ def mv_infonce(
 
 
 def dhel_terms(
-    u: jax.Array, temperature, *, axis_name, backend, precision, anchor_views=None
+    u: jax.Array,
+    temperature: ArrayLike,
+    *,
+    axis_name: AxisName | None,
+    backend: BackendLike,
+    precision: PrecisionLike,
+    anchor_views: Sequence[int] | None = None,
 ) -> jax.Array:
     """Per-instance MV-DHEL terms for G independent groups of views: (G, n, V, D) -> (G, n).
 
@@ -89,7 +102,12 @@ def dhel_terms(
 
 
 def mv_dhel(
-    z: jax.Array, *, temperature: float, axis_name=None, backend="dense", precision=None
+    z: ArrayLike,
+    *,
+    temperature: ArrayLike,
+    axis_name: AxisName | None = None,
+    backend: BackendLike = "dense",
+    precision: PrecisionLike = None,
 ) -> jax.Array:
     """MV-DHEL: uniformity within each view, alignment over all view pairs, decoupled.
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import types
 from typing import Callable
 
-from mvcl.losses import baselines, multiview, pairwise
+from mvcl.losses import baselines, multiview, two_view
 from mvcl.losses import spec as s
 from mvcl.losses.spec import Case, LossSpec
 
@@ -51,11 +51,11 @@ _SPECS = (
     LossSpec(
         "multipos_infonce", baselines.multipos_infonce, s.all_rows, same_at_two_views="infonce"
     ),
-    LossSpec("infonce", pairwise.infonce, s.two_views, max_views=2),
-    LossSpec("dcl", pairwise.dcl, s.two_views, max_views=2),
+    LossSpec("infonce", two_view.infonce, s.two_views, max_views=2),
+    LossSpec("dcl", two_view.dcl, s.two_views, max_views=2),
     LossSpec(
         "dhel",
-        pairwise.dhel,
+        two_view.dhel,
         s.each_view,
         max_views=2,
         same_at_two_views="mv_dhel",
@@ -63,7 +63,7 @@ _SPECS = (
     ),
     LossSpec(
         "kcl",
-        pairwise.kcl,
+        two_view.kcl,
         s.each_view,
         temperature=False,
         max_views=2,

@@ -9,7 +9,10 @@ The command-line entry point is ``mvcl-sweep`` (`mvcl.sweep`). Imported on deman
 ``mvcl.train``).
 """
 
-from mvcl.studies import grid, kernel_cost, plots, report, runner
+from types import ModuleType
+
+from mvcl import _deprecation
+from mvcl.studies import grid, loss_cost, plots, report, runner
 from mvcl.studies.grid import Cell, cell_config, cells
 from mvcl.studies.outputs import write_outputs
 from mvcl.studies.runner import SweepRun, run_sweep
@@ -20,10 +23,17 @@ __all__ = [
     "cell_config",
     "cells",
     "grid",
-    "kernel_cost",
+    "loss_cost",
     "plots",
     "report",
     "run_sweep",
     "runner",
     "write_outputs",
 ]
+
+
+def __getattr__(name: str) -> ModuleType:
+    # mvcl.studies.kernel_cost, the former loss_cost: importing it warns.
+    if name == "kernel_cost":
+        return _deprecation.import_moved(f"{__name__}.kernel_cost")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

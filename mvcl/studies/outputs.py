@@ -1,4 +1,4 @@
-"""A sweep's outputs in one directory: CSV, markdown report, PNG plots, kernel costs, embeddings.
+"""A sweep's outputs in one directory: CSV, markdown report, PNG plots, loss costs, embeddings.
 
 results.csv                   one row per cell (`mvcl.studies.report.rows`)
 results.md                    seed means, targets, the geometric headline
@@ -20,24 +20,28 @@ from typing import Any
 import numpy as np
 from ml_collections import config_dict
 
-from mvcl.studies import grid, kernel_cost, plots, report, runner
+from mvcl._deprecation import renamed
+from mvcl.studies import grid, loss_cost, plots, report, runner
 
-KERNEL_COST_FILE = "kernel_cost.json"
+LOSS_COST_FILE = "kernel_cost.json"  # the file name of earlier releases, kept
 
 
-def kernel_rows(sweep: config_dict.ConfigDict, workdir: str | os.PathLike) -> list[dict[str, Any]]:
-    """Kernel costs of the sweep's losses and views: the benchmark's JSON if it exists, else
-    timed here once on ``sweep.kernel_cost.ns`` instances and cached in the workdir."""
+def loss_cost_rows(
+    sweep: config_dict.ConfigDict, workdir: str | os.PathLike
+) -> list[dict[str, Any]]:
+    """Loss costs (time and memory) of the sweep's losses and views: the benchmark's JSON if it
+    exists, else timed here once on ``sweep.kernel_cost.ns`` instances and cached in the workdir
+    (the config field and the output files keep their earlier name ``kernel_cost``)."""
     settings = sweep.kernel_cost
     names = list(dict.fromkeys(cell.loss for cell in grid.cells(sweep)))
     views = sorted({cell.views for cell in grid.cells(sweep)})
-    bench = kernel_cost.from_bench(settings.bench_json, settings.backend)
+    bench = loss_cost.from_bench(settings.bench_json, settings.backend)
     if bench:
         return [r for r in bench if r["loss"] in names]
-    cache = Path(workdir) / KERNEL_COST_FILE
+    cache = Path(workdir) / LOSS_COST_FILE
     if cache.is_file():
         return json.loads(cache.read_text(encoding="utf-8"))
-    rows = kernel_cost.time_losses(
+    rows = loss_cost.time_losses(
         names, views, settings.ns, d=settings.d, backend=settings.backend, repeats=settings.repeats
     )
     cache.write_text(json.dumps(rows, indent=1), encoding="utf-8")
@@ -87,13 +91,16 @@ def write_outputs(
         "accuracy_vs_batch_size.png": plots.accuracy_vs_batch_size(means, title),
     }
     if sweep.kernel_cost.enabled:
-        rows = kernel_rows(sweep, workdir)
-        (outdir / KERNEL_COST_FILE).write_text(json.dumps(rows, indent=1), encoding="utf-8")
-        written.append(outdir / KERNEL_COST_FILE)
-        figures["kernel_cost.png"] = plots.kernel_cost(rows, f"{title}: loss kernels")
+        rows = loss_cost_rows(sweep, workdir)
+        (outdir / LOSS_COST_FILE).write_text(json.dumps(rows, indent=1), encoding="utf-8")
+        written.append(outdir / LOSS_COST_FILE)
+        figures["kernel_cost.png"] = plots.loss_cost(rows, f"{title}: loss cost")
     for name, fig in figures.items():
         plots.save(fig, outdir / name)
         written.append(outdir / name)
     if collect_embeddings(results, workdir, outdir / "embeddings.npz"):
         written.append(outdir / "embeddings.npz")
     return written
+
+
+kernel_rows = renamed(loss_cost_rows, "mvcl.studies.outputs.kernel_rows")

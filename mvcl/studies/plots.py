@@ -1,6 +1,6 @@
 """Plots of a sweep (PNG, matplotlib without pyplot: no global state, no display needed).
 
-Each function takes a `mvcl.studies.report.seed_means` table (or kernel-cost rows), draws one
+Each function takes a `mvcl.studies.report.seed_means` table (or loss-cost rows), draws one
 figure and returns it; `save` writes it. Error bars are the standard deviation over seeds.
 """
 
@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator, ScalarFormatter
 
 from mvcl import losses
+from mvcl._deprecation import renamed
 from mvcl.studies import report
 
 ACCURACIES = (("backbone/linear_probe", "linear probe"), ("backbone/knn", "kNN"))
@@ -124,7 +125,7 @@ def accuracy_vs_batch_size(table: Table, title: str = "") -> Figure:
     return _finish(fig, title)
 
 
-def kernel_cost(rows: Table, title: str = "") -> Figure:
+def loss_cost(rows: Table, title: str = "") -> Figure:
     """Forward+backward time and compiled temporary memory of each loss against N·V (log-log),
     one line per loss and N (a line shows the cost of adding views at a fixed batch)."""
     fig = Figure(figsize=(11, 4.5))
@@ -154,7 +155,7 @@ def kernel_cost(rows: Table, title: str = "") -> Figure:
             ax.set_yscale("log")
             _ticks(ax, [r["n"] * r["v"] for r in rows], log=True)
         else:
-            _no_data(ax, "no kernel costs")
+            _no_data(ax, "no loss costs")
     _finish(fig, title)
     for ax in (time_ax, memory_ax):
         if ax.lines:
@@ -165,3 +166,6 @@ def kernel_cost(rows: Table, title: str = "") -> Figure:
 def save(fig: Figure, path: str | os.PathLike) -> None:
     """Writes ``fig`` as a PNG at 120 dpi."""
     fig.savefig(path, dpi=120)
+
+
+kernel_cost = renamed(loss_cost, "mvcl.studies.plots.kernel_cost")

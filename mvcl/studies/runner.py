@@ -28,6 +28,7 @@ from ml_collections import config_dict
 from tqdm import tqdm
 
 from mvcl import data, train
+from mvcl._deprecation import renamed
 from mvcl.studies import grid
 
 CELLS_DIR = "cells"
@@ -126,7 +127,7 @@ def last_train_loss(directory: Path) -> float | None:
     return losses[-1] if losses else None
 
 
-def test_embeddings(config: config_dict.ConfigDict, directory: Path) -> dict[str, np.ndarray]:
+def embed_test_split(config: config_dict.ConfigDict, directory: Path) -> dict[str, np.ndarray]:
     """Backbone features, projections and labels of the centre views of the test split."""
     ds = config.dataset
     images, labels = data.load_numpy(ds.name, ds.test_split, ds.data_dir, image_size=ds.image_size)
@@ -163,7 +164,7 @@ def run_cell(
         "config": _plain(config),
     }
     embeddings = (
-        test_embeddings(config, directory) if save_embeddings and config.eval.enabled else None
+        embed_test_split(config, directory) if save_embeddings and config.eval.enabled else None
     )
     if jax.process_index() == 0:
         if embeddings is not None:
@@ -237,3 +238,6 @@ def run_sweep(
         trained.append(cell)
     bar.close()
     return SweepRun(results, trained, complete=True)
+
+
+test_embeddings = renamed(embed_test_split, "mvcl.studies.runner.test_embeddings")

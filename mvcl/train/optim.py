@@ -16,6 +16,8 @@ import jax
 import optax
 from ml_collections import config_dict
 
+from mvcl._deprecation import renamed
+
 OPTIMIZERS = ("sgd", "lars")
 
 
@@ -31,8 +33,10 @@ def learning_rate_schedule(config: config_dict.ConfigDict, total_steps: int) -> 
     )
 
 
-def kernel_mask(params: optax.Params) -> optax.Params:
-    """True for convolution/dense kernels, False for biases and BatchNorm parameters."""
+def weight_matrix_mask(params: optax.Params) -> optax.Params:
+    """True for the weight matrices of convolutions and dense layers (flax's ``kernel``
+    parameters), False for biases and BatchNorm parameters: the parameters that weight decay and
+    LARS's trust ratio apply to."""
     return jax.tree_util.tree_map_with_path(
         lambda path, _: getattr(path[-1], "key", None) == "kernel", params
     )
@@ -46,17 +50,20 @@ def make_optimizer(
     schedule = learning_rate_schedule(config, total_steps)
     if optim.name == "sgd":
         return optax.chain(
-            optax.add_decayed_weights(optim.weight_decay, mask=kernel_mask),
+            optax.add_decayed_weights(optim.weight_decay, mask=weight_matrix_mask),
             optax.sgd(schedule, momentum=optim.momentum, nesterov=optim.nesterov),
         )
     if optim.name == "lars":
         return optax.lars(
             schedule,
             weight_decay=optim.weight_decay,
-            weight_decay_mask=kernel_mask,
+            weight_decay_mask=weight_matrix_mask,
             trust_coefficient=optim.trust_coefficient,
-            trust_ratio_mask=kernel_mask,
+            trust_ratio_mask=weight_matrix_mask,
             momentum=optim.momentum,
             nesterov=optim.nesterov,
         )
     raise ValueError(f"config.optim.name must be one of {OPTIMIZERS}, got {optim.name!r}")
+
+
+kernel_mask = renamed(weight_matrix_mask, "mvcl.train.optim.kernel_mask")

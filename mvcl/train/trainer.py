@@ -47,7 +47,7 @@ from jax.sharding import PartitionSpec as P
 from ml_collections import config_dict
 from tqdm import tqdm
 
-from mvcl import data, kernels, losses, models, parallel
+from mvcl import backends, data, losses, models, parallel
 from mvcl.models import per_view
 from mvcl.train import (
     cli,
@@ -107,7 +107,7 @@ def validate_config(
     _require(
         config.loss.backend in LOSS_BACKENDS,
         "loss.backend",
-        f"must be one of {LOSS_BACKENDS} (of {kernels.NAMES}, the ones for many devices), "
+        f"must be one of {LOSS_BACKENDS} (of {backends.NAMES}, the ones for many devices), "
         f"got {config.loss.backend!r}",
     )
     _require(

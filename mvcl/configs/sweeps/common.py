@@ -12,13 +12,14 @@ Fields (see `mvcl.studies`): ``base`` / ``base_arg`` (the pretraining config, na
 ``--config``, see `mvcl.configs.path`, and extra arguments), ``grid`` (named blocks of losses x
 views x batch sizes x seeds), ``overrides`` (nested config fields set in every cell: the fixed
 budget goes here), ``targets`` (published linear-probe accuracies, optional), ``kernel_cost``
-(where the loss-kernel costs come from: ``experiments/bench_losses.py``'s JSON, relative to the
-working directory, if present), ``save_embeddings``, ``cell_progress_bar``.
+(where each loss's time and memory come from, `mvcl.studies.loss_cost`:
+``experiments/bench_losses.py``'s JSON, relative to the working directory, if present; the field
+keeps its earlier name), ``save_embeddings``, ``cell_progress_bar``.
 
 Arguments understood by every sweep config (``apply_args``):
 
   fake=True   smoke version: random images, tiny backbones, 2 steps of batch 8 per cell, no
-              evaluation (the base config's ``fake``), tiny kernel timings. For tests.
+              evaluation (the base config's ``fake``), tiny loss timings. For tests.
   seeds=S     seeds 0 .. S-1 of every cell (default 1).
 """
 

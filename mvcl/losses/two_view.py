@@ -8,15 +8,27 @@ reuse them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Literal
+
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
-from mvcl import kernels
+from mvcl import backends
+from mvcl.backends import AxisName, BackendLike, PrecisionLike
 from mvcl.losses import _common as c
 from mvcl.losses.multiview import dhel_terms
 
 
-def dcl_rows(u, temperature, *, axis_name, backend, precision):
+def dcl_rows(
+    u: jax.Array,
+    temperature: ArrayLike,
+    *,
+    axis_name: AxisName | None,
+    backend: BackendLike,
+    precision: PrecisionLike,
+) -> jax.Array:
     """LSE_{k ∉ {x_i, y_i}} s(·, k) of every row: (G, n, 2, D) -> (G, n, 2)."""
     return c.energy(
         u, temperature, mask="instance", axis_name=axis_name, backend=backend, precision=precision
@@ -28,7 +40,14 @@ def _positive(u, temperature):
     return jnp.sum(u[:, :, 0] * u[:, :, 1], axis=-1) / temperature
 
 
-def infonce_terms(u, temperature, *, axis_name, backend, precision):
+def infonce_terms(
+    u: jax.Array,
+    temperature: ArrayLike,
+    *,
+    axis_name: AxisName | None,
+    backend: BackendLike,
+    precision: PrecisionLike,
+) -> jax.Array:
     """½[(LSE_{k ≠ x_i} s(x_i, k) − s(x_i, y_i)) + (LSE_{k ≠ y_i} s(y_i, k) − s(y_i, x_i))].
 
     Each half is softplus(LSE_{k ∉ {x_i, y_i}} s − s(x_i, y_i)): the positive taken out of the
@@ -38,14 +57,26 @@ def infonce_terms(u, temperature, *, axis_name, backend, precision):
     return jnp.mean(jax.nn.softplus(rows - _positive(u, temperature)[..., None]), axis=-1)
 
 
-def dcl_terms(u, temperature, *, axis_name, backend, precision):
+def dcl_terms(
+    u: jax.Array,
+    temperature: ArrayLike,
+    *,
+    axis_name: AxisName | None,
+    backend: BackendLike,
+    precision: PrecisionLike,
+) -> jax.Array:
     """InfoNCE with the positive removed from each LSE: keys k ∉ {x_i, y_i}."""
     rows = dcl_rows(u, temperature, axis_name=axis_name, backend=backend, precision=precision)
     return jnp.mean(rows, axis=-1) - _positive(u, temperature)
 
 
 def infonce(
-    z: jax.Array, *, temperature: float, axis_name=None, backend="dense", precision=None
+    z: ArrayLike,
+    *,
+    temperature: ArrayLike,
+    axis_name: AxisName | None = None,
+    backend: BackendLike = "dense",
+    precision: PrecisionLike = None,
 ) -> jax.Array:
     """InfoNCE / NT-Xent (SimCLR), symmetric over the two views.
 
@@ -56,7 +87,7 @@ def infonce(
       z: (N, 2, D) embeddings (the local shard under ``axis_name``).
       temperature: τ > 0.
       axis_name: mesh axis of a surrounding ``shard_map``/``pmap``, or ``None``.
-      backend: a name from :data:`mvcl.kernels.NAMES` or a backend function.
+      backend: a name from :data:`mvcl.backends.NAMES` or a backend function.
       precision: matmul precision, as in :func:`mvcl.losses.mv_infonce`.
     """
     c.check_temperature(temperature)
@@ -68,7 +99,12 @@ def infonce(
 
 
 def dcl(
-    z: jax.Array, *, temperature: float, axis_name=None, backend="dense", precision=None
+    z: ArrayLike,
+    *,
+    temperature: ArrayLike,
+    axis_name: AxisName | None = None,
+    backend: BackendLike = "dense",
+    precision: PrecisionLike = None,
 ) -> jax.Array:
     """Decoupled contrastive loss (Yeh et al. 2022): InfoNCE without the positive in the LSE.
 
@@ -83,13 +119,13 @@ def dcl(
 
 
 def dhel(
-    z: jax.Array,
+    z: ArrayLike,
     *,
-    temperature: float,
+    temperature: ArrayLike,
     anchor_only: bool = False,
-    axis_name=None,
-    backend="dense",
-    precision=None,
+    axis_name: AxisName | None = None,
+    backend: BackendLike = "dense",
+    precision: PrecisionLike = None,
 ) -> jax.Array:
     """Decoupled hyperspherical energy loss (Koromilas et al. 2024).
 
@@ -132,18 +168,25 @@ def _riesz(sq_dist, t):
     return jnp.where(positive, -(jnp.where(positive, sq_dist, 1.0) ** (-t / 2)), 0.0)
 
 
-KERNELS = {"gaussian": _gaussian, "log": _log, "imq": _imq, "riesz": _riesz}
+KernelName = Literal["gaussian", "log", "imq", "riesz"]
+"""KCL's kernels (see :func:`kcl`)."""
+KERNELS: dict[KernelName, Callable[[jax.Array, float], jax.Array]] = {
+    "gaussian": _gaussian,
+    "log": _log,
+    "imq": _imq,
+    "riesz": _riesz,
+}
 
 
 def kcl(
-    z: jax.Array,
+    z: ArrayLike,
     *,
-    kernel: str = "gaussian",
+    kernel: KernelName = "gaussian",
     t: float = 2.0,
     gamma: float = 16.0,
-    axis_name=None,
-    backend="dense",
-    precision=None,
+    axis_name: AxisName | None = None,
+    backend: BackendLike = "dense",
+    precision: PrecisionLike = None,
 ) -> jax.Array:
     """Kernel contrastive loss (Koromilas et al. 2024); no temperature.
 
@@ -181,7 +224,7 @@ def kcl(
         axis_name=axis_name,
         backend=backend,
         precision=precision,
-        reduction=kernels.sum_of(of_dot),
+        reduction=backends.sum_of(of_dot),
     )[..., 0]
     # Σ_{i≠j} is twice Σ_{i<j}, over N(N−1)/2 pairs: mean_{i<j} = Σ_i rows_i / (N(N−1)).
     uniformity = jnp.sum(row_sums, axis=0) / (n_global - 1)

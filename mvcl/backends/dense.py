@@ -23,8 +23,11 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
-from mvcl.kernels import reductions
+from mvcl.backends import reductions
+from mvcl.backends.precision import PrecisionLike
+from mvcl.backends.reductions import AxisName, Mask, Reduction
 
 
 def _flat(x):
@@ -39,7 +42,15 @@ def _keep(mask, n, a, m, b, q_offset=0):
     return reductions.keep_rows(mask, rows[:, None], jnp.arange(m * b)[None, :], a, b)
 
 
-def rows_against(q, k_all, *, q_offset, mask: str, reduction: reductions.Reduction, precision=None):
+def rows_against(
+    q: jax.Array,
+    k_all: jax.Array,
+    *,
+    q_offset: jax.Array | int,
+    mask: Mask,
+    reduction: Reduction,
+    precision: PrecisionLike = None,
+) -> jax.Array:
     """Reduce ``q`` (G, n, A, D) against all keys ``k_all`` (G, N, B, D) in one matrix.
 
     ``q_offset`` is the global instance index of the first local query instance.
@@ -55,15 +66,32 @@ def rows_against(q, k_all, *, q_offset, mask: str, reduction: reductions.Reducti
     return reduction.dense(s, keep[None], axes=(2,)).reshape(q.shape[:3])
 
 
-def dense(q, k, *, mask, reduction, axis_name=None, precision=None):
+def dense(
+    q: ArrayLike,
+    k: ArrayLike,
+    *,
+    mask: Mask,
+    reduction: Reduction,
+    axis_name: AxisName | None = None,
+    precision: PrecisionLike = None,
+) -> jax.Array:
+    """Row reductions of ``q`` (G, n, A, D) over ``k`` (G, n, B, D), one device: (G, n, A)."""
+    q, k = jnp.asarray(q), jnp.asarray(k)
     _single_device(axis_name)
     return rows_against(q, k, q_offset=0, mask=mask, reduction=reduction, precision=precision)
 
 
-def dense_self(v, *, mask, reduction, axis_name=None, precision=None):
+def dense_self(
+    v: ArrayLike,
+    *,
+    mask: Mask,
+    reduction: Reduction,
+    axis_name: AxisName | None = None,
+    precision: PrecisionLike = None,
+) -> jax.Array:
     """:func:`dense` with ``q = k = v``, differentiated through the symmetric tangent."""
     _single_device(axis_name)
-    return _dense_self(v, mask, reduction, precision)
+    return _dense_self(jnp.asarray(v), mask, reduction, precision)
 
 
 def _single_device(axis_name):
@@ -151,7 +179,17 @@ def _dense_self_jvp(mask, reduction, precision, primals, tangents):
     return out.reshape(v.shape[:3]), d_out.reshape(v.shape[:3])
 
 
-def gather(q, k, *, mask, reduction, axis_name=None, precision=None):
+def gather(
+    q: ArrayLike,
+    k: ArrayLike,
+    *,
+    mask: Mask,
+    reduction: Reduction,
+    axis_name: AxisName | None = None,
+    precision: PrecisionLike = None,
+) -> jax.Array:
+    """Row reductions of ``q`` (G, n, A, D) over all devices' ``k`` (``all_gather``): (G, n, A)."""
+    q, k = jnp.asarray(q), jnp.asarray(k)
     if axis_name is None:
         return rows_against(q, k, q_offset=0, mask=mask, reduction=reduction, precision=precision)
     k_all = jax.lax.all_gather(k, axis_name, axis=1, tiled=True)
@@ -161,7 +199,14 @@ def gather(q, k, *, mask, reduction, axis_name=None, precision=None):
     )
 
 
-def gather_self(v, *, mask, reduction, axis_name=None, precision=None):
+def gather_self(
+    v: ArrayLike,
+    *,
+    mask: Mask,
+    reduction: Reduction,
+    axis_name: AxisName | None = None,
+    precision: PrecisionLike = None,
+) -> jax.Array:
     """:func:`gather` with ``q = k = v``, with the symmetric backward pass written out.
 
     Autodiff of :func:`gather` would do two matmuls backward (``dq = W k_all`` and
@@ -172,6 +217,7 @@ def gather_self(v, *, mask, reduction, axis_name=None, precision=None):
     one matmul against the gathered keys, with no cotangent to scatter back. S is kept from the
     forward pass (the memory this backend already takes).
     """
+    v = jnp.asarray(v)
     if axis_name is None:
         return _dense_self(v, mask, reduction, precision)
     return _gather_self(v, mask, reduction, axis_name, precision)

@@ -35,8 +35,11 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
-from mvcl.kernels import reductions
+from mvcl.backends import reductions
+from mvcl.backends.precision import PrecisionLike
+from mvcl.backends.reductions import AxisName, Mask, Reduction
 
 TILE_ELEMENTS = 512 * 512
 """Default similarity-tile size, over all G groups: 1 MiB of float32, cache-sized."""
@@ -48,7 +51,7 @@ def default_tile(groups: int) -> int:
     return max(MIN_TILE, math.isqrt(TILE_ELEMENTS // groups) // 8 * 8)
 
 
-def _check_tile(tile, x):
+def _check_tile(tile: int | None, x: jax.Array) -> int:
     if tile is None:
         return default_tile(x.shape[0])
     if tile < 1:
@@ -56,8 +59,18 @@ def _check_tile(tile, x):
     return tile
 
 
-def streaming(q, k, *, mask, reduction, axis_name=None, precision=None, tile: int | None = None):
+def streaming(
+    q: ArrayLike,
+    k: ArrayLike,
+    *,
+    mask: Mask,
+    reduction: Reduction,
+    axis_name: AxisName | None = None,
+    precision: PrecisionLike = None,
+    tile: int | None = None,
+) -> jax.Array:
     """Row reductions of ``q`` (G, n, A, D) over global keys ``k`` (G, n, B, D): (G, n, A)."""
+    q, k = jnp.asarray(q), jnp.asarray(k)
     tile = _check_tile(tile, q)
     return _stream(q, k, mask, reduction, axis_name, tile, precision)
 
@@ -118,13 +131,40 @@ def _ring(axis_name):
     )
 
 
+def _around_the_ring(ring, visit, keys, acc, travelling=None):
+    """Calls ``visit`` once on every device's key block: its own block first, then, one hop per
+    step, the block of the device before it on the ring. ``visit(acc, keys, travelling, src)``
+    returns the new ``(acc, travelling)``; ``src`` is the ring index of the block's owner.
+
+    ``keys`` are passed on before each visit, so the transfer overlaps the computation;
+    ``travelling`` (values written on the way, such as key gradients) is passed on after it, and
+    once more after the last visit, which brings it home to its owner. Returns
+    ``(acc, travelling)``. One device (``ring`` of size 1) is a single visit.
+    """
+    size, me, pass_on = ring
+
+    def step(i, state):
+        keys, acc, travelling = state
+        arriving = pass_on(keys)  # started before the computation on the current block
+        acc, travelling = visit(acc, keys, travelling, (me - i) % size)
+        return arriving, acc, None if travelling is None else pass_on(travelling)
+
+    if size > 1:
+        keys, acc, travelling = jax.lax.fori_loop(0, size - 1, step, (keys, acc, travelling))
+    acc, travelling = visit(acc, keys, travelling, (me - (size - 1)) % size)
+    if size > 1 and travelling is not None:
+        travelling = pass_on(travelling)
+    return acc, travelling
+
+
 def _forward(q, k, mask, reduction, axis_name, tile, precision):
     qt, kt = _Tiling(q, tile), _Tiling(k, tile)
-    size, me, pass_on = _ring(axis_name)
+    ring = _ring(axis_name)
+    me = ring[1]
     q_tiles = qt.split(q)
     q_off = me * qt.n
 
-    def fold_block(carry, k_tiles, src):
+    def fold_block(carry, k_tiles, _, src):
         k_off = src * kt.n
 
         def per_query_tile(args):
@@ -136,29 +176,21 @@ def _forward(q, k, mask, reduction, axis_name, tile, precision):
 
             return jax.lax.fori_loop(0, kt.count, per_key_tile, c)
 
-        return jax.lax.map(per_query_tile, (jnp.arange(qt.count), q_tiles, carry))
+        return jax.lax.map(per_query_tile, (jnp.arange(qt.count), q_tiles, carry)), None
 
     carry = _varying(reduction.init((qt.count, qt.g, qt.size), q.dtype), axis_name)
-    k_tiles = kt.split(k)
-
-    def ring_step(step, state):
-        k_tiles, carry = state
-        arriving = pass_on(k_tiles)  # started before the computation on the current block
-        return arriving, fold_block(carry, k_tiles, (me - step) % size)
-
-    if size > 1:
-        k_tiles, carry = jax.lax.fori_loop(0, size - 1, ring_step, (k_tiles, carry))
-    carry = fold_block(carry, k_tiles, (me - (size - 1)) % size)
+    carry, _ = _around_the_ring(ring, fold_block, kt.split(k), carry)
     return qt.join(reduction.finalize(carry))
 
 
 def _backward(q, k, out, g, mask, reduction, axis_name, tile, precision):
     qt, kt = _Tiling(q, tile), _Tiling(k, tile)
-    size, me, pass_on = _ring(axis_name)
+    ring = _ring(axis_name)
     q_tiles, out_tiles, g_tiles = qt.split(q), qt.split(out[..., None]), qt.split(g[..., None])
-    q_off = me * qt.n
+    q_off = ring[1] * qt.n
 
     def grad_block(dq_tiles, k_tiles, dk_tiles, src):
+        """dq += W k on this device's rows, dk += Wᵀ q on the visiting key block."""
         k_off = src * kt.n
 
         def per_query_tile(dk_tiles, args):
@@ -178,26 +210,15 @@ def _backward(q, k, out, g, mask, reduction, axis_name, tile, precision):
             dq, dk_tiles = jax.lax.fori_loop(0, kt.count, per_key_tile, (dq, dk_tiles))
             return dk_tiles, dq
 
-        return jax.lax.scan(
+        dk_tiles, dq_tiles = jax.lax.scan(
             per_query_tile, dk_tiles, (jnp.arange(qt.count), q_tiles, out_tiles, g_tiles, dq_tiles)
         )
+        return dq_tiles, dk_tiles
 
     k_tiles = kt.split(k)
     dq_tiles, dk_tiles = jnp.zeros_like(q_tiles), jnp.zeros_like(k_tiles)  # per-device, like q, k
-
-    def ring_step(step, state):
-        k_tiles, dk_tiles, dq_tiles = state
-        arriving = pass_on(k_tiles)
-        dk_tiles, dq_tiles = grad_block(dq_tiles, k_tiles, dk_tiles, (me - step) % size)
-        return arriving, pass_on(dk_tiles), dq_tiles
-
-    if size > 1:
-        k_tiles, dk_tiles, dq_tiles = jax.lax.fori_loop(
-            0, size - 1, ring_step, (k_tiles, dk_tiles, dq_tiles)
-        )
-    dk_tiles, dq_tiles = grad_block(dq_tiles, k_tiles, dk_tiles, (me - (size - 1)) % size)
-    if size > 1:
-        dk_tiles = pass_on(dk_tiles)  # the last hop brings every key gradient home
+    # The key gradients travel with their key block and are back with its owner at the end.
+    dq_tiles, dk_tiles = _around_the_ring(ring, grad_block, k_tiles, dq_tiles, dk_tiles)
     return qt.join(dq_tiles, (q.shape[-1],)), kt.join(dk_tiles, (k.shape[-1],))
 
 
@@ -219,8 +240,17 @@ def _stream_bwd(mask, reduction, axis_name, tile, precision, residuals, g):
 _stream.defvjp(_stream_fwd, _stream_bwd)
 
 
-def streaming_self(v, *, mask, reduction, axis_name=None, precision=None, tile: int | None = None):
+def streaming_self(
+    v: ArrayLike,
+    *,
+    mask: Mask,
+    reduction: Reduction,
+    axis_name: AxisName | None = None,
+    precision: PrecisionLike = None,
+    tile: int | None = None,
+) -> jax.Array:
     """Row reductions of ``v`` (G, n, A, D) over the global rows of ``v`` themselves: (G, n, A)."""
+    v = jnp.asarray(v)
     tile = _check_tile(tile, v)
     return _self(v, mask, reduction, axis_name, tile, precision)
 
@@ -241,11 +271,11 @@ def _columns(x):
 def _ring_backward_self(v, out, g, mask, reduction, axis_name, tile, precision):
     """dv = (W + Wᵀ) v with the keys passed round the ring together with their (out, g)."""
     t = _Tiling(v, tile)
-    size, me, pass_on = _ring(axis_name)
+    ring = _ring(axis_name)
     v_tiles, out_tiles, g_tiles = t.split(v), t.split(out[..., None]), t.split(g[..., None])
-    off = me * t.n
+    off = ring[1] * t.n
 
-    def grad_block(acc_tiles, keys, src):
+    def grad_block(acc_tiles, keys, _, src):
         k_tiles, k_out, k_g = keys
         k_off = src * t.n
 
@@ -262,19 +292,10 @@ def _ring_backward_self(v, out, g, mask, reduction, axis_name, tile, precision):
             return jax.lax.fori_loop(0, t.count, per_key_tile, acc)
 
         xs = (jnp.arange(t.count), v_tiles, out_tiles, g_tiles, acc_tiles)
-        return jax.lax.map(per_query_tile, xs)
+        return jax.lax.map(per_query_tile, xs), None
 
-    keys = (v_tiles, out_tiles, g_tiles)
-    acc = jnp.zeros_like(v_tiles)
-
-    def ring_step(step, state):
-        keys, acc = state
-        arriving = pass_on(keys)
-        return arriving, grad_block(acc, keys, (me - step) % size)
-
-    if size > 1:
-        keys, acc = jax.lax.fori_loop(0, size - 1, ring_step, (keys, acc))
-    acc = grad_block(acc, keys, (me - (size - 1)) % size)
+    keys = (v_tiles, out_tiles, g_tiles)  # each key block travels with its rows' out and g
+    acc, _ = _around_the_ring(ring, grad_block, keys, jnp.zeros_like(v_tiles))
     return t.join(acc, (v.shape[-1],))
 
 

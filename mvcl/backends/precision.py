@@ -1,7 +1,7 @@
-"""The matmul precision of every kernel and loss.
+"""The matmul precision of every backend and loss.
 
 On TPUs a float32 matmul runs by default as bfloat16 passes, on recent GPUs as TF32: "computed in
-float32" would then hold on the CPU only. Every kernel and loss therefore takes ``precision``, and
+float32" would then hold on the CPU only. Every backend and loss therefore takes ``precision``, and
 passes it to every ``dot_general`` of its forward and backward pass:
 
 * ``None`` (the default): ``Precision.HIGHEST`` (full float32/float64 passes) for float32 and
@@ -15,14 +15,20 @@ See docs/losses.md, "Precision".
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import jax
 import jax.numpy as jnp
+from jax.typing import DTypeLike
 
 Precision = jax.lax.Precision
-CHOICES = ("default", "high", "highest")
+PrecisionName = Literal["default", "high", "highest"]
+CHOICES: tuple[PrecisionName, ...] = get_args(PrecisionName)
+PrecisionLike = Precision | PrecisionName | None
+"""What a ``precision`` argument takes (a name in any case works too)."""
 
 
-def resolve(precision, dtype) -> Precision:
+def resolve(precision: PrecisionLike | str, dtype: DTypeLike) -> Precision:
     """The ``jax.lax.Precision`` that ``precision`` asks for, for inputs of ``dtype``."""
     if precision is None:
         exact = jnp.dtype(dtype) in (jnp.dtype(jnp.float32), jnp.dtype(jnp.float64))

@@ -1,6 +1,6 @@
 """What a backend computes per query row, and which keys it may see.
 
-Every kernel reduces one row of similarities ``S[a, (j, b)] = q_a · k_(j,b)`` over the global key
+Every backend reduces one row of similarities ``S[a, (j, b)] = q_a · k_(j,b)`` over the global key
 set with a mask. Two reductions exist:
 
 * :data:`LSE`: ``log Σ_keys exp S`` (the energy of every InfoNCE-style loss);
@@ -15,15 +15,21 @@ backend. The maths is in docs/losses.md, "Backends".
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Hashable
+from typing import Callable, Literal, get_args
 
 import jax
 import jax.numpy as jnp
 
-MASKS = ("none", "self", "instance", "view", "instance_and_view")
+Mask = Literal["none", "self", "instance", "view", "instance_and_view"]
+"""Which keys a query row sees (:func:`keep`)."""
+MASKS: tuple[Mask, ...] = get_args(Mask)
+AxisName = Hashable
+"""The name of a mesh axis (``jax.shard_map``/``jax.pmap``); ``None`` where one is optional
+means a single device."""
 
 
-def keep(mask: str, same_instance: jax.Array, same_view: jax.Array) -> jax.Array:
+def keep(mask: Mask, same_instance: jax.Array, same_view: jax.Array) -> jax.Array:
     """Which (query, key) pairs enter a row, from broadcastable instance/view equality masks.
 
     * ``"none"``: every key.
@@ -45,7 +51,7 @@ def keep(mask: str, same_instance: jax.Array, same_view: jax.Array) -> jax.Array
     raise ValueError(f"mask must be one of {MASKS}, got {mask!r}")
 
 
-def keep_rows(mask: str, row: jax.Array, col: jax.Array, a: int, b: int) -> jax.Array:
+def keep_rows(mask: Mask, row: jax.Array, col: jax.Array, a: int, b: int) -> jax.Array:
     """:func:`keep` from global row ids ``instance · A + view`` of queries and keys (int arrays,
     broadcastable), with A (``a``) views per query instance and B (``b``) per key instance.
 
@@ -128,7 +134,7 @@ def sum_of(fn: Callable[[jax.Array], jax.Array]) -> Reduction:
     return Reduction("sum", fn)
 
 
-def instance_offset(q: jax.Array, axis_name) -> jax.Array | int:
+def instance_offset(q: jax.Array, axis_name: AxisName | None) -> jax.Array | int:
     """Global index of this device's first query instance (instances are sharded on axis 1)."""
     if axis_name is None:
         return 0

@@ -4,10 +4,10 @@ A backend is a function ``backend(q, k, *, mask, reduction, axis_name, precision
 
 * ``q``: (G, n, A, D) query rows, already scaled, in G independent groups;
 * ``k``: (G, n, B, D) this device's keys (the global key set is every device's ``k``);
-* ``mask``: which keys a row sees (see :func:`mvcl.kernels.reductions.keep`);
+* ``mask``: which keys a row sees (see :func:`mvcl.backends.reductions.keep`);
 * ``reduction``: :data:`LSE` or :func:`sum_of` ``(fn)``;
 * ``precision``: the ``jax.lax.Precision`` of every matmul, forward and backward
-  (:mod:`mvcl.kernels.precision`; ``None`` leaves the platform default);
+  (:mod:`mvcl.backends.precision`; ``None`` leaves the platform default);
 * ``out``: (G, n, A), the reduction of each local query row over the global keys of its group.
 
 The losses in :mod:`mvcl.losses` are written against this signature only; adding a backend here
@@ -20,7 +20,7 @@ gives it to every loss. The exact maths of every reduction and backend is in doc
 | ``blockwise``, ``ring`` | streamed tiles, ring-passed blocks | O(n(A+B)D + tile²) | recomputed |
 
 The losses call :func:`self_rows` (the keys are the query rows themselves, ``v = u / sqrt(τ)``),
-which takes a backend's symmetric path when it has one (:class:`Kernel`); a plain backend
+which takes a backend's symmetric path when it has one (:class:`BuiltinBackend`); a plain backend
 function is called with ``q = k = v``.
 """
 
@@ -28,21 +28,28 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Callable
+from typing import Any, Callable, Literal
 
 import jax
+from jax.typing import ArrayLike
 
-from mvcl.kernels import dense as _dense
-from mvcl.kernels import precision
-from mvcl.kernels import streaming as _streaming
-from mvcl.kernels.reductions import LSE, MASKS, Reduction, keep, sum_of
+from mvcl._deprecation import warn_moved
+from mvcl.backends import dense as _dense
+from mvcl.backends import precision
+from mvcl.backends import streaming as _streaming
+from mvcl.backends.precision import PrecisionLike
+from mvcl.backends.reductions import LSE, MASKS, AxisName, Mask, Reduction, keep, sum_of
 
 Backend = Callable[..., jax.Array]
+"""A backend function (see above)."""
+BackendName = Literal["dense", "gather", "blockwise", "ring"]
+BackendLike = BackendName | Backend
+"""What a ``backend`` argument takes: a built-in backend's name or a backend function."""
 
 
 @dataclasses.dataclass(frozen=True)
-class Kernel:
-    """A built-in backend: called as ``kernel(q, k, ...)`` it is a backend like any other.
+class BuiltinBackend:
+    """A built-in backend: called as ``backend(q, k, ...)`` it is a backend like any other.
 
     ``self_rows(v, ...)`` is the same reduction when the keys are the query rows themselves
     (``q = k = v``), which every loss here needs (it passes ``u / sqrt(τ)``, so that
@@ -53,29 +60,38 @@ class Kernel:
     rows: Backend
     self_rows: Backend | None = None
 
-    def __call__(self, q, k, *, mask, reduction, axis_name=None, precision=None):
+    def __call__(
+        self,
+        q: ArrayLike,
+        k: ArrayLike,
+        *,
+        mask: Mask,
+        reduction: Reduction,
+        axis_name: AxisName | None = None,
+        precision: PrecisionLike = None,
+    ) -> jax.Array:
         return self.rows(
             q, k, mask=mask, reduction=reduction, axis_name=axis_name, precision=precision
         )
 
 
-def _streaming_kernel(**options) -> Kernel:
-    return Kernel(
+def _streaming_backend(**options: Any) -> BuiltinBackend:
+    return BuiltinBackend(
         functools.partial(_streaming.streaming, **options),
         functools.partial(_streaming.streaming_self, **options),
     )
 
 
-_BACKENDS: dict[str, Callable[..., Backend]] = {
-    "dense": lambda: Kernel(_dense.dense, _dense.dense_self),
-    "gather": lambda: Kernel(_dense.gather, _dense.gather_self),
-    "blockwise": _streaming_kernel,
-    "ring": _streaming_kernel,
+_BACKENDS: dict[BackendName, Callable[..., BuiltinBackend]] = {
+    "dense": lambda: BuiltinBackend(_dense.dense, _dense.dense_self),
+    "gather": lambda: BuiltinBackend(_dense.gather, _dense.gather_self),
+    "blockwise": _streaming_backend,
+    "ring": _streaming_backend,
 }
-NAMES = tuple(_BACKENDS)
+NAMES: tuple[BackendName, ...] = tuple(_BACKENDS)
 
 
-def get(backend: str | Backend, **options) -> Backend:
+def get(backend: BackendLike, **options: Any) -> Backend:
     """The backend function for a name (``options`` such as ``tile=`` go to its constructor).
 
     A callable is returned unchanged, so losses accept either a name or a backend function.
@@ -88,7 +104,13 @@ def get(backend: str | Backend, **options) -> Backend:
 
 
 def self_rows(
-    backend: str | Backend, v, *, mask, reduction, axis_name=None, precision=None
+    backend: BackendLike,
+    v: ArrayLike,
+    *,
+    mask: Mask,
+    reduction: Reduction,
+    axis_name: AxisName | None = None,
+    precision: PrecisionLike = None,
 ) -> jax.Array:
     """The reduction of every row of ``v`` (G, n, A, D) over the global rows of ``v``: (G, n, A).
 
@@ -103,7 +125,13 @@ __all__ = [
     "LSE",
     "MASKS",
     "NAMES",
-    "Kernel",
+    "AxisName",
+    "Backend",
+    "BackendLike",
+    "BackendName",
+    "BuiltinBackend",
+    "Mask",
+    "PrecisionLike",
     "Reduction",
     "get",
     "keep",
@@ -111,3 +139,10 @@ __all__ = [
     "self_rows",
     "sum_of",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Kernel":  # the former name of BuiltinBackend
+        warn_moved("mvcl.backends.Kernel", "mvcl.backends.BuiltinBackend")
+        return BuiltinBackend
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

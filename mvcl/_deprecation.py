@@ -1,0 +1,93 @@
+"""Names that moved: the old name keeps working for one release, with a DeprecationWarning.
+
+Moved modules have no file at their old path (so that the move is a plain rename): a finder on
+``sys.meta_path`` answers for the old names, and importing one gives a module holding the new
+module's names and forwarding any other attribute to it, after warning.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import sys
+import types
+import warnings
+from typing import Any, Callable, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+MOVED_MODULES = {
+    "mvcl.kernels": "mvcl.backends",
+    "mvcl.kernels.dense": "mvcl.backends.dense",
+    "mvcl.kernels.precision": "mvcl.backends.precision",
+    "mvcl.kernels.reductions": "mvcl.backends.reductions",
+    "mvcl.kernels.streaming": "mvcl.backends.streaming",
+    "mvcl.losses.pairwise": "mvcl.losses.two_view",
+    "mvcl.studies.kernel_cost": "mvcl.studies.loss_cost",
+}
+"""Old module name -> the module that replaced it."""
+
+
+def warn_moved(old: str, new: str, *, stacklevel: int = 3) -> None:
+    """Emits the DeprecationWarning for ``old``, naming ``new`` that replaces it."""
+    warnings.warn(
+        f"{old} is deprecated and will be removed in the next release: use {new}",
+        DeprecationWarning,
+        stacklevel=stacklevel,
+    )
+
+
+def import_moved(old: str) -> types.ModuleType:
+    """The moved module ``old`` for its package's ``__getattr__`` (``mvcl.kernels``), with the
+    warning pointing at the caller's line."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        module = importlib.import_module(old)
+    warn_moved(old, MOVED_MODULES[old], stacklevel=4)
+    return module
+
+
+def renamed(fn: F, old: str) -> F:
+    """``fn`` under its former name ``old``: the same call, with a DeprecationWarning."""
+    new = f"{fn.__module__}.{fn.__qualname__}"
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        warn_moved(old, new)
+        return fn(*args, **kwargs)
+
+    wrapper.__doc__ = f"Deprecated alias of :func:`{new}` (warns).\n\n{fn.__doc__ or ''}"
+    return wrapper  # type: ignore[return-value]
+
+
+class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Finds and loads the old names of :data:`MOVED_MODULES`."""
+
+    def find_spec(
+        self, fullname: str, path: Any = None, target: Any = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if fullname not in MOVED_MODULES:
+            return None
+        is_package = any(other.startswith(fullname + ".") for other in MOVED_MODULES)
+        return importlib.util.spec_from_loader(fullname, self, is_package=is_package)
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        new = MOVED_MODULES[module.__name__]
+        warn_moved(module.__name__, new)  # importlib's frames are skipped: points at the import
+        target = importlib.import_module(new)
+        names = getattr(target, "__all__", None) or [n for n in vars(target) if n[0] != "_"]
+        for name in names:
+            setattr(module, name, getattr(target, name))
+        module.__all__ = list(names)
+        module.__doc__ = f"Deprecated alias of :mod:`{new}`."
+        module.__getattr__ = functools.partial(getattr, target)  # everything else, forwarded
+
+
+def install() -> None:
+    """Puts the finder of the moved modules first on ``sys.meta_path`` (once): it answers for the
+    old names only, before any other finder could find a stale copy of them."""
+    if not any(isinstance(f, _MovedModuleFinder) for f in sys.meta_path):
+        sys.meta_path.insert(0, _MovedModuleFinder())

@@ -1,0 +1,102 @@
+"""The names of earlier releases still work for one release, each with a DeprecationWarning
+that names its replacement; importing the package itself warns of nothing."""
+
+import importlib
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import mvcl
+from mvcl import backends, losses
+
+OLD_MODULES = [
+    ("mvcl.kernels", "mvcl.backends"),
+    ("mvcl.losses.pairwise", "mvcl.losses.two_view"),
+    ("mvcl.studies.kernel_cost", "mvcl.studies.loss_cost"),
+]
+
+
+def _fresh_import(name: str):
+    """Imports ``name`` as if for the first time (so its import-time warning is raised again)."""
+    for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
+        del sys.modules[key]
+    parent, _, child = name.rpartition(".")
+    importlib.import_module(parent)
+    if child in vars(sys.modules[parent]):
+        delattr(sys.modules[parent], child)
+    __import__(name)  # as an import statement does (importlib.import_module is a frame of its own)
+    return sys.modules[name]
+
+
+def test_importing_the_package_and_its_core_warns_of_nothing():
+    code = "import mvcl, mvcl.backends, mvcl.losses, mvcl.metrics, mvcl.parallel"
+    proc = subprocess.run(
+        [sys.executable, "-W", "error::DeprecationWarning", "-c", code],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("old, new", OLD_MODULES)
+def test_old_module_paths_warn_at_the_import_and_name_the_replacement(old, new):
+    if old.startswith("mvcl.studies"):
+        pytest.importorskip("flax")
+    with pytest.warns(DeprecationWarning, match=f"{old} is deprecated.*use {new}") as record:
+        module = _fresh_import(old)
+    assert record[0].filename == __file__  # the warning points at the importing line
+    replacement = importlib.import_module(new)
+    assert module.__all__
+    for name in module.__all__:
+        assert getattr(module, name) is getattr(replacement, name), name
+    with pytest.warns(DeprecationWarning, match=f"use {new}") as record:  # attribute access
+        parent, _, child = old.rpartition(".")
+        _fresh_import(old)
+        del sys.modules[old]
+        delattr(sys.modules[parent], child)
+        getattr(sys.modules[parent], child)
+    assert record[-1].filename == __file__
+
+
+def test_old_kernels_package_is_the_backends_package():
+    with pytest.warns(DeprecationWarning, match="use mvcl.backends"):
+        kernels = _fresh_import("mvcl.kernels")
+    assert mvcl.kernels is kernels
+    with pytest.warns(DeprecationWarning, match="use mvcl.backends.reductions"):
+        import mvcl.kernels.reductions as old_reductions  # noqa: PLC0415 (the old submodule path)
+    with pytest.warns(DeprecationWarning, match="use mvcl.backends.streaming"):
+        from mvcl.kernels.streaming import streaming  # noqa: PLC0415
+
+    assert old_reductions.keep is backends.reductions.keep
+    assert streaming is backends.streaming.streaming
+    assert kernels.dense is backends.dense and kernels.precision is backends.precision
+    with pytest.warns(DeprecationWarning, match="use mvcl.backends.BuiltinBackend"):
+        assert kernels.Kernel is backends.BuiltinBackend
+    # A loss given the old package's backend computes what it computes with the new one.
+    z = jnp.asarray(np.random.default_rng(0).normal(size=(8, 3, 4)), jnp.float32)
+    old = losses.mv_infonce(z, temperature=0.5, backend=kernels.get("blockwise", tile=4))
+    new = losses.mv_infonce(z, temperature=0.5, backend=backends.get("blockwise", tile=4))
+    np.testing.assert_array_equal(old, new)
+
+
+def test_old_function_names_warn_and_call_the_new_ones():
+    pytest.importorskip("flax")
+    from mvcl.studies import outputs, plots, runner  # noqa: PLC0415 (needs the training stack)
+    from mvcl.train import optim  # noqa: PLC0415
+
+    params = {"Dense_0": {"kernel": jnp.ones((2, 3)), "bias": jnp.ones((3,))}}
+    with pytest.warns(DeprecationWarning, match="use mvcl.train.optim.weight_matrix_mask"):
+        assert optim.kernel_mask(params) == optim.weight_matrix_mask(params)
+    for old, new in [
+        (runner.test_embeddings, runner.embed_test_split),
+        (plots.kernel_cost, plots.loss_cost),
+        (outputs.kernel_rows, outputs.loss_cost_rows),
+    ]:
+        assert old.__wrapped__ is new
+        with pytest.warns(DeprecationWarning, match=f"use {new.__module__}.{new.__name__}"):
+            with pytest.raises(TypeError):  # the warning comes before the call itself
+                old()
