@@ -6,16 +6,48 @@
     step, variables = train.restore_variables(workdir)   # its encoder, {"params", "batch_stats"}
     train.evaluate.knn_accuracy(...)                      # the evaluation pieces
 
+One run, ``train_and_evaluate(config, workdir)``:
+
+1. **Config checks** (`mvcl.train.config_checks`). `validate_config` turns every bad field into a
+   ``ValueError`` naming it (``config.loss.name``, ``config.num_views``, ``config.batch_size``,
+   ...) before any work; a missing data set fails as ``config.dataset.name`` when the sources are
+   opened (`mvcl.train.sources`), still before the first step.
+2. **Data** (`mvcl.train.sources`, `mvcl.train.feed`). The host reads each image of its share of
+   the global batch once, as uint8 (`mvcl.data.BatchIterator`: a pure function of
+   ``(seed, step)``, made by grain workers), and the global batch is one ``jax.Array`` sharded
+   over the ``data`` axis of a mesh of every device of every process, copied there one step
+   ahead.
+3. **State** (`mvcl.train.state`). `TrainState`: step, params, batch_stats, optimiser state and
+   the augmentation key, created replicated on the mesh.
+4. **Step** (`mvcl.train.step`). `make_train_step`: inside ``jax.shard_map`` each device makes
+   the V views of its images (`mvcl.data.make_views`), runs the model with BatchNorm statistics
+   over the global batch (``axis_name``) and calls the loss with ``axis_name``, which returns the
+   global-batch loss; ``jax.grad`` of the shard_map-ed function is the gradient of that loss. The
+   views of instance ``i`` of the global batch at step ``s`` come from the key
+   ``fold_in(fold_in(rng, s), i)``: the same on one device or many. With multi-crop
+   (``config.augment.multicrop.num_small = K > 0``) that key is split in two, for the V large and
+   the K small crops; the model runs once per resolution and the loss sees ``(n, V + K, D)``.
+5. **Loop** (`mvcl.train.loop`). Progress bar, metrics (TensorBoard + ``metrics.jsonl``, each
+   step once), checkpoints every ``config.checkpoint_every_steps``, on SIGTERM or SIGINT (save,
+   then return; `mvcl.train.signals`) and at the end. A rerun in the same workdir resumes from
+   the newest checkpoint that restores, if its config may continue the run
+   (`mvcl.train.run_identity`: nothing is written before that check). Evaluation
+   (`mvcl.train.evaluate`; `mvcl.train.multimodal` for per-view models) follows the last step.
+6. **Workdir** (`mvcl.train.workdir`). `load_config`, `restore_variables` and `evaluate_workdir`
+   read a run back without writing to it.
+
 A rerun in a workdir continues its run only with a config that may continue it
 (`mvcl.train.run_identity`); checkpoints are never deleted on restore (`mvcl.train.checkpoint`);
 SIGTERM and SIGINT save and stop (`mvcl.train.signals`). Mistakes raise a `UserError` subclass
 (`mvcl.train.errors`), which the command-line programs (``mvcl-pretrain``,
 ``mvcl-evaluate``, ``mvcl-sweep``: `mvcl.pretrain`, `mvcl.evaluate`, `mvcl.sweep`, through
-`mvcl.train.cli.run`) print as one line.
+`mvcl.train.cli.run`) print as one line. `mvcl.train.trainer` re-exports the names of the
+single module these once were.
 """
 
 from mvcl.train import evaluate, run_identity, signals
 from mvcl.train.checkpoint import Checkpointer
+from mvcl.train.config_checks import validate_config
 from mvcl.train.errors import (
     CheckpointMismatchError,
     ConfigError,
@@ -24,18 +56,11 @@ from mvcl.train.errors import (
     UserError,
     WorkdirError,
 )
+from mvcl.train.loop import train_and_evaluate
 from mvcl.train.optim import learning_rate_schedule, make_optimizer
-from mvcl.train.trainer import (
-    TrainState,
-    build_model,
-    create_train_state,
-    evaluate_workdir,
-    load_config,
-    make_train_step,
-    restore_variables,
-    train_and_evaluate,
-    validate_config,
-)
+from mvcl.train.state import TrainState, build_model, create_train_state
+from mvcl.train.step import make_train_step
+from mvcl.train.workdir import evaluate_workdir, load_config, restore_variables
 from mvcl.train.writers import MetricWriter
 
 __all__ = [

@@ -96,7 +96,7 @@ def cached_value_and_grad(
         updated batch_stats)``; it makes the views of each image from its key.
       keys: ``(rng, step, n) -> (n, 2)`` the per-instance keys of a device's ``n`` images.
       loss_fn: ``z (n, V, D) -> global-batch loss``, called inside ``shard_map`` with
-        ``axis_name`` (`mvcl.train.trainer.make_loss_fn`).
+        ``axis_name`` (`mvcl.train.step.make_loss_fn`).
       mesh: the mesh whose ``axis_name`` axis shards the batch.
       axis_name: that axis.
       micro_batch: images per device per chunk; must divide the images per device.

@@ -34,7 +34,10 @@ from jax.sharding import PartitionSpec as P
 from ml_collections import config_dict
 
 from mvcl import parallel
-from mvcl.train import optim, trainer
+from mvcl.train import optim
+from mvcl.train.config_checks import num_train_steps, validate_config
+from mvcl.train.state import build_model, create_train_state
+from mvcl.train.step import AXIS, make_train_step
 
 GIB = 1024**3
 
@@ -111,24 +114,22 @@ def plan(
     config = config.copy_and_resolve_references()
     config.batch_size = batch_per_device * devices
     config.num_devices = devices
-    trainer.validate_config(config, device_count=jax.device_count())
+    validate_config(config, device_count=jax.device_count())
 
     shape = image_shape(config)
-    total_steps = max(trainer.num_train_steps(config, 1), 1)
-    model = trainer.build_model(config, axis_name=trainer.AXIS)
+    total_steps = max(num_train_steps(config, 1), 1)
+    model = build_model(config, axis_name=AXIS)
     tx = optim.make_optimizer(config, total_steps)
     schedule = optim.learning_rate_schedule(config, total_steps)
     replicated = NamedSharding(mesh, P())
-    state = jax.eval_shape(
-        lambda: trainer.create_train_state(config, model, tx, mesh, channels=shape[-1])
-    )
+    state = jax.eval_shape(lambda: create_train_state(config, model, tx, mesh, channels=shape[-1]))
     state = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), state
     )
     images = jax.ShapeDtypeStruct(
         (config.batch_size, *shape), np.uint8, sharding=parallel.batch_sharding(mesh)
     )
-    step = trainer.make_train_step(config, model, tx, schedule, mesh)
+    step = make_train_step(config, model, tx, schedule, mesh)
     stats = step.lower(state, images).compile().memory_analysis()
     if stats is None:
         raise RuntimeError(f"the {jax.default_backend()} backend gives no memory analysis")

@@ -1,0 +1,136 @@
+"""A run's workdir, read back: its config, its newest checkpoint's variables, their evaluation.
+
+`load_config` gives the run's current config, `restore_variables` the encoder variables of its
+newest good checkpoint (nothing in the workdir is written, moved or deleted), `evaluate_workdir`
+evaluates them, and `evaluate_variables` evaluates any encoder variables (`mvcl.train.evaluate`;
+`mvcl.train.multimodal` for per-view models), logs the results and prints the report.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import jax
+import numpy as np
+from ml_collections import config_dict
+
+from mvcl import models, parallel
+from mvcl.train import cli, evaluate, multimodal, noise, optim, run_identity, signals
+from mvcl.train.checkpoint import Checkpointer
+from mvcl.train.errors import NoRunError
+from mvcl.train.processes import announce
+from mvcl.train.sources import open_split
+from mvcl.train.state import build_model, create_train_state
+from mvcl.train.writers import MetricWriter
+
+CONFIG_FILE = run_identity.CONFIG_FILE
+CHECKPOINT_DIR = "checkpoints"
+
+
+def evaluate_variables(
+    config: config_dict.ConfigDict,
+    variables: Mapping[str, Any],
+    writer: MetricWriter,
+    step: int,
+) -> dict[str, float]:
+    """Evaluates the encoder ``variables`` (``{"params", "batch_stats"}``), logs ``eval/*`` at
+    ``step`` and prints the report."""
+    model = build_model(config)
+    if isinstance(model, models.PerViewModel):  # per-modality probes and retrieval
+        results = multimodal.evaluate(config, model, variables)
+        report = multimodal.format_report(results)
+    else:
+        results = evaluate.evaluate(config, model, variables)
+        report = evaluate.format_report(results, knn_k=config.eval.knn_k)
+    writer.write_scalars(step, {f"eval/{k}": v for k, v in results.items()})
+    writer.flush()
+    announce(f"Evaluation at step {step}:\n{report}")
+    return results
+
+
+def load_config(workdir: str | os.PathLike) -> config_dict.ConfigDict:
+    """The current config of the run in ``workdir``: its ``config.json`` with the changes later
+    sessions made (``config_history.jsonl``) applied (`mvcl.train.run_identity`).
+
+    Raises:
+      NoRunError: ``workdir`` holds no run.
+    """
+    return config_dict.ConfigDict(run_identity.effective_config(workdir))
+
+
+def restore_variables(
+    workdir: str | os.PathLike, config: config_dict.ConfigDict | None = None
+) -> tuple[int, dict[str, Any]]:
+    """The step and encoder variables of the newest good checkpoint of the run in ``workdir``.
+
+    ``config`` (default: the run's, `load_config`) gives the structure of the train state; the
+    image channels come from ``config.dataset.fake_shape`` or the first test image. Nothing in
+    ``workdir`` is written, moved or deleted.
+
+    Returns:
+      ``(step, {"params": ..., "batch_stats": ...})`` with numpy arrays on the host.
+
+    Raises:
+      NoRunError: ``workdir`` has no checkpoint that restores.
+      CheckpointMismatchError: ``config`` builds another model or optimiser than the run's.
+    """
+    noise.install()
+    workdir = os.path.abspath(workdir)
+    config = load_config(workdir) if config is None else config
+    directory = os.path.join(workdir, CHECKPOINT_DIR)
+    if not os.path.isdir(directory):
+        raise NoRunError(f"no run in {workdir}: no checkpoint in {directory}")
+    if config.dataset.fake:
+        channels = config.dataset.fake_shape[-1]
+    else:
+        with noise.quiet_data_preparation():
+            channels = np.asarray(open_split(config, "test_split")[0]["image"]).shape[-1]
+    tx = optim.make_optimizer(config, total_steps=1)  # gives the state's structure only
+    target = create_train_state(config, build_model(config), tx, parallel.make_mesh(), channels)
+    checkpointer = Checkpointer(directory, max_to_keep=config.keep_checkpoints, read_only=True)
+    try:
+        restored = checkpointer.restore_latest(target)
+    finally:
+        checkpointer.close()
+    if restored is None:
+        raise NoRunError(f"no run in {workdir}: no checkpoint to restore in {directory}")
+    step, state, _ = restored
+    return step, jax.device_get(state.variables())
+
+
+def evaluate_workdir(
+    workdir: str | os.PathLike,
+    config: config_dict.ConfigDict | None = None,
+    *,
+    allow_config_change: Iterable[str] | None = None,
+) -> dict[str, float]:
+    """Evaluates the newest good checkpoint in ``workdir`` (with the run's config by default).
+
+    A ``config`` that differs from the run's in more than the free fields
+    (`mvcl.train.run_identity`: evaluation settings, data directory, ...) would log results under
+    other settings: it is refused unless the fields are in ``allow_config_change`` (None: the
+    ``--allow_config_change`` flag of the command-line program running). A signal stops the
+    evaluation at once (`mvcl.train.signals.Interrupted`); nothing is written then.
+
+    Raises:
+      NoRunError: ``workdir`` holds no run, or no checkpoint that restores.
+      RunIdentityError: ``config`` differs from the run's (see above).
+    """
+    noise.install()
+    workdir = os.path.abspath(workdir)
+    run_config = load_config(workdir)
+    if config is None:
+        config = run_config
+    else:
+        if allow_config_change is None:
+            allow_config_change = cli.allowed_config_changes()
+        run_identity.check_evaluation(run_config, config, workdir, allow=allow_config_change)
+    with signals.handling(), signals.immediate():
+        step, variables = restore_variables(workdir, config)
+        writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
+        try:
+            return evaluate_variables(config, variables, writer, step)
+        finally:
+            writer.close()
