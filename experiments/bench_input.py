@@ -59,7 +59,7 @@ def reference_rates(jpegs: list[bytes], whole_size: int, square_size: int) -> di
     rates = {}
     for name, resize in (
         ("pil_decode_fit_whole", lambda im: input_pipeline.fit_whole(im, whole_size)),
-        ("pil_decode_fit_square", lambda im: input_pipeline._fit_square(im, square_size)),  # noqa: SLF001
+        ("pil_decode_fit_square", lambda im: input_pipeline._fit_square(im, square_size)),
         ("pil_decode_only", lambda im: im),
     ):
         start = time.perf_counter()

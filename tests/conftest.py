@@ -21,7 +21,7 @@ if os.environ.get("MVCL_TEST_COMPILATION_CACHE", "1") != "0":
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_CACHE))
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
-import jax  # noqa: E402  (after the cache settings, which JAX reads when imported)
+import jax  # after the cache settings, which JAX reads when imported
 
 SLOW_MODULES = ("test_multidevice.py", "test_notebooks.py")
 

@@ -22,15 +22,15 @@ import sys
 
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
 
-import flax.linen as nn  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
 
-from mvcl import data, losses, parallel  # noqa: E402
-from mvcl.configs import digits  # noqa: E402
-from mvcl.train import trainer  # noqa: E402
+from mvcl import data, losses, parallel
+from mvcl.configs import digits
+from mvcl.train import trainer
 
 MODE = sys.argv[1]
 BATCH = 24  # divides over 1, 3 and 8 devices
@@ -213,12 +213,12 @@ def cases():
         yield ("mv_dhel", "gather", 3, 0, "small_cnn", "float32", 3)
         yield ("mv_dhel", "gather", 2, 2, "small_cnn", "bfloat16", 3)
     elif MODE == "grid":
+        # Every loss and backend on 3 devices (the device counts 1, 3 and 8 are the quick mode's):
+        # gather against the one-pass step, ring against the chunked-BatchNorm reference.
         for loss in losses.NAMES:
             views = 2 if loss in losses.TWO_VIEW else 3
-            for backend in trainer.LOSS_BACKENDS:
-                for devices in (1, 3, 8):
-                    yield (loss, backend, views, 0, "tiny", "float64", devices)
-                    yield (loss, backend, views, 0, "tiny_bn", "float64", devices)
+            yield (loss, "gather", views, 0, "tiny", "float64", 3)
+            yield (loss, "ring", views, 0, "tiny_bn", "float64", 3)
     else:
         raise SystemExit(f"unknown mode {MODE!r}")
 

@@ -67,9 +67,9 @@ def test_old_kernels_package_is_the_backends_package():
         kernels = _fresh_import("mvcl.kernels")
     assert mvcl.kernels is kernels
     with pytest.warns(DeprecationWarning, match="use mvcl.backends.reductions"):
-        import mvcl.kernels.reductions as old_reductions  # noqa: PLC0415 (the old submodule path)
+        import mvcl.kernels.reductions as old_reductions
     with pytest.warns(DeprecationWarning, match="use mvcl.backends.streaming"):
-        from mvcl.kernels.streaming import streaming  # noqa: PLC0415
+        from mvcl.kernels.streaming import streaming
 
     assert old_reductions.keep is backends.reductions.keep
     assert streaming is backends.streaming.streaming
@@ -85,8 +85,8 @@ def test_old_kernels_package_is_the_backends_package():
 
 def test_old_function_names_warn_and_call_the_new_ones():
     pytest.importorskip("flax")
-    from mvcl.studies import outputs, plots, runner  # noqa: PLC0415 (needs the training stack)
-    from mvcl.train import optim  # noqa: PLC0415
+    from mvcl.studies import outputs, plots, runner
+    from mvcl.train import optim
 
     params = {"Dense_0": {"kernel": jnp.ones((2, 3)), "bias": jnp.ones((3,))}}
     with pytest.warns(DeprecationWarning, match="use mvcl.train.optim.weight_matrix_mask"):

@@ -9,14 +9,12 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from eval_memory_worker import FakeSplit
 
 from mvcl import parallel
 from mvcl.train import evaluate
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from eval_memory_worker import FakeSplit  # noqa: E402
 
 
 class Linear:
@@ -97,7 +95,7 @@ def test_chunked_knn_on_a_float16_bank_matches_one_chunk_and_a_numpy_reference()
     train_x = rng.standard_normal((301, 6)).astype(np.float16)
     test_x = rng.standard_normal((53, 6)).astype(np.float16)
     train_y, test_y = rng.integers(0, 4, 301), rng.integers(0, 4, 53)
-    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
     sim = unit(test_x.astype(np.float64)) @ unit(train_x.astype(np.float64)).T
     top = np.argsort(-sim, axis=1)[:, :9]
     votes = np.zeros((53, 4))

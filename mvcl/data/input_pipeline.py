@@ -167,11 +167,11 @@ def _records(source: Source, idx: list[int]) -> list[Mapping[str, Any]]:
         if hasattr(source, "__getitems__"):
             return list(source.__getitems__(idx))
         return [source[i] for i in idx]
-    except Exception:  # noqa: BLE001  (find the record at fault, then re-raise naming it)
+    except Exception:  # find the record at fault, then re-raise naming it
         for i in idx:
             try:
                 source[i]
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 split = str(getattr(source, "split", None) or "train")
                 raise ValueError(
                     f"record {i} of {_describe(source)} cannot be read or decoded "
@@ -426,7 +426,7 @@ class BatchIterator(Iterator[Batch]):
     def __del__(self) -> None:
         try:
             self.close()
-        except Exception:  # noqa: BLE001  (interpreter shutdown)
+        except Exception:  # interpreter shutdown
             pass
 
 

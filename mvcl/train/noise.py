@@ -36,7 +36,7 @@ class _DropMessages(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         try:
             message = record.getMessage()
-        except Exception:  # noqa: BLE001  (a malformed record is not ours to judge)
+        except Exception:  # a malformed record is not ours to judge
             return True
         return not message.startswith(self.openings)
 
@@ -78,7 +78,7 @@ class _DropPrints:
 @contextlib.contextmanager
 def quiet_data_preparation() -> Iterator[None]:
     """Opens data sets without tfds's preparation messages and progress bars (see above)."""
-    from tensorflow_datasets.core.utils import tqdm_utils  # noqa: PLC0415  (heavy import)
+    from tensorflow_datasets.core.utils import tqdm_utils  # heavy import
 
     install()
     logger = logging.getLogger("absl")

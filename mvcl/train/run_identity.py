@@ -471,7 +471,7 @@ def schedule_note(
     """One sentence on what a new schedule length does at ``step`` (None if it is unchanged)."""
     if old_total == new_total:
         return None
-    from mvcl.train import optim  # noqa: PLC0415  (optim imports nothing of this module)
+    from mvcl.train import optim  # optim imports nothing of this module
 
     old_lr = optim.learning_rate_schedule(config_dict.ConfigDict(old_config), old_total)(step)
     new_lr = optim.learning_rate_schedule(new_config, new_total)(step)
