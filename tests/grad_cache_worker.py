@@ -30,6 +30,7 @@ import optax
 
 from mvcl import data, losses, parallel
 from mvcl.configs import digits
+from mvcl.models import conv as loop_friendly
 from mvcl.train import trainer
 
 MODE = sys.argv[1]
@@ -61,7 +62,10 @@ class TinyEncoder(nn.Module):
 
         if not self.norm:
             self.variable("batch_stats", "constant", jnp.zeros, (), self.dtype)
-        h = nn.Conv(6, (3, 3), **kwargs)(jnp.asarray(x, self.dtype))
+        # As mvcl's encoders do (`mvcl.models.layers.conv`): inside gradient caching's chunk
+        # loop, the loop-friendly convolution, so the checks below cover its gradients too.
+        conv = nn.Conv(6, (3, 3), conv_general_dilated=loop_friendly.current(), **kwargs)
+        h = conv(jnp.asarray(x, self.dtype))
         h = jnp.mean(nn.relu(bn(h)), axis=(1, 2))
         z = bn(nn.Dense(5, **kwargs)(jnp.tanh(h)))
         return h, z

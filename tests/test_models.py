@@ -1,5 +1,6 @@
 """Tests for mvcl.models: shapes, channel counts, BatchNorm modes, global-batch BN, dtypes."""
 
+import functools
 import json
 import os
 import subprocess
@@ -351,3 +352,75 @@ def test_convnet_layers_parameters_and_resolutions():
         (7, 7, 128),
         (7, 7, 512),
     ]
+
+
+# --- loop-friendly convolution (gradient caching on the CPU) ----------------------------------
+
+CONV_CASES = [  # (kernel, stride, padding, input side)
+    (3, 1, ((1, 1), (1, 1)), 9),
+    (3, 2, ((1, 1), (1, 1)), 9),
+    (3, 2, ((1, 1), (1, 1)), 8),
+    (1, 2, ((0, 0), (0, 0)), 7),
+    (7, 2, ((3, 3), (3, 3)), 11),
+    (3, 1, "SAME", 6),
+    (3, 2, "VALID", 10),
+    (2, 3, ((0, 1), (2, 0)), 10),
+]
+
+
+@pytest.mark.parametrize("kernel, stride, padding, side", CONV_CASES)
+def test_loop_friendly_convolution_equals_xla_value_and_gradients_in_float64(
+    x64, kernel, stride, padding, side
+):
+    """Its value and both gradients equal lax.conv_general_dilated's to float64 rounding, at the
+    top level and inside a scan (where it is used)."""
+    from jax import lax
+
+    from mvcl.models import conv
+
+    rng = np.random.default_rng(kernel * 10 + stride)
+    xs = jnp.asarray(rng.standard_normal((2, 3, side, side + 1, 4)))
+    w = jnp.asarray(rng.standard_normal((kernel, kernel, 4, 5)))
+    dn = lax.conv_dimension_numbers(xs.shape[1:], w.shape, ("NHWC", "HWIO", "NHWC"))
+
+    def loss(fn, w, x):
+        y = fn(x, w, (stride, stride), padding, dimension_numbers=dn)
+        return jnp.sum(jnp.sin(y) * jnp.arange(y.size).reshape(y.shape))
+
+    def scanned(fn):
+        def body(total, x):
+            value, grads = jax.value_and_grad(functools.partial(loss, fn), argnums=(0, 1))(w, x)
+            return total + value, grads
+
+        return jax.jit(lambda xs: lax.scan(body, 0.0, xs))(xs)
+
+    ours, theirs = scanned(conv.conv_general_dilated), scanned(lax.conv_general_dilated)
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12 * float(jnp.max(jnp.abs(b))))
+    top = jax.grad(functools.partial(loss, conv.conv_general_dilated), argnums=(0, 1))(w, xs[0])
+    np.testing.assert_allclose(top[0], theirs[1][0][0], rtol=1e-12, atol=1e-10)
+
+
+def test_loop_friendly_convolution_only_inside_its_block_and_only_where_it_applies(x64):
+    from jax import lax
+
+    from mvcl.models import conv, layers
+
+    assert (
+        conv.current() is None and layers.conv(4, 3, dtype=jnp.float32).conv_general_dilated is None
+    )
+    with conv.loop_friendly():
+        assert conv.current() is conv.conv_general_dilated
+        assert (
+            layers.conv(4, 3, dtype=jnp.float32).conv_general_dilated is conv.conv_general_dilated
+        )
+    assert conv.current() is None
+    # Feature groups are not covered: XLA's convolution, with its own gradients.
+    x, w = (
+        jnp.ones((1, 5, 5, 4)),
+        jnp.asarray(np.random.default_rng(0).standard_normal((3, 3, 2, 4))),
+    )
+    kwargs = dict(dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=2)
+    ours = jax.grad(lambda w: jnp.sum(conv.conv_general_dilated(x, w, (1, 1), "SAME", **kwargs)))
+    theirs = jax.grad(lambda w: jnp.sum(lax.conv_general_dilated(x, w, (1, 1), "SAME", **kwargs)))
+    np.testing.assert_array_equal(ours(w), theirs(w))

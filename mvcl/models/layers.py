@@ -24,6 +24,8 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mvcl.models import conv as loop_friendly
+
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
 
@@ -52,7 +54,9 @@ def conv(
     """A bias-free ``k x k`` convolution (a BatchNorm always follows) with PyTorch padding.
 
     Padding is ``k // 2`` on every side, so a stride-2 layer samples the same pixels as
-    ``torch.nn.Conv2d(..., padding=k // 2)`` (``"SAME"`` would pad only bottom/right).
+    ``torch.nn.Conv2d(..., padding=k // 2)`` (``"SAME"`` would pad only bottom/right). Inside
+    a `mvcl.models.conv.loop_friendly` block (gradient caching's chunk loop) the convolution's
+    gradients are ones that stay fast inside loops on the CPU.
     """
     pad = kernel_size // 2
     return nn.Conv(
@@ -63,6 +67,7 @@ def conv(
         use_bias=False,
         dtype=dtype,
         param_dtype=jnp.float32,
+        conv_general_dilated=loop_friendly.current(),
         name=name,
     )
 

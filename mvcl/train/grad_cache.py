@@ -14,7 +14,9 @@ Learning Batch Size under Memory Limited Setup") splits the step in three:
    over the devices (``psum``).
 
 Peak memory is one chunk's activations and backward pass plus the ``(n, V, D)`` embeddings and
-their cotangents, whatever N and V. The price is one extra forward pass.
+their cotangents, whatever N and V. The price is one extra forward pass. Pass 2's encoder uses
+`mvcl.models.conv.loop_friendly` convolutions: XLA's own convolution gradients run 10-100x
+slower inside a loop body on the CPU.
 
 **Same views in both passes.** The views of a chunk are made inside each pass from the chunk's
 uint8 images and per-instance keys (``fold_in(fold_in(rng, step), global index)``, as in the
@@ -42,6 +44,8 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 from ml_collections import config_dict
+
+from mvcl.models.conv import loop_friendly as loop_friendly_conv
 
 # encode(params, batch_stats, images (m, H, W, C), keys (m, 2)) -> (z (m, V, D), batch_stats)
 Encode = Callable[[Any, Any, jax.Array, jax.Array], tuple[jax.Array, Any]]
@@ -129,8 +133,9 @@ def cached_value_and_grad(
 
         def chunk_grad(total, chunk):
             images_i, keys_i, dz_i = chunk
-            _, vjp = jax.vjp(lambda p: encode(p, batch_stats, images_i, keys_i)[0], local)
-            (grad,) = vjp(dz_i)
+            with loop_friendly_conv():  # XLA's CPU convolution gradients are slow in loops
+                _, vjp = jax.vjp(lambda p: encode(p, batch_stats, images_i, keys_i)[0], local)
+                (grad,) = vjp(dz_i)
             return jax.tree.map(jnp.add, total, grad), None
 
         zeros = jax.tree.map(jnp.zeros_like, local)
