@@ -515,3 +515,28 @@ def test_make_views_with_the_full_extent_as_valid_equals_without(rgb_images):
     )
     with pytest.raises(ValueError, match="valid must have shape"):
         data.make_views(key, rgb_images, 2, crop_size=16, valid=valid[:3])
+
+
+def test_encoded_images_decoded_here_equal_tfds_decoding(jpeg_source, train_source):
+    """`with_encoded_images` (PIL decoding in the pipeline, the faster path) gives the pixels of
+    tfds' own decoding, for JPEG (RGB, varying sizes) and PNG (grayscale digits) data sets."""
+    from mvcl.data import input_pipeline
+
+    good = [i for i in range(len(jpeg_source)) if i != 6]  # record 6 is corrupt
+    encoded = input_pipeline.with_encoded_images(jpeg_source)
+    assert isinstance(encoded[0]["image"], bytes) and not isinstance(jpeg_source[0]["image"], bytes)
+    for layout in ({"image_size": None, "whole_image_size": 40}, {"image_size": 24}):
+        ours = input_pipeline.read_records(encoded, good, **layout)
+        theirs = input_pipeline.read_records(jpeg_source, good, **layout)
+        assert ours.keys() == theirs.keys()
+        for key in ours:
+            np.testing.assert_array_equal(ours[key], theirs[key], err_msg=f"{layout} {key}")
+    digits_encoded = input_pipeline.with_encoded_images(train_source)
+    ours = input_pipeline.read_records(digits_encoded, np.arange(50), None)
+    theirs = input_pipeline.read_records(train_source, np.arange(50), None)
+    assert ours["image"].shape == (50, 8, 8, 1)
+    np.testing.assert_array_equal(ours["image"], theirs["image"])
+    with pytest.raises(ValueError, match=r"record 6 of split 'train' of 'mvcl_synthetic_jpeg'"):
+        input_pipeline.read_records(encoded, [5, 6], None, whole_image_size=40)
+    array_source = [{"image": np.zeros((2, 2, 1), np.uint8), "label": 0}]
+    assert input_pipeline.with_encoded_images(array_source) is array_source

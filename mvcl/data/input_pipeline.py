@@ -38,10 +38,12 @@ downloads: a data set other than the bundled digits must already be prepared in 
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import os
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grain
 import numpy as np
@@ -49,6 +51,9 @@ import tensorflow_datasets as tfds
 from absl import flags
 
 from mvcl.data import digits, fashion_mnist
+
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
 
 Source = Sequence[Mapping[str, Any]]
 Batch = dict[str, np.ndarray]
@@ -118,39 +123,87 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None)
         ) from e
 
 
-def _fit_square(image: np.ndarray, size: int) -> np.ndarray:
-    """Resizes the shorter side to `size` (antialiased bilinear) and crops the centre square."""
+def _shape(image: np.ndarray | PILImage) -> tuple[int, int]:
+    """``(h, w)`` of an array or a PIL image."""
+    return image.shape[:2] if isinstance(image, np.ndarray) else image.size[::-1]
+
+
+def _resized(image: np.ndarray | PILImage, new_h: int, new_w: int) -> np.ndarray:
+    """`image` resized to (new_h, new_w) with PIL's antialiased bilinear filter, as uint8 HWC.
+
+    A decoded PIL image is resized as it is; an array first becomes one (one copy).
+    """
     from PIL import Image
 
-    h, w, c = image.shape
+    if isinstance(image, np.ndarray):
+        c = image.shape[2]
+        image = Image.fromarray(image[..., 0] if c == 1 else image)
+    resized = np.asarray(image.resize((new_w, new_h), Image.BILINEAR))
+    return resized.reshape(new_h, new_w, -1)
+
+
+def _fit_square(image: np.ndarray | PILImage, size: int) -> np.ndarray:
+    """Resizes the shorter side to `size` (antialiased bilinear) and crops the centre square."""
+    h, w = _shape(image)
     if (h, w) == (size, size):
-        return image
+        return _as_array(image)
     scale = size / min(h, w)
     new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
-    pil = Image.fromarray(image[..., 0] if c == 1 else image)
-    resized = np.asarray(pil.resize((new_w, new_h), Image.BILINEAR)).reshape(new_h, new_w, c)
+    resized = _resized(image, new_h, new_w)
     top, left = (new_h - size) // 2, (new_w - size) // 2
     return resized[top : top + size, left : left + size]
 
 
-def fit_whole(image: np.ndarray, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+def fit_whole(image: np.ndarray | PILImage, size: int) -> tuple[np.ndarray, tuple[int, int]]:
     """The whole image in a ``size x size`` array, and its extent ``(h, w)`` there.
 
     The longer side is resized to `size` (antialiased bilinear; the shorter one to
     ``max(1, round(side * size / longer))``, so the aspect ratio is kept to within a pixel); the
     image sits at the top left and the rest repeats its last row and column (not zeros, so a
     resampling kernel that reaches past the image's edge sees the edge, as at the array's border).
+    `image` is a uint8 (H, W, C) array or a decoded PIL image.
     """
-    from PIL import Image  # pylint: disable=g-import-not-at-top
-
-    h, w, c = image.shape
+    h, w = _shape(image)
     scale = size / max(h, w)
     new_h, new_w = max(1, min(size, round(h * scale))), max(1, min(size, round(w * scale)))
-    if (new_h, new_w) != (h, w):
-        pil = Image.fromarray(image[..., 0] if c == 1 else image)
-        image = np.asarray(pil.resize((new_w, new_h), Image.BILINEAR)).reshape(new_h, new_w, c)
-    padded = np.pad(image, ((0, size - new_h), (0, size - new_w), (0, 0)), mode="edge")
+    fitted = _resized(image, new_h, new_w) if (new_h, new_w) != (h, w) else _as_array(image)
+    padded = np.pad(fitted, ((0, size - new_h), (0, size - new_w), (0, 0)), mode="edge")
     return padded, (new_h, new_w)
+
+
+def _as_array(image: np.ndarray | PILImage) -> np.ndarray:
+    """uint8 (H, W, C) of an array or a decoded PIL image (grayscale gets C = 1)."""
+    if isinstance(image, np.ndarray):
+        return image
+    array = np.asarray(image)
+    return array.reshape(*array.shape[:2], -1)
+
+
+def _decode(encoded: bytes) -> PILImage:
+    """A PNG/JPEG as a PIL image in mode ``L`` or ``RGB`` (CMYK, palette, ... become RGB)."""
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(encoded))
+    image.load()  # decode now (PIL is lazy), so a corrupt file fails here, named by the caller
+    return image if image.mode in ("L", "RGB") else image.convert("RGB")
+
+
+def with_encoded_images(source: Source) -> Source:
+    """`source` reading its ``"image"`` feature as the stored PNG/JPEG bytes, if it can.
+
+    For a tfds source whose ``"image"`` is a uint8 `tfds.features.Image`, this returns the same
+    split with the image left encoded; `read_records` then decodes it with PIL and resizes the
+    decoded image directly. That is the work tfds' own decoding does, minus its array conversion
+    and the copy back into PIL for resizing: measured in ``experiments/bench_input.py``. Any other
+    source is returned as it is (its records' images are arrays already).
+    """
+    info = getattr(source, "dataset_info", None)
+    if info is None or not dataclasses.is_dataclass(source) or getattr(source, "decoders", None):
+        return source
+    feature = info.features["image"] if "image" in info.features else None
+    if not isinstance(feature, tfds.features.Image) or feature.np_dtype != np.uint8:
+        return source
+    return dataclasses.replace(source, decoders={"image": tfds.decode.SkipDecoding()})
 
 
 def _describe(source: Source) -> str:
@@ -159,6 +212,17 @@ def _describe(source: Source) -> str:
     if info is not None:
         return f"split {str(split)!r} of {info.name!r}"
     return f"the {type(source).__name__} source"
+
+
+def _unreadable(source: Source, i: int, error: Exception) -> ValueError:
+    """The error for record `i` of `source`, which cannot be read or decoded."""
+    split = str(getattr(source, "split", None) or "train")
+    return ValueError(
+        f"record {i} of {_describe(source)} cannot be read or decoded "
+        f"({type(error).__name__}: {error}); the file is corrupt: rebuild the data set, or "
+        f"leave the record out with split slices (e.g. "
+        f"'{split}[:{i}]+{split}[{i + 1}:]' if {split!r} is unsliced)"
+    )
 
 
 def _records(source: Source, idx: list[int]) -> list[Mapping[str, Any]]:
@@ -172,14 +236,18 @@ def _records(source: Source, idx: list[int]) -> list[Mapping[str, Any]]:
             try:
                 source[i]
             except Exception as e:
-                split = str(getattr(source, "split", None) or "train")
-                raise ValueError(
-                    f"record {i} of {_describe(source)} cannot be read or decoded "
-                    f"({type(e).__name__}: {e}); the file is corrupt: rebuild the data set, or "
-                    f"leave the record out with split slices (e.g. "
-                    f"'{split}[:{i}]+{split}[{i + 1}:]' if {split!r} is unsliced)"
-                ) from e
+                raise _unreadable(source, i, e) from e
         raise
+
+
+def _image(source: Source, i: int, value: Any) -> np.ndarray | PILImage:
+    """Record `i`'s image: a uint8 array as stored, or its PNG/JPEG bytes decoded."""
+    if not isinstance(value, bytes):
+        return np.asarray(value, np.uint8)
+    try:
+        return _decode(value)
+    except Exception as e:
+        raise _unreadable(source, i, e) from e
 
 
 def read_records(
@@ -190,10 +258,12 @@ def read_records(
 ) -> Batch:
     """Reads records `indices` into ``{"image": uint8 (n, H, W, C), "label": int32 (n,)}``.
 
-    With `whole_image_size`, also ``"valid": int32 (n, 2)``, see `fit_whole`.
+    With `whole_image_size`, also ``"valid": int32 (n, 2)``, see `fit_whole`. A record's image
+    is a uint8 array, or PNG/JPEG bytes (a source from `with_encoded_images`), decoded here.
     """
-    records = _records(source, [int(i) for i in indices])
-    images = [np.asarray(r["image"], np.uint8) for r in records]
+    idx = [int(i) for i in indices]
+    records = _records(source, idx)
+    images = [_image(source, i, r["image"]) for i, r in zip(idx, records)]
     batch = {}
     if whole_image_size is not None:
         fitted = [fit_whole(im, whole_image_size) for im in images]
@@ -201,6 +271,8 @@ def read_records(
         batch["valid"] = np.asarray([hw for _, hw in fitted], np.int32).reshape(-1, 2)
     elif image_size is not None:
         images = [_fit_square(im, image_size) for im in images]
+    else:
+        images = [_as_array(im) for im in images]
     shapes = {im.shape for im in images}
     if len(shapes) > 1:
         raise ValueError(
@@ -230,7 +302,7 @@ class ReadBatch:
         image_size: int | None,
         whole_image_size: int | None,
     ):
-        self.source = source
+        self.source = with_encoded_images(source)  # decoded here, not by tfds: faster
         self.global_batch_size = global_batch_size
         self.seed = seed
         self.process_index = process_index

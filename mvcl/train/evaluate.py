@@ -189,6 +189,7 @@ def extract_features(
     if batch_size < 1:
         raise ValueError(f"config.eval.batch_size must be >= 1, got {batch_size}")
     indices = np.asarray(indices, np.int64)
+    source = input_pipeline.with_encoded_images(source)
     batch_size = _round_up(min(batch_size, max(len(indices), 1)), mesh.size)
     sharding = NamedSharding(mesh, P(AXIS))
     lo, hi = _local_rows(sharding, batch_size)
