@@ -154,6 +154,23 @@ def _fit_square(image: np.ndarray | PILImage, size: int) -> np.ndarray:
     return resized[top : top + size, left : left + size]
 
 
+def _whole_extent(h: int, w: int, size: int) -> tuple[int, int]:
+    """The (h, w) an image of (h, w) takes when its longer side is resized to `size`."""
+    scale = size / max(h, w)
+    return max(1, min(size, round(h * scale))), max(1, min(size, round(w * scale)))
+
+
+def _place_whole(out: np.ndarray, image: np.ndarray | PILImage) -> tuple[int, int]:
+    """Writes `image`, fitted whole, into ``out`` (size, size, C) and returns its extent."""
+    h, w = _shape(image)
+    new_h, new_w = _whole_extent(h, w, out.shape[0])
+    fitted = _resized(image, new_h, new_w) if (new_h, new_w) != (h, w) else _as_array(image)
+    out[:new_h, :new_w] = fitted
+    out[new_h:, :new_w] = fitted[new_h - 1]  # repeat the last row, then the last column
+    out[:, new_w:] = out[:, new_w - 1 : new_w]
+    return new_h, new_w
+
+
 def fit_whole(image: np.ndarray | PILImage, size: int) -> tuple[np.ndarray, tuple[int, int]]:
     """The whole image in a ``size x size`` array, and its extent ``(h, w)`` there.
 
@@ -163,12 +180,12 @@ def fit_whole(image: np.ndarray | PILImage, size: int) -> tuple[np.ndarray, tupl
     resampling kernel that reaches past the image's edge sees the edge, as at the array's border).
     `image` is a uint8 (H, W, C) array or a decoded PIL image.
     """
-    h, w = _shape(image)
-    scale = size / max(h, w)
-    new_h, new_w = max(1, min(size, round(h * scale))), max(1, min(size, round(w * scale)))
-    fitted = _resized(image, new_h, new_w) if (new_h, new_w) != (h, w) else _as_array(image)
-    padded = np.pad(fitted, ((0, size - new_h), (0, size - new_w), (0, 0)), mode="edge")
-    return padded, (new_h, new_w)
+    out = np.empty((size, size, _channels_of(image)), np.uint8)
+    return out, _place_whole(out, image)
+
+
+def _channels_of(image: np.ndarray | PILImage) -> int:
+    return image.shape[2] if isinstance(image, np.ndarray) else len(image.getbands())
 
 
 def _as_array(image: np.ndarray | PILImage) -> np.ndarray:
@@ -179,13 +196,15 @@ def _as_array(image: np.ndarray | PILImage) -> np.ndarray:
     return array.reshape(*array.shape[:2], -1)
 
 
-def _decode(encoded: bytes) -> PILImage:
-    """A PNG/JPEG as a PIL image in mode ``L`` or ``RGB`` (CMYK, palette, ... become RGB)."""
+def _decode(encoded: bytes, channels: int | None) -> PILImage:
+    """A PNG/JPEG as a PIL image with `channels` (1: mode ``L``, 3: ``RGB``; None: ``L`` or
+    ``RGB`` as stored, other modes such as CMYK or palette becoming ``RGB``)."""
     from PIL import Image
 
     image = Image.open(io.BytesIO(encoded))
     image.load()  # decode now (PIL is lazy), so a corrupt file fails here, named by the caller
-    return image if image.mode in ("L", "RGB") else image.convert("RGB")
+    mode = {1: "L", 3: "RGB"}.get(channels) or (image.mode if image.mode in ("L", "RGB") else "RGB")
+    return image if image.mode == mode else image.convert(mode)
 
 
 def with_encoded_images(source: Source) -> Source:
@@ -240,14 +259,23 @@ def _records(source: Source, idx: list[int]) -> list[Mapping[str, Any]]:
         raise
 
 
-def _image(source: Source, i: int, value: Any) -> np.ndarray | PILImage:
+def _image(source: Source, i: int, value: Any, channels: int | None) -> np.ndarray | PILImage:
     """Record `i`'s image: a uint8 array as stored, or its PNG/JPEG bytes decoded."""
     if not isinstance(value, bytes):
         return np.asarray(value, np.uint8)
     try:
-        return _decode(value)
+        return _decode(value, channels)
     except Exception as e:
         raise _unreadable(source, i, e) from e
+
+
+def _stored_channels(source: Source) -> int | None:
+    """The channel count a tfds source declares for its ``"image"`` feature, if it does."""
+    info = getattr(source, "dataset_info", None)
+    if info is None or "image" not in info.features:
+        return None
+    shape = getattr(info.features["image"], "shape", None)
+    return shape[-1] if shape and shape[-1] in (1, 3) else None
 
 
 def read_records(
@@ -260,27 +288,36 @@ def read_records(
 
     With `whole_image_size`, also ``"valid": int32 (n, 2)``, see `fit_whole`. A record's image
     is a uint8 array, or PNG/JPEG bytes (a source from `with_encoded_images`), decoded here.
+    Each image is decoded, resized and written into the batch array in turn (one copy).
     """
     idx = [int(i) for i in indices]
     records = _records(source, idx)
-    images = [_image(source, i, r["image"]) for i, r in zip(idx, records)]
-    batch = {}
+    channels = _stored_channels(source)
+    out, valid = None, np.zeros((len(idx), 2), np.int32)
+    for k, (i, record) in enumerate(zip(idx, records)):
+        image = _image(source, i, record["image"], channels)
+        if whole_image_size is None:
+            image = _fit_square(image, image_size) if image_size else _as_array(image)
+            shape = image.shape
+        else:
+            shape = (whole_image_size, whole_image_size, _channels_of(image))
+        if out is None:
+            out = np.empty((len(idx), *shape), np.uint8)
+        elif shape != out.shape[1:]:
+            raise ValueError(
+                f"images of {_describe(source)} differ in shape ({out.shape[1:]}, record {i}: "
+                f"{shape}): set config.dataset.image_size or config.dataset.whole_image_size "
+                f"to resize them"
+            )
+        if whole_image_size is None:
+            out[k] = image
+        else:
+            valid[k] = _place_whole(out[k], image)
+    if out is None:
+        raise ValueError("read_records needs at least one index")
+    batch = {"image": out, "label": np.asarray([r["label"] for r in records], np.int32)}
     if whole_image_size is not None:
-        fitted = [fit_whole(im, whole_image_size) for im in images]
-        images = [im for im, _ in fitted]
-        batch["valid"] = np.asarray([hw for _, hw in fitted], np.int32).reshape(-1, 2)
-    elif image_size is not None:
-        images = [_fit_square(im, image_size) for im in images]
-    else:
-        images = [_as_array(im) for im in images]
-    shapes = {im.shape for im in images}
-    if len(shapes) > 1:
-        raise ValueError(
-            f"images of {_describe(source)} differ in shape ({sorted(shapes)[:3]}...): set "
-            f"config.dataset.image_size or config.dataset.whole_image_size to resize them"
-        )
-    batch["image"] = np.stack(images)
-    batch["label"] = np.asarray([r["label"] for r in records], np.int32)
+        batch["valid"] = valid
     return batch
 
 
