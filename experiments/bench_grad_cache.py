@@ -175,6 +175,7 @@ def main() -> None:
     if args.sizes:
         sizes = tuple(int(s) for s in args.sizes.split(","))
     rows = []
+    load_before = os.getloadavg()
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     for nv in sizes:
         n = nv // args.v
@@ -199,7 +200,12 @@ def main() -> None:
         "views": args.v,
         "micro_batch": args.micro,
         "devices": 1,
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "load_average_before": load_before,
+            "load_average_after": os.getloadavg(),
+        },
         "rows": rows,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

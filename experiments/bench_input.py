@@ -24,7 +24,8 @@ shared machine the figures are not a measurement.
 Usage::
 
     python experiments/bench_input.py                    # 2,000 images of 300-500 px
-    python experiments/bench_input.py --quick            # smoke test (seconds; not a measurement)
+    python experiments/bench_input.py --quick            # smoke test (seconds; not a measurement;
+                                                         # JSON to the temporary directory)
     python experiments/bench_input.py --workers 0,1,2,4 --accelerator_rate 3000
 
 Results go to ``experiments/results/bench_input.json`` (``--out``).
@@ -37,6 +38,7 @@ import io
 import json
 import os
 import platform
+import tempfile
 import time
 from pathlib import Path
 
@@ -184,8 +186,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.quick:
         args.num_images, args.images, args.batch_size = 64, 64, 16
         args.config, args.train_batch_size, args.repeats = "digits", 16, 1
-        if args.out == str(HERE / "results" / "bench_input.json"):
-            args.out = str(HERE / "results" / "bench_input_smoke.json")
+        if args.out == str(HERE / "results" / "bench_input.json"):  # never over a measurement
+            args.out = str(Path(tempfile.gettempdir()) / "bench_input_quick.json")
         args.data_dir += "_quick"
 
     from mvcl import data

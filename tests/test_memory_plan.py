@@ -44,6 +44,33 @@ def test_plan_counts_the_state_and_the_images_and_grows_with_the_batch(name):
     assert "temporaries" in memory_plan.format_plan(small)
 
 
+def test_plan_feeds_the_whole_image_layout_and_counts_its_extents():
+    """With ``whole_image_size`` (ImageNet's layout) the step takes ``{"image", "valid"}``: the
+    plan compiles that input, at the whole-image side, and counts the extents' bytes."""
+    config = tiny("digits")
+    square = memory_plan.plan(config, 4)
+    config.dataset.whole_image_size = 12
+    whole = memory_plan.plan(config, 4)
+    assert whole.image_shape == (12, 12, 1)
+    assert whole.input_bytes == 4 * 12 * 12 * 1 + 4 * 2 * 4  # uint8 images + int32 (h, w)
+    assert whole.argument_bytes == whole.state_bytes + whole.input_bytes
+    assert whole.state_bytes == square.state_bytes
+
+
+def test_plan_accounts_for_gradient_caching():
+    """The planner compiles the step the config runs: with ``config.train.micro_batch`` the
+    encoder's temporaries are one chunk's, so the plan is well below the one-pass step's (what
+    remains grows with the loss's similarity tile, up to its size, and the embeddings; the
+    flat curve at real sizes is in experiments/results/bench_grad_cache.json)."""
+    config = tiny("digits")
+    config.loss.backend = "ring"  # a streamed loss: the encoder's activations dominate
+    one_pass = {b: memory_plan.plan(config, b).temp_bytes for b in (16, 64)}
+    config.train.micro_batch = 4
+    cached = {b: memory_plan.plan(config, b).temp_bytes for b in (16, 64)}
+    assert one_pass[64] > 3.5 * one_pass[16]  # activations of every image
+    assert cached[16] < one_pass[16] / 3 and cached[64] < one_pass[64] / 5
+
+
 def test_largest_batch_is_the_largest_that_fits_the_budget():
     config = tiny("digits")
     budget = (

@@ -52,7 +52,8 @@ def grid_groups(cases, cost=10):
     """The grid's cases (multidevice_worker.CASES: the records' multi-device test cases, in
     registry order) in consecutive groups of at least ``cost`` (V, dtype) pairs (5 for a
     multi-view case, 2 for a two-view one; the last group may be smaller), one worker process
-    each, so that pytest-xdist can spread them; each group runs on 1, 3 and 8 devices."""
+    each, so that pytest-xdist can spread them; each group runs on 3 and 8 devices (and on 1,
+    see ``multidevice_worker.single_device_too``)."""
     groups, group, total = [], [], 0
     for index, (spec, _) in enumerate(cases):
         group.append(index)
@@ -80,7 +81,13 @@ def test_every_loss_and_backend_equals_one_device(cases):
         multi_view = mine[0]["loss"] not in mvcl.losses.TWO_VIEW
         assert {r["views"] for r in mine} == ({2, 3, 5} if multi_view else {2})
         assert {r["dtype"] for r in mine} == {"float64", "float32"}
-        assert len(mine) == len(GRID_DEVICES) * 2 * (5 if multi_view else 2)
+        # (V, dtype) entries: (2, 3) x (f64, f32) + (5, f64) or (2,) x (f64, f32), each on 3 and
+        # 8 devices, one of them on 1 device too; x 2 backends.
+        entries = 5 if multi_view else 2
+        assert len(mine) == 2 * ((len(GRID_DEVICES) - 1) * entries + 1)
+        assert {(r["views"], r["dtype"]) for r in mine if r["devices"] == 1} == {
+            (3 if multi_view else 2, "float64")
+        }
     assert_all_match(rows)
 
 

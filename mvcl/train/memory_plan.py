@@ -74,10 +74,11 @@ class MemoryPlan:
 
 
 def image_shape(config: config_dict.ConfigDict) -> tuple[int, int, int]:
-    """(H, W, C) of the training images: ``config.dataset.image_size`` square if set, else
-    ``config.dataset.fake_shape`` (which every config sets to its data set's image shape)."""
+    """(H, W, C) of the training images the host sends: ``config.dataset.whole_image_size`` or
+    ``config.dataset.image_size`` square if set, else ``config.dataset.fake_shape`` (which every
+    config sets to its data set's image shape)."""
     h, w, c = config.dataset.fake_shape
-    size = config.dataset.image_size
+    size = config.dataset.get("whole_image_size") or config.dataset.image_size
     return (size, size, c) if size else (h, w, c)
 
 
@@ -126,9 +127,13 @@ def plan(
     state = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), state
     )
-    images = jax.ShapeDtypeStruct(
-        (config.batch_size, *shape), np.uint8, sharding=parallel.batch_sharding(mesh)
-    )
+    batch_sharding = parallel.batch_sharding(mesh)
+    images = jax.ShapeDtypeStruct((config.batch_size, *shape), np.uint8, sharding=batch_sharding)
+    input_bytes = batch_per_device * int(np.prod(shape))
+    if config.dataset.get("whole_image_size"):  # the whole-image layout of mvcl.train.feed
+        valid = jax.ShapeDtypeStruct((config.batch_size, 2), np.int32, sharding=batch_sharding)
+        images = {"image": images, "valid": valid}
+        input_bytes += batch_per_device * 2 * 4
     step = make_train_step(config, model, tx, schedule, mesh)
     stats = step.lower(state, images).compile().memory_analysis()
     if stats is None:
@@ -139,7 +144,7 @@ def plan(
         batch_per_device=batch_per_device,
         image_shape=tuple(int(s) for s in shape),
         state_bytes=_bytes(state),
-        input_bytes=batch_per_device * int(np.prod(shape)),
+        input_bytes=input_bytes,
         output_bytes=int(stats.output_size_in_bytes),
         alias_bytes=int(stats.alias_size_in_bytes),
         temp_bytes=int(stats.temp_size_in_bytes),
