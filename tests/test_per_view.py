@@ -54,6 +54,10 @@ def run_steps(config, steps=2):
 # the trainer as it was before per-view models existed: the losses and the sum of |params| after.
 SHARED_LOSSES = [2.5344090461730957, 3.6459622383117676]
 SHARED_ABS_SUM = 712.2167736472911
+# Recorded on one machine; XLA's CPU kernels sum in a machine-dependent order (vector width), so
+# two float32 SGD steps elsewhere differ by ~1e-6 relative. Any change of model, views or loss
+# moves these values by far more than the tolerance.
+REGRESSION_RTOL = 2e-5
 
 
 def test_shared_backbone_path_gives_the_values_it_gave_before():
@@ -65,11 +69,11 @@ def test_shared_backbone_path_gives_the_values_it_gave_before():
     old = config.copy_and_resolve_references()
     del old.model["per_view"]  # a config saved before the field existed: the same model
     assert train.build_model(old, axis_name=trainer.AXIS) == model
-    np.testing.assert_allclose(values, SHARED_LOSSES, rtol=1e-6)
+    np.testing.assert_allclose(values, SHARED_LOSSES, rtol=REGRESSION_RTOL)
     params = jax.device_get(state.params)
     assert set(params) == {"backbone", "head"}
     abs_sum = sum(np.abs(leaf).astype(np.float64).sum() for leaf in jax.tree.leaves(params))
-    np.testing.assert_allclose(abs_sum, SHARED_ABS_SUM, rtol=1e-6)
+    np.testing.assert_allclose(abs_sum, SHARED_ABS_SUM, rtol=REGRESSION_RTOL)
 
 
 # --- the model -----------------------------------------------------------------------------------
