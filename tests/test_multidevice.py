@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import mvcl
+from mvcl import parallel
 
 HERE = Path(__file__).parent
 TOLERANCE = {"float64": 1e-9, "float32": 1e-5}
@@ -137,11 +138,39 @@ def test_two_processes_equal_one_process(tmp_path):
         "mv_infonce/ring",
         "mv_dhel/gather",
         "mv_dhel/ring",
+        "features",
+        "labels",
     }
+
+    # The evaluation's features, extracted with the batches sharded over both processes, equal
+    # one device's, and both processes hold the whole bank.
+    from distributed_worker import eval_case
+
+    from mvcl.train import evaluate
+
+    model, variables, source, indices = eval_case()
+    bank, labels = evaluate.extract_features(
+        model,
+        variables,
+        source,
+        indices,
+        mesh=parallel.make_mesh(1),
+        crop_size=8,
+        batch_size=8,
+        dtype="float32",
+    )
+    assert labels.tolist() == [i % 10 for i in indices]
+    for result in results:
+        assert result["labels"] == labels.tolist()
+        assert result["features"].keys() == bank.keys() == {"backbone", "projector"}
+        for name, features in bank.items():
+            np.testing.assert_allclose(result["features"][name], features, rtol=1e-5, atol=1e-6)
 
     z = np.random.default_rng(0).standard_normal((12, 3, 5))  # as in the worker
     with jax.enable_x64(True):
         for key, got in results[0].items():
+            if key in ("features", "labels"):
+                continue
             loss = mvcl.losses.get(key.split("/")[0])
             ref, ref_grad = jax.value_and_grad(lambda z: loss(z, temperature=0.4))(z)
             assert abs(got["loss"] - float(ref)) < 1e-9, key
