@@ -195,6 +195,17 @@ def test_make_views_shape_dtype_range_and_determinism(rgb_images):
     assert raw.shape == (6, 2, 24, 24, 3)
 
 
+def test_make_views_are_the_same_float32_views_under_x64(rgb_images):
+    """float64 mode (the gradient-caching checks run in it) gives the float32 views bit for bit;
+    colour jitter in random order once failed there (its branches returned float64/float32)."""
+    kwargs = dict(crop_size=12, jitter_strength=1.0, p_blur=0.5, random_order=True)
+    expected = data.make_views(jax.random.key(5), rgb_images, 3, **kwargs)
+    with jax.enable_x64(True):
+        got = data.make_views(jax.random.key(5), rgb_images, 3, **kwargs)
+    assert got.dtype == expected.dtype == jnp.float32
+    np.testing.assert_array_equal(got, expected)
+
+
 def test_make_views_grayscale_images(gray_images):
     views = data.make_views(jax.random.key(3), gray_images, 2, crop_size=8)
     assert views.shape == (6, 2, 8, 8, 1) and bool(jnp.all(jnp.isfinite(views)))
