@@ -22,7 +22,7 @@ import oracle
 import pytest
 from jax.test_util import check_grads
 
-from mvcl import backends, losses
+from mvcl import backends, losses, parallel
 
 # ------------------------------------------------------------------------------------------------
 # The losses under test: every test case of every loss's record (mvcl.losses.LossSpec.cases), each
@@ -645,3 +645,51 @@ def test_general_kernel_matmuls_carry_the_precision(name):
 def test_unknown_precision_is_a_clear_error(precision):
     with pytest.raises(ValueError, match="precision must be"):
         losses.mv_dhel(jnp.ones((4, 2, 3)), temperature=0.5, precision=precision)
+
+
+# --- fixed-shift log-sum-exp (a static bound on the similarities) ------------------------------
+
+
+def test_fixed_shift_applies_only_where_its_exponentials_stay_normal_numbers():
+    bounded = backends.reductions.lse_bounded
+    assert bounded(2.0).fixed_shift(jnp.float32) and bounded(39.0).fixed_shift(jnp.float32)
+    assert not bounded(100.0).fixed_shift(jnp.float32)  # τ = 0.01 in float32: the running max
+    assert bounded(100.0).fixed_shift(jnp.float64) and not bounded(400.0).fixed_shift(jnp.float64)
+    assert not backends.LSE.fixed_shift(jnp.float32)
+    with pytest.raises(ValueError, match="bound must be > 0"):
+        bounded(0.0)
+
+
+@pytest.mark.parametrize("backend", ["blockwise", "ring", "gather"])
+@pytest.mark.parametrize("mask", ["instance", "self", "instance_and_view"])
+def test_fixed_shift_equals_the_running_maximum(x64, backend, mask):
+    """The streams' fixed-shift form (and the symmetric tiles' shared exponential) gives the
+    running-maximum form's rows and gradients to float64 rounding, on one device (the
+    half-matrix tiles), a ring of one device and the gathered matrix."""
+    rng = np.random.default_rng(7)
+    u = rng.standard_normal((2, 9, 3, 6))
+    u /= np.linalg.norm(u, axis=-1, keepdims=True)
+    tau = 0.05
+    v = jnp.asarray(u / np.sqrt(tau))  # |s| <= 1/τ = 20
+    bounded = backends.reductions.lse_bounded(1 / tau)
+    assert bounded.fixed_shift(v.dtype)
+    weights = jnp.asarray(rng.standard_normal((2, 9, 3)))
+
+    def rows(reduction, v):
+        if backend == "blockwise":
+            return backends.streaming.streaming_self(v, mask=mask, reduction=reduction, tile=5)
+        mesh = parallel.make_mesh(1)
+        kernel = backends.get(backend, tile=5) if backend == "ring" else backend
+        return jax.shard_map(
+            lambda v: backends.self_rows(
+                kernel, v, mask=mask, reduction=reduction, axis_name="data", precision=None
+            ),
+            mesh=mesh,
+            in_specs=jax.sharding.PartitionSpec(None, "data"),
+            out_specs=jax.sharding.PartitionSpec(None, "data"),
+        )(v)
+
+    want, want_grad = jax.value_and_grad(lambda v: jnp.sum(weights * rows(backends.LSE, v)))(v)
+    got, got_grad = jax.value_and_grad(lambda v: jnp.sum(weights * rows(bounded, v)))(v)
+    np.testing.assert_allclose(got, want, rtol=1e-13)
+    np.testing.assert_allclose(got_grad, want_grad, rtol=1e-11, atol=1e-12)

@@ -251,8 +251,9 @@ def _gather_self_bwd(mask, reduction, axis_name, precision, residuals, g):
     g = g.reshape(out.shape)
     out_all = jax.lax.all_gather(out, axis_name, axis=1, tiled=True)
     g_all = jax.lax.all_gather(g, axis_name, axis=1, tiled=True)
-    w = reduction.weights(s, keep, out[:, :, None]) * g[:, :, None]
-    w = w + reduction.weights(s, keep, out_all[:, None, :]) * g_all[:, None, :]
+    w = reduction.pair_weights(
+        s, keep, out[:, :, None], g[:, :, None], out_all[:, None, :], g_all[:, None, :]
+    )
     dv = jnp.einsum(
         "gqk,gkd->gqd", w, _flat(k_all), precision=precision, preferred_element_type=k_all.dtype
     )

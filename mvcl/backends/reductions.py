@@ -15,6 +15,7 @@ backend. The maths is in docs/losses.md, "Backends".
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Hashable
 from typing import Callable, Literal, get_args
 
@@ -71,10 +72,24 @@ class Reduction:
     Attributes:
       name: ``"lse"`` or ``"sum"``.
       fn: for ``"sum"``, the elementwise function of the similarity that is summed.
+      bound: for ``"lse"``, a static bound on the similarities, ``|s| <= bound`` (``1/τ`` for
+        unit embeddings: `lse_bounded`), or None. Where ``exp(-2·bound)`` is a normal number of
+        the compute dtype (`fixed_shift`), streams shift every exponential by ``bound`` instead
+        of a running maximum, and a symmetric tile computes one exponential for its rows and
+        its columns (`update_pair`, `pair_weights`) instead of one each.
     """
 
     name: str
     fn: Callable[[jax.Array], jax.Array] | None = None
+    bound: float | None = None
+
+    def fixed_shift(self, dtype) -> bool:
+        """Whether the fixed shift by ``bound`` is exact in ``dtype``: every kept
+        ``exp(s - bound) >= exp(-2·bound)`` stays a normal number and ``exp(bound - out) <=
+        exp(2·bound)`` finite, with a margin of e^8 for the sums."""
+        if self.name != "lse" or self.bound is None:
+            return False
+        return 2 * self.bound <= -math.log(float(jnp.finfo(dtype).tiny)) - 8
 
     def dense(self, s: jax.Array, keep_: jax.Array, axes: tuple[int, ...]) -> jax.Array:
         """Reduce the masked similarities ``s`` over ``axes`` in one go."""
@@ -88,14 +103,21 @@ class Reduction:
         # cannot leak an infinite derivative into the gradient.
         return jnp.sum(jnp.where(keep_, self.fn(jnp.where(keep_, s, 0.0)), 0.0), axis=axes)
 
-    # Streaming form: carry = (running max, running sum) for lse, (running sum,) for sum.
+    # Streaming form: carry = (running max, running sum) for lse, (running sum of exp(s - bound),)
+    # for lse with a fixed shift, (running sum,) for sum.
     def init(self, shape: tuple[int, ...], dtype) -> tuple[jax.Array, ...]:
-        if self.name == "lse":
+        if self.name == "lse" and not self.fixed_shift(dtype):
             return (jnp.full(shape, -jnp.inf, dtype), jnp.zeros(shape, dtype))
         return (jnp.zeros(shape, dtype),)
 
+    def _shifted(self, s: jax.Array, keep_: jax.Array) -> jax.Array:
+        """``exp(s - bound)`` where kept, else 0 (the fixed-shift form)."""
+        return jnp.where(keep_, jnp.exp(s - self.bound), 0.0)
+
     def update(self, carry, s: jax.Array, keep_: jax.Array, axes: tuple[int, ...]):
         """Fold one tile of similarities into the carry (online log-sum-exp for lse)."""
+        if self.fixed_shift(s.dtype):
+            return (carry[0] + jnp.sum(self._shifted(s, keep_), axis=axes),)
         if self.name == "lse":
             m, l = carry
             tile_max = jnp.max(jnp.where(keep_, s, -jnp.inf), axis=axes)
@@ -108,7 +130,17 @@ class Reduction:
         (acc,) = carry
         return (acc + self.dense(s, keep_, axes),)
 
+    def update_pair(self, rows, cols, s: jax.Array, keep_: jax.Array):
+        """`update` of the carries of a tile's rows (axis 2) and of its columns (axis 1), for a
+        tile of a symmetric S seen from both sides; one exponential with a fixed shift."""
+        if self.fixed_shift(s.dtype):
+            p = self._shifted(s, keep_)
+            return (rows[0] + jnp.sum(p, axis=2),), (cols[0] + jnp.sum(p, axis=1),)
+        return self.update(rows, s, keep_, axes=(2,)), self.update(cols, s, keep_, axes=(1,))
+
     def finalize(self, carry) -> jax.Array:
+        if len(carry) == 1 and self.name == "lse":  # the fixed shift
+            return self.bound + jnp.log(carry[0])
         if self.name == "lse":
             m, l = carry
             return m + jnp.log(l)
@@ -125,8 +157,33 @@ class Reduction:
         _, slope = jax.jvp(self.fn, (safe,), (jnp.ones_like(safe),))  # fn is elementwise
         return jnp.where(keep_, slope, 0.0)
 
+    def pair_weights(self, s, keep_, out_rows, g_rows, out_cols, g_cols) -> jax.Array:
+        """``W + Wᵀ`` on a tile of a symmetric S: ``∂out_a/∂s_ab · g_a + ∂out_b/∂s_ab · g_b``.
+
+        ``out_rows, g_rows`` broadcast along the tile's columns, ``out_cols, g_cols`` along its
+        rows. With a fixed shift, ``exp(s - out_a) = exp(s - bound) · exp(bound - out_a)``: one
+        exponential per similarity instead of two.
+        """
+        if not self.fixed_shift(s.dtype):
+            return (
+                self.weights(s, keep_, out_rows) * g_rows
+                + self.weights(s, keep_, out_cols) * g_cols
+            )
+
+        def scale(out, g):  # a row without keys (out = -inf) has no weights
+            return jnp.where(jnp.isfinite(out), jnp.exp(self.bound - out), 0.0) * g
+
+        return self._shifted(s, keep_) * (scale(out_rows, g_rows) + scale(out_cols, g_cols))
+
 
 LSE = Reduction("lse")
+
+
+def lse_bounded(bound: float) -> Reduction:
+    """:data:`LSE` for similarities known to satisfy ``|s| <= bound`` (see `Reduction.bound`)."""
+    if not bound > 0:
+        raise ValueError(f"bound must be > 0, got {bound}")
+    return Reduction("lse", bound=float(bound))
 
 
 def sum_of(fn: Callable[[jax.Array], jax.Array]) -> Reduction:

@@ -257,10 +257,7 @@ def streaming_self(
 
 def _self_weights(reduction, s, keep, out_rows, g_rows, out_cols, g_cols):
     """A = W + Wᵀ on a tile: ∂out_a/∂S_ab · g_a + ∂out_b/∂S_ba · g_b (S, the mask symmetric)."""
-    return (
-        reduction.weights(s, keep, out_rows) * g_rows
-        + reduction.weights(s, keep, out_cols) * g_cols
-    )
+    return reduction.pair_weights(s, keep, out_rows, g_rows, out_cols, g_cols)
 
 
 def _columns(x):
@@ -330,9 +327,8 @@ def _half_forward(v, mask, reduction, tile, precision):
     def off_diagonal(p, c):
         i, j = first[p], second[p]
         s = jnp.einsum("gqd,gkd->gqk", v_tiles[i], v_tiles[j], precision=precision)
-        keep = _keep(mask, t, i, 0, t, j, 0)
-        c = put(c, i, reduction.update(at(c, i), s, keep, axes=(2,)))
-        return put(c, j, reduction.update(at(c, j), s, keep, axes=(1,)))
+        rows, cols = reduction.update_pair(at(c, i), at(c, j), s, _keep(mask, t, i, 0, t, j, 0))
+        return put(put(c, i, rows), j, cols)
 
     carry = jax.lax.fori_loop(0, t.count, diagonal, carry)
     if t.count > 1:

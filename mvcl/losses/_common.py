@@ -94,6 +94,9 @@ def energy(
     so a symmetric backend path (:func:`mvcl.backends.self_rows`) applies.
     """
     v = u / jnp.sqrt(temperature)
+    if reduction == backends.LSE and isinstance(temperature, numbers.Real):
+        # Unit rows: |s| <= 1/τ, a static bound that spares the streams their running maximum.
+        reduction = backends.reductions.lse_bounded(1.0 / float(temperature))
     return backends.self_rows(
         backend, v, mask=mask, reduction=reduction, axis_name=axis_name, precision=precision
     )
