@@ -30,8 +30,8 @@ One view of an image in [0, 1] is, in order (SimCLR, Chen et al. 2020, appendix 
 
 Single-channel images (C = 1) skip saturation, hue and grayscale, which do not apply to them.
 
-Randomness: one call ``jax.random.uniform(rng, (B, V, K), float32)`` draws all K random numbers of
-every (image, view) (float32 also under ``jax_enable_x64``, so the views do not depend on it),
+Randomness: one call ``jax.random.uniform(rng, (B, V, K))`` draws all K random numbers of every
+(image, view) (float64 under ``jax_enable_x64``, and the views are then computed in float64),
 so views are independent and the result is a pure function of (rng, images) (a
 single RNG call also keeps XLA compile time low). Called on a global batch under `jax.jit`, every
 example gets its own numbers. Called per shard (`shard_map`/`pmap`), fold the shard index into `rng`
@@ -159,7 +159,7 @@ def crop_boxes(
         array's (H, W) repeated when it has none.
       num_views, min_scale, max_scale: as for `make_views`.
     """
-    uniforms = jax.random.uniform(rng, (sizes.shape[0], num_views, _NUM_UNIFORMS), jnp.float32)
+    uniforms = jax.random.uniform(rng, (sizes.shape[0], num_views, _NUM_UNIFORMS))
 
     def box(u: jax.Array, size: jax.Array) -> jax.Array:
         return jnp.stack(_random_box(u, *_extent(size), min_scale, max_scale))
@@ -310,8 +310,10 @@ def make_views(
         flip=flip,
         random_order=random_order,
     )
-    uniforms = jax.random.uniform(rng, (images.shape[0], num_views, _NUM_UNIFORMS), jnp.float32)
-    x = images.astype(jnp.float32) / 255.0
+    uniforms = jax.random.uniform(rng, (images.shape[0], num_views, _NUM_UNIFORMS))
+    # The views' dtype is the uniforms' (float64 under jax_enable_x64), so every colour op, in
+    # any order, computes in one dtype (the gradient-caching checks compare views to 1e-10).
+    x = images.astype(uniforms.dtype) / 255.0
     if valid is not None and valid.shape != (images.shape[0], 2):
         raise ValueError(
             f"valid must have shape (B, 2) = ({images.shape[0]}, 2), got {valid.shape}"
