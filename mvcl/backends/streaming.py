@@ -255,11 +255,6 @@ def streaming_self(
     return _self(v, mask, reduction, axis_name, tile, precision)
 
 
-def _self_weights(reduction, s, keep, out_rows, g_rows, out_cols, g_cols):
-    """A = W + Wᵀ on a tile: ∂out_a/∂S_ab · g_a + ∂out_b/∂S_ba · g_b (S, the mask symmetric)."""
-    return reduction.pair_weights(s, keep, out_rows, g_rows, out_cols, g_cols)
-
-
 def _columns(x):
     """(G, t, 1) per-row values -> (G, 1, t), to broadcast along the key axis of a tile."""
     return jnp.swapaxes(x, 1, 2)
@@ -283,7 +278,8 @@ def _ring_backward_self(v, out, g, mask, reduction, axis_name, tile, precision):
                 k_tile = k_tiles[ki]
                 s = jnp.einsum("gqd,gkd->gqk", q_tile, k_tile, precision=precision)
                 keep = _keep(mask, t, qi, off, t, ki, k_off)
-                a = _self_weights(reduction, s, keep, o, g_, _columns(k_out[ki]), _columns(k_g[ki]))
+                # A = W + Wᵀ on the tile (S and the mask are symmetric)
+                a = reduction.pair_weights(s, keep, o, g_, _columns(k_out[ki]), _columns(k_g[ki]))
                 return acc + jnp.einsum("gqk,gkd->gqd", a, k_tile, precision=precision)
 
             return jax.lax.fori_loop(0, t.count, per_key_tile, acc)
@@ -354,8 +350,7 @@ def _half_backward(v, out, g, mask, reduction, tile, precision):
         i, j = first[p], second[p]
         v_i, v_j = v_tiles[i], v_tiles[j]
         s = jnp.einsum("gqd,gkd->gqk", v_i, v_j, precision=precision)
-        a = _self_weights(
-            reduction,
+        a = reduction.pair_weights(
             s,
             _keep(mask, t, i, 0, t, j, 0),
             out_tiles[i],

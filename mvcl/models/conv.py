@@ -134,7 +134,7 @@ def conv_general_dilated(
     precision: Any = None,
     preferred_element_type: Any = None,
 ) -> jax.Array:
-    """``jax.lax.conv_general_dilated``, with a loop-friendly kernel gradient on the CPU.
+    """``jax.lax.conv_general_dilated``, with loop-friendly gradients on the CPU.
 
     Same arguments and values as ``lax.conv_general_dilated``. For 2-D NHWC/HWIO convolutions
     without dilation, feature or batch groups, negative padding or a preferred element type, the
