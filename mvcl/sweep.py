@@ -7,7 +7,10 @@ r"""A scaling sweep: losses x views x batch sizes (x seeds), one pretraining run
 
 Cells run one after another with the same budget (``config.overrides``), each in
 ``<workdir>/cells/<cell>/``. A cell is done when its ``result.json`` exists: rerunning the same
-command skips done cells and resumes an interrupted one from its checkpoints. SIGTERM stops the
+command skips done cells and resumes an interrupted one from its checkpoints. With ``--outdir``
+every done cell's ``result.json`` is also kept in ``<outdir>/cells/<cell>/``, and a cell found
+there is done too: commit those files, and the sweep continues on another machine (a fresh
+workdir) where it stopped, less the cell that was running. SIGTERM stops the
 sweep after the running cell saved a checkpoint. When every cell is done the CSV, markdown table,
 plots, kernel costs and embeddings are written to ``--outdir`` (default: the workdir); see
 `mvcl.studies.outputs`. ``--list`` prints the cells and exits.
@@ -38,12 +41,16 @@ def main(argv):
     workdir = _WORKDIR.value or os.path.join("workdirs", "sweeps", sweep.name)
     if _LIST.value:
         for cell in studies.cells(sweep):
-            done = studies.runner.read_result(studies.runner.cell_dir(workdir, cell)) is not None
+            done = any(
+                studies.runner.read_result(studies.runner.cell_dir(d, cell)) is not None
+                for d in filter(None, (workdir, _OUTDIR.value))
+            )
             print(f"{cell.name:<32} {'done' if done else 'to run'}")
         return
-    run = studies.run_sweep(sweep, workdir)
+    run = studies.run_sweep(sweep, workdir, archive=_OUTDIR.value)
     if not run.complete:
-        print(f"Stopped after {len(run.results)} cells; rerun the command to resume.")
+        total = len(studies.cells(sweep))
+        print(f"Stopped with {len(run.results)} of {total} cells done; rerun to resume.")
         return
     import jax
 

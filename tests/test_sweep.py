@@ -113,6 +113,37 @@ def test_preempted_cell_stops_the_sweep_without_a_result(tmp_path):
     assert not list(tmp_path.glob("cells/*/" + runner.RESULT_FILE))
 
 
+def test_archived_cells_carry_a_sweep_to_a_fresh_workdir(tmp_path):
+    """With an archive (--outdir), done cells' results are copied there and count as done: a
+    sweep continued with a fresh workdir (another machine) trains only the cells not archived."""
+    sweep = tiny_sweep(a=(("mv_dhel", "pwe"), (2, 3)))
+    trained = []
+
+    def fake_train(config, workdir):
+        trained.append(os.path.basename(workdir))
+        return {"step": 2, "preempted": len(trained) == 3, "eval": {"knn": 0.5}}
+
+    first = studies.run_sweep(
+        sweep, tmp_path / "a", archive=tmp_path / "out", train_fn=fake_train, progress=False
+    )
+    assert not first.complete and len(first.results) == 2
+    archived = sorted(p.parent.name for p in (tmp_path / "out").glob("cells/*/result.json"))
+    assert archived == sorted(trained[:2])  # the preempted third cell is not archived
+
+    trained.clear()
+    second = studies.run_sweep(
+        sweep, tmp_path / "b", archive=tmp_path / "out", train_fn=fake_train, progress=False
+    )
+    assert second.complete and len(trained) == 2 and len(second.results) == 4
+    assert second.results[:2] == first.results
+    assert sorted(p.name for p in (tmp_path / "b" / "cells").iterdir()) == sorted(trained)
+    assert len(list((tmp_path / "out").glob("cells/*/result.json"))) == 4
+
+    sweep.overrides.num_steps = 3  # an archived cell run with another config is an error too
+    with pytest.raises(ValueError, match="num_steps"):
+        studies.run_sweep(sweep, tmp_path / "c", archive=tmp_path / "out", progress=False)
+
+
 def test_a_done_cell_with_another_config_is_an_error(tmp_path):
     sweep = tiny_sweep(a=(("mv_dhel",), (2,)))
     cell = studies.cells(sweep)[0]

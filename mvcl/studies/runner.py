@@ -7,6 +7,12 @@ Layout of a sweep's workdir::
     <workdir>/cells/<cell>/result.json written last: the cell is done when it exists
     <workdir>/cells/<cell>/embeddings.npz  test-set features of the final encoder (real data only)
 
+With an ``archive`` directory (``mvcl-sweep --outdir``), every done cell's ``result.json`` is
+also copied to ``<archive>/cells/<cell>/result.json``, and a cell found there counts as done.
+Those few-kilobyte files are meant to be committed with the results: a sweep too long for one
+machine's session continues on another machine, with a fresh workdir, from the cells done
+before. (A cell's embeddings and checkpoints stay in the workdir: megabytes per cell.)
+
 A rerun skips done cells; an interrupted cell resumes from its own checkpoints (the trainer
 resumes from its workdir). A done cell whose stored config differs from the one the sweep config
 now gives is an error, so a changed sweep never mixes old and new results silently.
@@ -109,6 +115,7 @@ def read_result(directory: Path) -> dict[str, Any] | None:
 
 def _write_json(path: Path, value: Any) -> None:
     """Writes atomically: a killed sweep leaves either no file or a complete one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(value, indent=1), encoding="utf-8")
     tmp.replace(path)
@@ -177,6 +184,7 @@ def run_sweep(
     sweep: config_dict.ConfigDict,
     workdir: str | os.PathLike,
     *,
+    archive: str | os.PathLike | None = None,
     train_fn: TrainFn | None = None,
     progress: bool = True,
 ) -> SweepRun:
@@ -189,6 +197,8 @@ def run_sweep(
     Args:
       sweep: a sweep config (``configs/sweeps/*.py``).
       workdir: the sweep's directory (see the module docstring).
+      archive: where done cells' results are also kept and looked up (see the module
+        docstring); None: the workdir only.
       train_fn: ``(config, workdir) -> {"step", "preempted", "eval"}``; default
         `mvcl.train.train_and_evaluate`.
       progress: show the bar over the cells.
@@ -214,6 +224,9 @@ def run_sweep(
     for cell, config in bar:
         directory = cell_dir(workdir, cell)
         result = read_result(directory)
+        if result is None and archive is not None:
+            result = read_result(cell_dir(archive, cell))
+            directory = cell_dir(archive, cell) if result is not None else directory
         if result is not None:
             changes = config_changes(result["config"], _plain(config))
             if changes:
@@ -221,6 +234,7 @@ def run_sweep(
                     f"cell {cell.name} in {directory} was run with a different config "
                     f"(fields {', '.join(changes)}); use another workdir or delete the cell"
                 )
+            _archive(result, archive, cell)
             results.append(result)
             continue
         bar.set_postfix_str(cell.name)
@@ -234,10 +248,19 @@ def run_sweep(
         if result is None:
             bar.close()
             return SweepRun(results, trained, complete=False)
+        _archive(result, archive, cell)
         results.append(result)
         trained.append(cell)
     bar.close()
     return SweepRun(results, trained, complete=True)
+
+
+def _archive(result: dict[str, Any], archive: str | os.PathLike | None, cell: grid.Cell) -> None:
+    """Copies a done cell's result into the archive unless it is there already."""
+    if archive is None or jax.process_index() != 0:
+        return
+    if read_result(cell_dir(archive, cell)) != result:
+        _write_json(cell_dir(archive, cell) / RESULT_FILE, result)
 
 
 test_embeddings = renamed(embed_test_split, "mvcl.studies.runner.test_embeddings")

@@ -11,7 +11,11 @@ the same number of epochs, then its evaluation (linear probe and kNN on backbone
 features, raw-pixel baselines, effective rank). The report gives mean ± standard deviation over
 the seeds. Cells run seed by seed (all 9 at seed 0 first). Rerunning the command resumes:
 finished cells are skipped and an interrupted cell continues from its checkpoint (every 100
-steps), so the sweep can run across sessions.
+steps), so the sweep can run across sessions. Every done cell's ``result.json`` is also kept in
+``<outdir>/cells/``, committed with the results, so the sweep continues on another machine too.
+No test-set embeddings are kept (``save_embeddings = False``): 10,000 features of 256 + 128
+dimensions per cell would be about 200 MB for the sweep; ``result.json`` holds every metric the
+report and plots use.
 
 Arguments: ``epochs=E`` (default 4), ``width=W`` (backbone channel multiplier, default 0.5),
 ``seeds=S`` (default 3), ``more_losses=True`` (adds AVG and PVC: 45 runs, 5/3 of the time),
@@ -52,6 +56,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.base_arg = f"width={args.width}"
     losses = LOSSES + (MORE_LOSSES if args.more_losses else ())
     config.grid.views = sweeps.block(losses, views=VIEWS, batch_sizes=(256,))
+    config.save_embeddings = False  # see the module docstring
     config.overrides.num_epochs = args.epochs
     config.overrides.checkpoint_every_steps = 100
     config.overrides.keep_checkpoints = 2
