@@ -1,8 +1,8 @@
 """The memory-linear backend: online row reductions over key tiles, blocks passed round a ring.
 
 Forward, per device: the local query rows are cut into tiles of at most ``tile`` rows, the keys
-into tiles of at most ``tile`` keys (by default :func:`default_tile`: G·tile² ≈ 512², so the
-similarity tile stays in cache). For each key block (the device's own first, then, with
+into tiles of at most ``tile`` keys (by default :func:`default_tile`: 512 rows for one group,
+384 for several). For each key block (the device's own first, then, with
 ``axis_name``, the block of the previous device on the ring, arriving by ``lax.ppermute`` while
 the current one is being computed) every (query tile, key tile) similarity matrix is formed,
 masked by *global* instance and view ids, and folded into a running carry (running max and sum
@@ -42,12 +42,18 @@ from mvcl.backends.precision import PrecisionLike
 from mvcl.backends.reductions import AxisName, Mask, Reduction
 
 TILE_ELEMENTS = 512 * 512
-"""Default similarity-tile size, over all G groups: 1 MiB of float32, cache-sized."""
-MIN_TILE = 128
+"""Default similarity-tile size of a single group: 1 MiB of float32."""
+MIN_TILE = 384
+"""Fewest rows per tile and group by default. Many groups (PWE's V(V−1)/2, MV-DHEL's V) once
+shared ``TILE_ELEMENTS`` (tiles of 96-181 rows at V = 4 and 8); the per-tile work around the
+small matmuls then cost more than the cache saved: on a 2-core CPU at N = 4096, tiles of 384 rows
+took 0.65-0.85x the time of the shared size for MV-DHEL, PWE and AVG at V = 4 and 8 (the same
+machine, one session; `experiments/results/bench_losses.json` holds the timings since)."""
 
 
 def default_tile(groups: int) -> int:
-    """Rows per tile when none is given: ``sqrt(TILE_ELEMENTS / G)``, at least ``MIN_TILE``."""
+    """Rows per tile when none is given: ``sqrt(TILE_ELEMENTS / G)``, at least ``MIN_TILE``
+    (512 for one group, 384 for two or more)."""
     return max(MIN_TILE, math.isqrt(TILE_ELEMENTS // groups) // 8 * 8)
 
 
