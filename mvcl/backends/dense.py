@@ -123,12 +123,15 @@ def _excluded(mask, n, a):
 
 
 def _self_matrix(v, mask, reduction, precision):
-    """Rows, S = v vᵀ (G, R, R), the keep mask and the reduction of every row (G, R).
+    """Rows, a (G, R, R) matrix, the keep mask and the reduction of every row (G, R).
 
-    S is computed and reduced a chunk of rows at a time (smaller matmul outputs run faster and
-    the reductions read S from cache), then kept whole for the backward pass. For a log-sum-exp
-    whose mask leaves out few pairs (self, instance) those entries of S are set to -inf instead
-    (exp(-inf) = 0), so that nothing downstream needs a select over the whole matrix.
+    The matrix is S = v vᵀ, or, for a log-sum-exp with a fixed shift (`Reduction.fixed_shift`),
+    ``P = exp(S - bound)`` with the masked entries 0: then the weights of the backward pass are
+    ``P`` times a per-row factor, and no exponential is computed twice. It is computed and
+    reduced a chunk of rows at a time (smaller matmul outputs run faster and the reductions read
+    it from cache), then kept whole for the backward pass. For a log-sum-exp whose mask leaves
+    out few pairs (self, instance) those entries of S are set to -inf instead (exp(-inf) = 0), so
+    that nothing downstream needs a select over the whole matrix.
     """
     rows = _flat(v)
     g, r, _ = rows.shape
@@ -136,6 +139,7 @@ def _self_matrix(v, mask, reduction, precision):
     size = _chunk_rows(n, a)
     count = r // size
     excluded = _excluded(mask, size // a, a) if reduction.name == "lse" else None
+    shifted = reduction.fixed_shift(v.dtype)
 
     def chunk(index):
         group, first = index // count, (index % count) * size
@@ -150,11 +154,14 @@ def _self_matrix(v, mask, reduction, precision):
             )
         else:
             s, keep = s.at[excluded[0], first + excluded[1]].set(-jnp.inf), np.True_
+        if shifted:
+            p = jnp.where(keep, jnp.exp(s - reduction.bound), 0.0)
+            return p, reduction.bound + jnp.log(jnp.sum(p, axis=1))
         return s, reduction.dense(s, keep, axes=(1,))
 
-    s, out = jax.lax.map(chunk, jnp.arange(g * count))
-    keep = np.True_ if excluded is not None else _keep(mask, n, a, n, a)[None]
-    return rows, s.reshape(g, r, r), keep, out.reshape(g, r)
+    m, out = jax.lax.map(chunk, jnp.arange(g * count))
+    keep = np.True_ if excluded is not None or shifted else _keep(mask, n, a, n, a)[None]
+    return rows, m.reshape(g, r, r), keep, out.reshape(g, r)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3))
@@ -169,13 +176,20 @@ def _dense_self_jvp(mask, reduction, precision, primals, tangents):
     # reverse mode this transposes into X̄ = ḡ_a W_ab + ḡ_b W_ba (one elementwise pass over S)
     # and dv = X̄ v (one matmul).
     (v,), (dv,) = primals, tangents
-    rows, s, keep, out = _self_matrix(v, mask, reduction, precision)
-    w_rows = reduction.weights(s, keep, out[:, :, None])
-    w_cols = reduction.weights(s, keep, out[:, None, :])
+    rows, m, keep, out = _self_matrix(v, mask, reduction, precision)
     x = jnp.einsum(
         "gqd,gkd->gqk", _flat(dv), rows, precision=precision, preferred_element_type=v.dtype
     )
-    d_out = jnp.sum(w_rows * x, axis=2) + jnp.sum(w_cols * x, axis=1)
+    if reduction.fixed_shift(v.dtype):
+        # W_ab = P_ab · exp(bound - out_a): the only matrix kept is P (the tangent is linear in
+        # X with P as its coefficient), and the transpose is X̄ = P ⊙ (c_a + c_b), one pass.
+        scale = jnp.where(jnp.isfinite(out), jnp.exp(reduction.bound - out), 0.0)
+        px = m * x
+        d_out = scale * (jnp.sum(px, axis=2) + jnp.sum(px, axis=1))
+    else:
+        w_rows = reduction.weights(m, keep, out[:, :, None])
+        w_cols = reduction.weights(m, keep, out[:, None, :])
+        d_out = jnp.sum(w_rows * x, axis=2) + jnp.sum(w_cols * x, axis=1)
     return out.reshape(v.shape[:3]), d_out.reshape(v.shape[:3])
 
 
