@@ -22,3 +22,25 @@ def test_time_value_and_grad_counts_and_compiles_the_gradient():
     assert len(timing.time_value_and_grad(fn, z, repeats=4, budget_s=0.0).times_s) == 1
     cold = timing.time_value_and_grad(fn, z, warmup=False)
     assert cold.times_s == (cold.first_call_s,)
+
+
+def test_loss_benchmark_keeps_each_rows_fastest_pass():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "experiments" / "bench_losses.py"
+    module_spec = importlib.util.spec_from_file_location("bench_losses", path)
+    bench = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(bench)
+
+    def row(loss, time_s=None, **extra):
+        r = dict(loss=loss, backend="blockwise", n=8, v=2, **extra)
+        return r if time_s is None else dict(r, time_s=time_s)
+
+    first = [row("pwe", 2.0, local_gflops=100.0), row("avg", 1.0), row("dcl", error="boom")]
+    second = [row("pwe", 1.5, local_gflops=200.0), row("avg", 3.0), row("dcl", error="again")]
+    best = {r["loss"]: r for r in bench.best_of([first, second])}
+    assert best["pwe"]["time_s"] == 1.5 and best["pwe"]["local_gflops"] == 200.0
+    assert best["pwe"]["round_times_s"] == [2.0, 1.5]
+    assert best["avg"]["time_s"] == 1.0 and best["avg"]["round_times_s"] == [1.0, 3.0]
+    assert best["dcl"]["error"] == "boom" and "time_s" not in best["dcl"]
