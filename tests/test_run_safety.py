@@ -34,7 +34,7 @@ from run_helpers import (
 
 from mvcl import studies, train
 from mvcl.studies import grid, runner
-from mvcl.train import cli, run_identity, writers
+from mvcl.train import cli, run_identity, summary, writers
 from mvcl.train.run_identity import CONSENT, FREE, IDENTITY
 
 
@@ -338,7 +338,7 @@ def test_sigterm_during_evaluation_stops_it_with_a_message_and_exit_0(tmp_path):
     assert not [m for m in read_metrics(tmp_path / "run") if any(k.startswith("eval/") for k in m)]
 
     out, err = finish(sweep)
-    assert "SIGTERM during evaluation" in out and "Stopped after 0 cells" in out
+    assert "SIGTERM during evaluation" in out and "Stopped with 0 of 20 cells done" in out
     assert "Traceback" not in err
     assert not list((tmp_path / "sweep").glob("cells/*/result.json"))
 
@@ -352,7 +352,7 @@ def done_sweep_cell_with_another_config(workdir: Path) -> list[str]:
     arg = "sweeps/digits_claims:fake=True"
     sweep = grid.load_config_file(*arg.split(":"))
     cell = studies.cells(sweep)[0]
-    stored = runner._plain(studies.cell_config(sweep, cell))
+    stored = summary.plain_config(studies.cell_config(sweep, cell))
     stored["num_steps"] = 7
     directory = runner.cell_dir(workdir, cell)
     directory.mkdir(parents=True)

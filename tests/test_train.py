@@ -5,6 +5,7 @@ crash (8 simulated devices, 2 processes, SIGKILL, SIGTERM) start `mvcl.pretrain`
 interpreters; the others call `mvcl.train.train_and_evaluate` in this process.
 """
 
+import json
 import logging
 import re
 import signal
@@ -377,7 +378,8 @@ def test_rerun_after_sigkill_ends_bitwise_as_an_uninterrupted_run_and_logs_each_
     tmp_path,
 ):
     run = [*TINY_RUN, "--config.checkpoint_every_steps=5"]
-    uninterrupted = start([*run, f"--workdir={tmp_path / 'uninterrupted'}"])
+    summary = tmp_path / "results" / "result.json"
+    uninterrupted = start([*run, f"--workdir={tmp_path / 'uninterrupted'}", f"--summary={summary}"])
     crashing = start([*run, f"--workdir={tmp_path / 'resumed'}"], worker=["kill", "13", "10"])
     crashing.communicate(timeout=600)
     assert crashing.returncode == -signal.SIGKILL
@@ -399,10 +401,19 @@ def test_rerun_after_sigkill_ends_bitwise_as_an_uninterrupted_run_and_logs_each_
     np.testing.assert_array_equal(
         train_losses(tmp_path / "resumed"), train_losses(tmp_path / "uninterrupted")
     )
+    # --summary: the finished run in one file (fake data: no evaluation)
+    written = json.loads(summary.read_text())
+    assert written["command"].startswith("mvcl-pretrain --config=digits:fake=True")
+    assert written["step"] == 20 and written["eval"] == {} and written["seconds"] > 0
+    assert written["train_loss"] == train_losses(tmp_path / "uninterrupted")[-1]
+    assert written["config"]["batch_size"] == 16 and written["machine"]["devices"] == 1
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
-    proc = start([*TINY_RUN, "--config.num_steps=100000", f"--workdir={tmp_path}"])
+    summary = tmp_path / "result.json"
+    proc = start(
+        [*TINY_RUN, "--config.num_steps=100000", f"--workdir={tmp_path}", f"--summary={summary}"]
+    )
     metrics, deadline = tmp_path / "metrics.jsonl", time.time() + 300
     while not (metrics.exists() and metrics.read_text().count("\n") >= 3):
         assert proc.poll() is None, proc.communicate()
@@ -414,3 +425,4 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     assert 3 <= step < 100000
     assert checkpoint_steps(tmp_path) == [step]
     assert int(saved_state(tmp_path, step)["step"]) == step
+    assert not summary.exists()  # a stopped run is not a finished one

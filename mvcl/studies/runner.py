@@ -36,6 +36,7 @@ from tqdm import tqdm
 from mvcl import data, train
 from mvcl._deprecation import renamed
 from mvcl.studies import grid
+from mvcl.train import summary
 
 CELLS_DIR = "cells"
 RESULT_FILE = "result.json"
@@ -70,11 +71,6 @@ class SweepRun:
 def cell_dir(workdir: str | os.PathLike, cell: grid.Cell) -> Path:
     """The run directory of ``cell`` in the sweep's ``workdir``."""
     return Path(workdir) / CELLS_DIR / cell.name
-
-
-def _plain(config: config_dict.ConfigDict) -> dict[str, Any]:
-    """The config as JSON-compatible nested dicts (tuples become lists)."""
-    return json.loads(config.to_json_best_effort())
 
 
 def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -113,27 +109,6 @@ def read_result(directory: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def _write_json(path: Path, value: Any) -> None:
-    """Writes atomically: a killed sweep leaves either no file or a complete one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value, indent=1), encoding="utf-8")
-    tmp.replace(path)
-
-
-def last_train_loss(directory: Path) -> float | None:
-    """The last ``train/loss`` the run logged in ``metrics.jsonl`` (None if there is none)."""
-    path = directory / train.writers.METRICS_FILE
-    if not path.is_file():
-        return None
-    losses = [
-        record["train/loss"]
-        for record in map(json.loads, path.read_text(encoding="utf-8").splitlines())
-        if "train/loss" in record
-    ]
-    return losses[-1] if losses else None
-
-
 def embed_test_split(config: config_dict.ConfigDict, directory: Path) -> dict[str, np.ndarray]:
     """Backbone features, projections and labels of the centre views of the test split."""
     ds = config.dataset
@@ -162,13 +137,10 @@ def run_cell(
     out = train_fn(config, os.fspath(directory))
     if out["preempted"]:
         return None
+    seconds = time.perf_counter() - start
     result = {
         "cell": dataclasses.asdict(cell),
-        "step": int(out["step"]),
-        "seconds": time.perf_counter() - start,
-        "train_loss": last_train_loss(directory),
-        "eval": dict(out["eval"]),
-        "config": _plain(config),
+        **summary.run_summary(config, directory, out, seconds),
     }
     embeddings = (
         embed_test_split(config, directory) if save_embeddings and config.eval.enabled else None
@@ -176,7 +148,7 @@ def run_cell(
     if jax.process_index() == 0:
         if embeddings is not None:
             np.savez_compressed(directory / EMBEDDINGS_FILE, **embeddings)
-        _write_json(directory / RESULT_FILE, result)
+        summary.write_json(directory / RESULT_FILE, result)
     return result
 
 
@@ -228,7 +200,7 @@ def run_sweep(
             result = read_result(cell_dir(archive, cell))
             directory = cell_dir(archive, cell) if result is not None else directory
         if result is not None:
-            changes = config_changes(result["config"], _plain(config))
+            changes = config_changes(result["config"], summary.plain_config(config))
             if changes:
                 raise ValueError(
                     f"cell {cell.name} in {directory} was run with a different config "
@@ -260,7 +232,8 @@ def _archive(result: dict[str, Any], archive: str | os.PathLike | None, cell: gr
     if archive is None or jax.process_index() != 0:
         return
     if read_result(cell_dir(archive, cell)) != result:
-        _write_json(cell_dir(archive, cell) / RESULT_FILE, result)
+        summary.write_json(cell_dir(archive, cell) / RESULT_FILE, result)
 
 
 test_embeddings = renamed(embed_test_split, "mvcl.studies.runner.test_embeddings")
+last_train_loss = summary.last_train_loss  # where it was defined before mvcl.train.summary
