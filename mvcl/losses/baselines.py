@@ -2,7 +2,9 @@
 multi-positive InfoNCE.
 
 PWE and AVG build G two-view problems, (G, n, 2, D), and hand them all at once to a two-view
-loss's ``*_terms`` function (the backend runs them as G independent groups).
+loss's ``*_terms`` function (the backend runs them as G independent groups). PWE with
+``pair_loss="dhel"`` needs only each view's own energy, which its V − 1 pairs share: it computes
+the V energies once instead.
 """
 
 from __future__ import annotations
@@ -59,7 +61,23 @@ def pwe(
     c.check_choice("pair_loss", pair_loss, PAIR_LOSSES)
     c.check_temperature(temperature)
     u, precision = c.prepare(z, loss="pwe", axis_name=axis_name, precision=precision)
-    a, b = np.triu_indices(u.shape[1], k=1)
+    v = u.shape[1]
+    a, b = np.triu_indices(v, k=1)
+    if pair_loss == "dhel":
+        # A pair's DHEL energies are its two views' own (LSE_{j≠i} s(u_il, u_jl)), shared by the
+        # V − 1 pairs of each view: computed once per view (V energies, not V(V − 1)). The mean
+        # over pairs of E_a + E_b − s(u_a, u_b) is then (2/V)·Σ_l E_l − mean_{a<b} s(u_a, u_b).
+        energies = c.energy(
+            jnp.swapaxes(u, 0, 1)[:, :, None],
+            temperature,
+            mask="instance",
+            axis_name=axis_name,
+            backend=backend,
+            precision=precision,
+        )[..., 0]  # (V, n)
+        s = c.view_similarities(u, temperature, precision)  # (n, V, V)
+        terms = 2.0 / v * jnp.sum(energies, axis=0) - jnp.mean(s[:, a, b], axis=-1)
+        return c.mean_over_instances(terms, axis_name)
     pairs = jnp.stack([u[:, a], u[:, b]], axis=2).swapaxes(0, 1)  # (pairs, n, 2, D)
     return _mean_pair_loss(
         pairs, temperature, pair_loss, axis_name=axis_name, backend=backend, precision=precision
