@@ -9,18 +9,24 @@ uint8 images of ``config.dataset.fake_shape`` (the data set is not read), compil
 times ``--steps`` steps (each waited for). Prints a table (compile time, median and min seconds
 per step, the implied minutes per epoch of ``--epoch_size`` images and for the config's steps)
 and appends the row to ``--out`` as JSON. On a shared machine take the median of several runs.
+Like the commands, it first tells glibc's malloc to keep freed memory (`mvcl.train.malloc`);
+``MVCL_SYSTEM_MALLOC=1`` measures with glibc's defaults (the row's ``malloc`` field says which).
 """
 
 import json
 import os
 import time
 
-import jax
-import numpy as np
-from absl import app, flags
+from mvcl.train import malloc
 
-from mvcl import configs, parallel
-from mvcl.train import optim, trainer
+KEPT = malloc.keep_freed_memory()  # before jax starts its backend, as the commands do
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from mvcl import configs, parallel  # noqa: E402
+from mvcl.train import optim, trainer  # noqa: E402
 
 _CONFIG = configs.define_flag(
     "config", None, "Config name[:args], e.g. fashion_mnist:views=8 (mvcl.configs), or a .py file."
@@ -35,6 +41,7 @@ flags.mark_flags_as_required(["config"])
 
 def main(argv):
     del argv
+    print(f"malloc: {'keeps freed memory (mvcl.train.malloc)' if KEPT else 'system defaults'}")
     config = _CONFIG.value
     mesh = parallel.make_mesh(None if config.num_devices == -1 else config.num_devices)
     steps_per_epoch = _EPOCH.value // config.batch_size
@@ -87,6 +94,7 @@ def main(argv):
         "minutes_per_epoch": median * steps_per_epoch / 60,
         "run_minutes": median * num_steps / 60,
         "load_average": os.getloadavg()[0],
+        "malloc": "kept" if KEPT else "system",  # mvcl.train.malloc
     }
     print(
         f"{'config':<32} {'compile s':>9} {'median s/step':>13} {'min s/step':>10} "

@@ -40,7 +40,7 @@ from absl import app, flags, logging
 from ml_collections import config_dict
 
 from mvcl import parallel
-from mvcl.train import noise, run_identity, signals
+from mvcl.train import malloc, noise, run_identity, signals
 from mvcl.train.errors import UserError
 
 __all__ = ["UserError", "allowed_config_changes", "run", "start"]
@@ -76,7 +76,11 @@ def allowed_config_changes() -> list[str]:
 
 
 def run(main: Callable[[list[str]], Any], argv: Sequence[str] | None = None) -> None:
-    """``absl.app.run(main)`` with the flags, messages and exit statuses of the module docstring."""
+    """``absl.app.run(main)`` with the flags, messages and exit statuses of the module docstring.
+
+    First, before any device is touched, glibc's malloc is told to keep freed memory
+    (`mvcl.train.malloc`; ``MVCL_SYSTEM_MALLOC=1`` opts out)."""
+    malloc.keep_freed_memory()
     _define_flags()
     argv = list(sys.argv if argv is None else argv)
     app.run(_guarded(main), argv=argv, flags_parser=_parse_flags)
