@@ -4,6 +4,7 @@ plots, skip done cells, resume an interrupted one; every sweep config builds val
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -203,13 +204,17 @@ def test_every_sweep_config_builds_valid_cells(path, arg):
 
 
 def test_sweep_command_lists_cells(tmp_path):
+    archived = tmp_path / "out" / "cells" / "mv_dhel_v2_b8_s0" / runner.RESULT_FILE
+    archived.parent.mkdir(parents=True)
+    archived.write_text("{}")  # a cell done on another machine, committed with the results
     out = subprocess.run(
         [
             sys.executable,
             "-m",
             "mvcl.sweep",
             "--config=sweeps/digits_claims:fake=True",
-            f"--workdir={tmp_path}",
+            f"--workdir={tmp_path / 'work'}",
+            f"--outdir={tmp_path / 'out'}",
             "--list",
         ],
         cwd=tmp_path,  # the packaged configs are found from any directory
@@ -218,6 +223,7 @@ def test_sweep_command_lists_cells(tmp_path):
         check=True,
     )
     assert "mv_dhel_v8_b8_s0" in out.stdout and "to run" in out.stdout
+    assert re.search(r"^mv_dhel_v2_b8_s0 +done$", out.stdout, re.MULTILINE)
 
 
 def synthetic_table() -> list[dict]:
