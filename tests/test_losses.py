@@ -660,12 +660,13 @@ def test_fixed_shift_applies_only_where_its_exponentials_stay_normal_numbers():
         bounded(0.0)
 
 
-@pytest.mark.parametrize("backend", ["blockwise", "ring", "gather"])
+@pytest.mark.parametrize("backend", ["dense", "blockwise", "ring", "gather"])
 @pytest.mark.parametrize("mask", ["instance", "self", "instance_and_view"])
 def test_fixed_shift_equals_the_running_maximum(x64, backend, mask):
-    """The streams' fixed-shift form (and the symmetric tiles' shared exponential) gives the
-    running-maximum form's rows and gradients to float64 rounding, on one device (the
-    half-matrix tiles), a ring of one device and the gathered matrix."""
+    """The fixed-shift form (the symmetric tiles' shared exponential, dense's kept P) gives the
+    running-maximum form's rows and gradients to float64 rounding, on one device (the whole
+    matrix and the half-matrix tiles), a ring of one device and the gathered matrix; dense's
+    forward-mode derivative too (its custom_jvp)."""
     rng = np.random.default_rng(7)
     u = rng.standard_normal((2, 9, 3, 6))
     u /= np.linalg.norm(u, axis=-1, keepdims=True)
@@ -676,6 +677,8 @@ def test_fixed_shift_equals_the_running_maximum(x64, backend, mask):
     weights = jnp.asarray(rng.standard_normal((2, 9, 3)))
 
     def rows(reduction, v):
+        if backend == "dense":
+            return backends.self_rows("dense", v, mask=mask, reduction=reduction, axis_name=None)
         if backend == "blockwise":
             return backends.streaming.streaming_self(v, mask=mask, reduction=reduction, tile=5)
         mesh = parallel.make_mesh(1)
@@ -693,3 +696,8 @@ def test_fixed_shift_equals_the_running_maximum(x64, backend, mask):
     got, got_grad = jax.value_and_grad(lambda v: jnp.sum(weights * rows(bounded, v)))(v)
     np.testing.assert_allclose(got, want, rtol=1e-13)
     np.testing.assert_allclose(got_grad, want_grad, rtol=1e-11, atol=1e-12)
+    if backend == "dense":
+        tangent = jnp.asarray(rng.standard_normal(v.shape))
+        _, want_dot = jax.jvp(lambda v: rows(backends.LSE, v), (v,), (tangent,))
+        _, got_dot = jax.jvp(lambda v: rows(bounded, v), (v,), (tangent,))
+        np.testing.assert_allclose(got_dot, want_dot, rtol=1e-11, atol=1e-12)
