@@ -46,9 +46,10 @@ TILE_ELEMENTS = 512 * 512
 MIN_TILE = 384
 """Fewest rows per tile and group by default. Many groups (PWE's V(V−1)/2, MV-DHEL's V) once
 shared ``TILE_ELEMENTS`` (tiles of 96-181 rows at V = 4 and 8); the per-tile work around the
-small matmuls then cost more than the cache saved: on a 2-core CPU at N = 4096, tiles of 384 rows
-took 0.65-0.85x the time of the shared size for MV-DHEL, PWE and AVG at V = 4 and 8 (the same
-machine, one session; `experiments/results/bench_losses.json` holds the timings since)."""
+small matmuls then cost more than the cache saved (on a 2-core CPU at N = 4096, one-off timings
+in one process put 384-row tiles at 0.65-0.85x the time for MV-DHEL, PWE and AVG at V = 4 and 8;
+`experiments/results/bench_losses.json` holds the timings with 384, and its previous version in
+git history those with the shared size)."""
 
 
 def default_tile(groups: int) -> int:

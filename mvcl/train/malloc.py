@@ -3,7 +3,8 @@
 XLA's CPU backend allocates its temporaries afresh on every call. With glibc's defaults, large
 blocks are mapped from the kernel and unmapped on free, and the heap is trimmed, so every
 training step touches fresh pages by the gigabyte (a 32-minute, 702-step Fashion-MNIST run took
-421 million minor page faults, 600,000 a step, and 763 s of system time). `keep_freed_memory` sets, through
+421 million minor page faults, 600,000 a step, and 763 s of system time:
+``experiments/results/fashion_mnist_default/time_v.txt``). `keep_freed_memory` sets, through
 ``mallopt``: one arena, no mmap below 2 GiB, no trimming. The process then reuses the memory of
 the previous step; its resident size stays at its peak instead of rising and falling.
 
