@@ -701,3 +701,143 @@ def test_fixed_shift_equals_the_running_maximum(x64, backend, mask):
         _, want_dot = jax.jvp(lambda v: rows(backends.LSE, v), (v,), (tangent,))
         _, got_dot = jax.jvp(lambda v: rows(bounded, v), (v,), (tangent,))
         np.testing.assert_allclose(got_dot, want_dot, rtol=1e-11, atol=1e-12)
+
+
+# --- per-key-view reductions (PWE's energies) ---------------------------------------------------
+
+
+def _per_key_view_numpy(v, mask, reduction):
+    """Float64 NumPy oracle: each row of v (G, n, A, D) reduced over the kept keys of each view
+    separately, (G, n, A, A); -inf (LSE) or 0 (sum) where a view has no kept key."""
+    g, n, a, d = v.shape
+    x = np.asarray(v, np.float64).reshape(g, n * a, d)
+    s = np.einsum("gqd,gkd->gqk", x, x)
+    instance, view = np.divmod(np.arange(n * a), a)
+    same_instance, same_view = instance[:, None] == instance, view[:, None] == view
+    keep = {
+        "none": np.ones_like(same_view),
+        "self": ~(same_instance & same_view),
+        "instance": ~same_instance,
+        "view": ~same_view,
+        "instance_and_view": ~same_instance & ~same_view,
+    }[mask]
+    out = np.empty((g, n * a, a))
+    for m in range(a):
+        kept = keep & (view == m)[None, :]
+        if reduction == "lse":
+            with np.errstate(divide="ignore"):
+                out[..., m] = np.log(np.sum(np.where(kept, np.exp(s), 0.0), axis=-1))
+        else:
+            out[..., m] = np.sum(np.where(kept, np.cos(s), 0.0), axis=-1)
+    return out.reshape(g, n, a, a)
+
+
+def _per_key_view_jnp(v, mask, reduction):
+    """The same oracle in plain jnp (a loop over key views), to differentiate."""
+    g, n, a, d = v.shape
+    x = v.reshape(g, n * a, d)
+    s = jnp.einsum("gqd,gkd->gqk", x, x, precision=jax.lax.Precision.HIGHEST)
+    instance, view = np.divmod(np.arange(n * a), a)
+    keep = backends.keep(mask, instance[:, None] == instance, view[:, None] == view)
+    outs = []
+    for m in range(a):
+        kept = keep & (view == m)[None, :]
+        if reduction == "lse":
+            outs.append(jax.nn.logsumexp(jnp.where(kept, s, -jnp.inf), axis=-1))
+        else:
+            outs.append(jnp.sum(jnp.where(kept, jnp.cos(s), 0.0), axis=-1))
+    return jnp.stack(outs, axis=-1).reshape(g, n, a, a)
+
+
+def _per_key_view_rows(backend, v, mask, reduction):
+    if backend == "ring":
+        kernel = backends.get("ring", tile=4)
+        return jax.shard_map(
+            lambda v: backends.self_rows(
+                kernel, v, mask=mask, reduction=reduction, axis_name="data"
+            ),
+            mesh=parallel.make_mesh(1),
+            in_specs=jax.sharding.PartitionSpec(None, "data"),
+            out_specs=jax.sharding.PartitionSpec(None, "data"),
+        )(v)
+    if backend.startswith("general-"):  # the q != k path
+        name = backend.removeprefix("general-")
+        kernel = backends.get(name, tile=5) if name == "blockwise" else backends.get(name)
+        return kernel(v, v, mask=mask, reduction=reduction)
+    name, _, tile = backend.partition("-")
+    kernel = backends.get(name, tile=int(tile)) if tile else backends.get(name)
+    return backends.self_rows(kernel, v, mask=mask, reduction=reduction)
+
+
+PER_KEY_VIEW_BACKENDS = [
+    "dense",
+    "gather",
+    "blockwise",
+    "blockwise-2",  # tiles of one instance (3 rows)
+    "blockwise-7",  # tiles of two instances, the last one padded
+    "ring",
+    "general-dense",
+    "general-blockwise",
+]
+
+
+@pytest.mark.parametrize("backend", PER_KEY_VIEW_BACKENDS)
+@pytest.mark.parametrize("mask", ["instance", "self", "none", "instance_and_view"])
+def test_per_key_view_reduction_matches_numpy(x64, backend, mask):
+    """Each row's reduction over each key view's keys separately equals the float64 NumPy
+    oracle on every backend (running maximum, fixed shift, and a sum of a kernel), and its
+    gradient equals autodiff of a plain jnp loop over the views."""
+    rng = np.random.default_rng(11)
+    u = rng.standard_normal((2, 7, 3, 5))
+    u /= np.linalg.norm(u, axis=-1, keepdims=True)
+    tau = 0.1
+    v = jnp.asarray(u / np.sqrt(tau))  # |s| <= 10
+    weights = jnp.asarray(rng.standard_normal((2, 7, 3, 3)))
+    per_view = backends.reductions.per_key_view
+    for kind, reduction in [
+        ("lse", per_view(backends.LSE, 3)),
+        ("lse", per_view(backends.reductions.lse_bounded(1 / tau), 3)),
+        ("sum", per_view(backends.sum_of(jnp.cos), 3)),
+    ]:
+        got = _per_key_view_rows(backend, v, mask, reduction)
+        assert got.shape == (2, 7, 3, 3)
+        want = _per_key_view_numpy(v, mask, kind)
+        msg = f"{backend}, {mask}, {reduction}"
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12, err_msg=msg)
+        if mask == "instance_and_view" and kind == "lse":
+            continue  # a row's own view has no key (-inf): no gradient to compare
+
+        def total(rows_fn, *args):
+            return lambda v: jnp.sum(weights * rows_fn(v, *args))
+
+        grad = jax.grad(total(lambda v: _per_key_view_rows(backend, v, mask, reduction)))
+        ref = jax.grad(total(_per_key_view_jnp, mask, kind))
+        np.testing.assert_allclose(grad(v), ref(v), rtol=1e-10, atol=1e-11, err_msg=msg)
+
+
+@pytest.mark.parametrize("backend", ["dense", "gather", "blockwise"])
+def test_per_key_view_needs_its_number_of_views(backend):
+    reduction = backends.reductions.per_key_view(backends.LSE, 2)
+    with pytest.raises(ValueError, match="per key view over 2 views, but the keys have 3 rows"):
+        backends.self_rows(backend, jnp.ones((1, 4, 3, 5)), mask="self", reduction=reduction)
+    with pytest.raises(ValueError, match="views must be a positive int"):
+        backends.reductions.per_key_view(backends.LSE, 0)
+
+
+def test_pwe_of_a_backend_function_equals_the_builtin_backends(x64):
+    """A backend function of the plain signature gets PWE's V(V−1)/2 two-view problems as groups;
+    the built-in backends read the pairs' energies per key view. Same loss and gradient."""
+    z = jnp.asarray(_z((6, 4, 5), seed=5))
+
+    def plain_dense(q, k, **kwargs):  # not a BuiltinBackend: no per-key-view reduction
+        return backends.get("dense")(q, k, **kwargs)
+
+    assert not losses._common.has_per_key_view(plain_dense)
+    for tau in (0.05, 0.5):
+        want, want_grad = jax.value_and_grad(lambda z: losses.pwe(z, temperature=tau))(z)
+        got, got_grad = jax.value_and_grad(
+            lambda z: losses.pwe(z, temperature=tau, backend=plain_dense)
+        )(z)
+        np.testing.assert_allclose(got, want, rtol=1e-12)
+        np.testing.assert_allclose(got_grad, want_grad, rtol=1e-10, atol=1e-13)
+        np.testing.assert_allclose(want, oracle.pwe(np.asarray(z), tau), rtol=1e-12)

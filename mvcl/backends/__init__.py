@@ -8,7 +8,8 @@ A backend is a function ``backend(q, k, *, mask, reduction, axis_name, precision
 * ``reduction``: :data:`LSE` or :func:`sum_of` ``(fn)``;
 * ``precision``: the ``jax.lax.Precision`` of every matmul, forward and backward
   (:mod:`mvcl.backends.precision`; ``None`` leaves the platform default);
-* ``out``: (G, n, A), the reduction of each local query row over the global keys of its group.
+* ``out``: (G, n, A), the reduction of each local query row over the global keys of its group;
+  (G, n, A, B) for a reduction built with :func:`per_key_view`, once over each key view's keys.
 
 The losses in :mod:`mvcl.losses` are written against this signature only; adding a backend here
 gives it to every loss. The exact maths of every reduction and backend is in docs/losses.md.
@@ -38,7 +39,16 @@ from mvcl.backends import dense as _dense
 from mvcl.backends import precision
 from mvcl.backends import streaming as _streaming
 from mvcl.backends.precision import PrecisionLike
-from mvcl.backends.reductions import LSE, MASKS, AxisName, Mask, Reduction, keep, sum_of
+from mvcl.backends.reductions import (
+    LSE,
+    MASKS,
+    AxisName,
+    Mask,
+    Reduction,
+    keep,
+    per_key_view,
+    sum_of,
+)
 
 Backend = Callable[..., jax.Array]
 """A backend function (see above)."""
@@ -135,6 +145,7 @@ __all__ = [
     "Reduction",
     "get",
     "keep",
+    "per_key_view",
     "precision",
     "self_rows",
     "sum_of",

@@ -63,7 +63,7 @@ def rows_against(
         preferred_element_type=q.dtype,
     )
     keep = _keep(mask, *q.shape[1:3], *k_all.shape[1:3], q_offset)
-    return reduction.dense(s, keep[None], axes=(2,)).reshape(q.shape[:3])
+    return reduction.dense(s, keep[None]).reshape(reduction.out_shape(q.shape[:3]))
 
 
 def dense(
@@ -78,6 +78,7 @@ def dense(
     """Row reductions of ``q`` (G, n, A, D) over ``k`` (G, n, B, D), one device: (G, n, A)."""
     q, k = jnp.asarray(q), jnp.asarray(k)
     _single_device(axis_name)
+    reductions.check_key_views(reduction, k.shape[2])
     return rows_against(q, k, q_offset=0, mask=mask, reduction=reduction, precision=precision)
 
 
@@ -91,7 +92,9 @@ def dense_self(
 ) -> jax.Array:
     """:func:`dense` with ``q = k = v``, differentiated through the symmetric tangent."""
     _single_device(axis_name)
-    return _dense_self(jnp.asarray(v), mask, reduction, precision)
+    v = jnp.asarray(v)
+    reductions.check_key_views(reduction, v.shape[2])
+    return _dense_self(v, mask, reduction, precision)
 
 
 def _single_device(axis_name):
@@ -156,17 +159,17 @@ def _self_matrix(v, mask, reduction, precision):
             s, keep = s.at[excluded[0], first + excluded[1]].set(-jnp.inf), np.True_
         if shifted:
             p = jnp.where(keep, jnp.exp(s - reduction.bound), 0.0)
-            return p, reduction.bound + jnp.log(jnp.sum(p, axis=1))
-        return s, reduction.dense(s, keep, axes=(1,))
+            return p, reduction.bound + jnp.log(reduction.over(jnp.sum, p, -1))
+        return s, reduction.dense(s, keep)
 
     m, out = jax.lax.map(chunk, jnp.arange(g * count))
     keep = np.True_ if excluded is not None or shifted else _keep(mask, n, a, n, a)[None]
-    return rows, m.reshape(g, r, r), keep, out.reshape(g, r)
+    return rows, m.reshape(g, r, r), keep, out.reshape(reduction.out_shape((g, r)))
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3))
 def _dense_self(v, mask, reduction, precision):
-    return _self_matrix(v, mask, reduction, precision)[3].reshape(v.shape[:3])
+    return _self_matrix(v, mask, reduction, precision)[3].reshape(reduction.out_shape(v.shape[:3]))
 
 
 @_dense_self.defjvp
@@ -185,12 +188,13 @@ def _dense_self_jvp(mask, reduction, precision, primals, tangents):
         # X with P as its coefficient), and the transpose is X̄ = P ⊙ (c_a + c_b), one pass.
         scale = jnp.where(jnp.isfinite(out), jnp.exp(reduction.bound - out), 0.0)
         px = m * x
-        d_out = scale * (jnp.sum(px, axis=2) + jnp.sum(px, axis=1))
+        d_out = scale * (reduction.over(jnp.sum, px, -1) + reduction.over(jnp.sum, px, -2))
     else:
-        w_rows = reduction.weights(m, keep, out[:, :, None])
-        w_cols = reduction.weights(m, keep, out[:, None, :])
-        d_out = jnp.sum(w_rows * x, axis=2) + jnp.sum(w_cols * x, axis=1)
-    return out.reshape(v.shape[:3]), d_out.reshape(v.shape[:3])
+        w_rows = reduction.weights(m, keep, out, -1)
+        w_cols = reduction.weights(m, keep, out, -2)
+        d_out = reduction.over(jnp.sum, w_rows * x, -1) + reduction.over(jnp.sum, w_cols * x, -2)
+    shape = reduction.out_shape(v.shape[:3])
+    return out.reshape(shape), d_out.reshape(shape)
 
 
 def gather(
@@ -204,6 +208,7 @@ def gather(
 ) -> jax.Array:
     """Row reductions of ``q`` (G, n, A, D) over all devices' ``k`` (``all_gather``): (G, n, A)."""
     q, k = jnp.asarray(q), jnp.asarray(k)
+    reductions.check_key_views(reduction, k.shape[2])
     if axis_name is None:
         return rows_against(q, k, q_offset=0, mask=mask, reduction=reduction, precision=precision)
     k_all = jax.lax.all_gather(k, axis_name, axis=1, tiled=True)
@@ -232,6 +237,7 @@ def gather_self(
     forward pass (the memory this backend already takes).
     """
     v = jnp.asarray(v)
+    reductions.check_key_views(reduction, v.shape[2])
     if axis_name is None:
         return _dense_self(v, mask, reduction, precision)
     return _gather_self(v, mask, reduction, axis_name, precision)
@@ -245,17 +251,18 @@ def _gather_matrix(v, mask, reduction, axis_name, precision):
     )
     offset = reductions.instance_offset(v, axis_name)
     keep = _keep(mask, *v.shape[1:3], *k_all.shape[1:3], offset)[None]
-    return k_all, s, keep, reduction.dense(s, keep, axes=(2,))
+    return k_all, s, keep, reduction.dense(s, keep)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
 def _gather_self(v, mask, reduction, axis_name, precision):
-    return _gather_matrix(v, mask, reduction, axis_name, precision)[3].reshape(v.shape[:3])
+    out = _gather_matrix(v, mask, reduction, axis_name, precision)[3]
+    return out.reshape(reduction.out_shape(v.shape[:3]))
 
 
 def _gather_self_fwd(v, mask, reduction, axis_name, precision):
     k_all, s, keep, out = _gather_matrix(v, mask, reduction, axis_name, precision)
-    return out.reshape(v.shape[:3]), (k_all, s, out)
+    return out.reshape(reduction.out_shape(v.shape[:3])), (k_all, s, out)
 
 
 def _gather_self_bwd(mask, reduction, axis_name, precision, residuals, g):
@@ -265,9 +272,7 @@ def _gather_self_bwd(mask, reduction, axis_name, precision, residuals, g):
     g = g.reshape(out.shape)
     out_all = jax.lax.all_gather(out, axis_name, axis=1, tiled=True)
     g_all = jax.lax.all_gather(g, axis_name, axis=1, tiled=True)
-    w = reduction.pair_weights(
-        s, keep, out[:, :, None], g[:, :, None], out_all[:, None, :], g_all[:, None, :]
-    )
+    w = reduction.pair_weights(s, keep, out, g, out_all, g_all)
     dv = jnp.einsum(
         "gqk,gkd->gqd", w, _flat(k_all), precision=precision, preferred_element_type=k_all.dtype
     )

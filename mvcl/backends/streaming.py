@@ -78,20 +78,28 @@ def streaming(
 ) -> jax.Array:
     """Row reductions of ``q`` (G, n, A, D) over global keys ``k`` (G, n, B, D): (G, n, A)."""
     q, k = jnp.asarray(q), jnp.asarray(k)
+    reductions.check_key_views(reduction, k.shape[2])
     tile = _check_tile(tile, q)
     return _stream(q, k, mask, reduction, axis_name, tile, precision)
 
 
 class _Tiling:
-    """Rows of a (G, n, A, D) shard cut into tiles, with the global ids of every row."""
+    """Rows of a (G, n, A, D) shard cut into tiles, with the global ids of every row.
 
-    def __init__(self, x, tile):
+    With ``whole_instances`` every tile holds whole instances (a multiple of A rows), as the keys
+    of a per-key-view reduction must (`Reduction.key_views`).
+    """
+
+    def __init__(self, x, tile, whole_instances=False):
         self.g, self.n, self.per, self.d = x.shape
         self.rows = self.n * self.per
+        if whole_instances:
+            tile = max(1, tile // self.per) * self.per
         self.count = -(-self.rows // tile)
-        # Balanced tiles (rounded up to a multiple of 8, within ``tile``): little padding.
+        # Balanced tiles (rounded up to a multiple of 8, or of A, within ``tile``): little padding.
         even = -(-self.rows // self.count)
-        self.size = min(tile, -(-even // 8) * 8) if tile >= 8 else even
+        unit = self.per if whole_instances else 8
+        self.size = min(tile, -(-even // unit) * unit) if tile >= unit else even
 
     def split(self, x):
         """(G, n, A, ...) -> (count, G, size, ...), zero-padded."""
@@ -165,7 +173,7 @@ def _around_the_ring(ring, visit, keys, acc, travelling=None):
 
 
 def _forward(q, k, mask, reduction, axis_name, tile, precision):
-    qt, kt = _Tiling(q, tile), _Tiling(k, tile)
+    qt, kt = _Tiling(q, tile), _Tiling(k, tile, reduction.key_views is not None)
     ring = _ring(axis_name)
     me = ring[1]
     q_tiles = qt.split(q)
@@ -179,7 +187,7 @@ def _forward(q, k, mask, reduction, axis_name, tile, precision):
 
             def per_key_tile(ki, c):
                 s = jnp.einsum("gqd,gkd->gqk", q_tile, k_tiles[ki], precision=precision)
-                return reduction.update(c, s, _keep(mask, qt, qi, q_off, kt, ki, k_off), axes=(2,))
+                return reduction.update(c, s, _keep(mask, qt, qi, q_off, kt, ki, k_off))
 
             return jax.lax.fori_loop(0, kt.count, per_key_tile, c)
 
@@ -187,13 +195,13 @@ def _forward(q, k, mask, reduction, axis_name, tile, precision):
 
     carry = _varying(reduction.init((qt.count, qt.g, qt.size), q.dtype), axis_name)
     carry, _ = _around_the_ring(ring, fold_block, kt.split(k), carry)
-    return qt.join(reduction.finalize(carry))
+    return qt.join(reduction.finalize(carry), reduction.out_shape(()))
 
 
 def _backward(q, k, out, g, mask, reduction, axis_name, tile, precision):
-    qt, kt = _Tiling(q, tile), _Tiling(k, tile)
+    qt, kt = _Tiling(q, tile), _Tiling(k, tile, reduction.key_views is not None)
     ring = _ring(axis_name)
-    q_tiles, out_tiles, g_tiles = qt.split(q), qt.split(out[..., None]), qt.split(g[..., None])
+    q_tiles, out_tiles, g_tiles = qt.split(q), qt.split(out), qt.split(g)
     q_off = ring[1] * qt.n
 
     def grad_block(dq_tiles, k_tiles, dk_tiles, src):
@@ -208,7 +216,7 @@ def _backward(q, k, out, g, mask, reduction, axis_name, tile, precision):
                 k_tile = k_tiles[ki]
                 s = jnp.einsum("gqd,gkd->gqk", q_tile, k_tile, precision=precision)
                 keep = _keep(mask, qt, qi, q_off, kt, ki, k_off)
-                w = reduction.weights(s, keep, o) * g_
+                w = reduction.weights(s, keep, o) * reduction.expand(g_, -1, s.shape)
                 dq = dq + jnp.einsum("gqk,gkd->gqd", w, k_tile, precision=precision)
                 return dq, dk_tiles.at[ki].add(
                     jnp.einsum("gqk,gqd->gkd", w, q_tile, precision=precision)
@@ -258,20 +266,16 @@ def streaming_self(
 ) -> jax.Array:
     """Row reductions of ``v`` (G, n, A, D) over the global rows of ``v`` themselves: (G, n, A)."""
     v = jnp.asarray(v)
+    reductions.check_key_views(reduction, v.shape[2])
     tile = _check_tile(tile, v)
     return _self(v, mask, reduction, axis_name, tile, precision)
 
 
-def _columns(x):
-    """(G, t, 1) per-row values -> (G, 1, t), to broadcast along the key axis of a tile."""
-    return jnp.swapaxes(x, 1, 2)
-
-
 def _ring_backward_self(v, out, g, mask, reduction, axis_name, tile, precision):
     """dv = (W + Wᵀ) v with the keys passed round the ring together with their (out, g)."""
-    t = _Tiling(v, tile)
+    t = _Tiling(v, tile, reduction.key_views is not None)
     ring = _ring(axis_name)
-    v_tiles, out_tiles, g_tiles = t.split(v), t.split(out[..., None]), t.split(g[..., None])
+    v_tiles, out_tiles, g_tiles = t.split(v), t.split(out), t.split(g)
     off = ring[1] * t.n
 
     def grad_block(acc_tiles, keys, _, src):
@@ -286,7 +290,7 @@ def _ring_backward_self(v, out, g, mask, reduction, axis_name, tile, precision):
                 s = jnp.einsum("gqd,gkd->gqk", q_tile, k_tile, precision=precision)
                 keep = _keep(mask, t, qi, off, t, ki, k_off)
                 # A = W + Wᵀ on the tile (S and the mask are symmetric)
-                a = reduction.pair_weights(s, keep, o, g_, _columns(k_out[ki]), _columns(k_g[ki]))
+                a = reduction.pair_weights(s, keep, o, g_, k_out[ki], k_g[ki])
                 return acc + jnp.einsum("gqk,gkd->gqd", a, k_tile, precision=precision)
 
             return jax.lax.fori_loop(0, t.count, per_key_tile, acc)
@@ -311,7 +315,7 @@ def _pairs(count):
 
 
 def _half_forward(v, mask, reduction, tile, precision):
-    t = _Tiling(v, tile)
+    t = _Tiling(v, tile, reduction.key_views is not None)
     v_tiles = t.split(v)
     carry = reduction.init((t.count, t.g, t.size), v.dtype)
 
@@ -323,7 +327,7 @@ def _half_forward(v, mask, reduction, tile, precision):
 
     def diagonal(i, c):
         s = jnp.einsum("gqd,gkd->gqk", v_tiles[i], v_tiles[i], precision=precision)
-        return put(c, i, reduction.update(at(c, i), s, _keep(mask, t, i, 0, t, i, 0), axes=(2,)))
+        return put(c, i, reduction.update(at(c, i), s, _keep(mask, t, i, 0, t, i, 0)))
 
     first, second = _pairs(t.count)
 
@@ -336,17 +340,18 @@ def _half_forward(v, mask, reduction, tile, precision):
     carry = jax.lax.fori_loop(0, t.count, diagonal, carry)
     if t.count > 1:
         carry = jax.lax.fori_loop(0, first.shape[0], off_diagonal, carry)
-    return t.join(reduction.finalize(carry))
+    return t.join(reduction.finalize(carry), reduction.out_shape(()))
 
 
 def _half_backward(v, out, g, mask, reduction, tile, precision):
-    t = _Tiling(v, tile)
-    v_tiles, out_tiles, g_tiles = t.split(v), t.split(out[..., None]), t.split(g[..., None])
+    t = _Tiling(v, tile, reduction.key_views is not None)
+    v_tiles, out_tiles, g_tiles = t.split(v), t.split(out), t.split(g)
 
     def diagonal(i, acc):
         v_i = v_tiles[i]
         s = jnp.einsum("gqd,gkd->gqk", v_i, v_i, precision=precision)
-        w = reduction.weights(s, _keep(mask, t, i, 0, t, i, 0), out_tiles[i]) * g_tiles[i]
+        keep = _keep(mask, t, i, 0, t, i, 0)
+        w = reduction.weights(s, keep, out_tiles[i]) * reduction.expand(g_tiles[i], -1, s.shape)
         return acc.at[i].add(
             jnp.einsum("gqk,gkd->gqd", w + jnp.swapaxes(w, 1, 2), v_i, precision=precision)
         )
@@ -362,8 +367,8 @@ def _half_backward(v, out, g, mask, reduction, tile, precision):
             _keep(mask, t, i, 0, t, j, 0),
             out_tiles[i],
             g_tiles[i],
-            _columns(out_tiles[j]),
-            _columns(g_tiles[j]),
+            out_tiles[j],
+            g_tiles[j],
         )
         acc = acc.at[i].add(jnp.einsum("gqk,gkd->gqd", a, v_j, precision=precision))
         return acc.at[j].add(jnp.einsum("gqk,gqd->gkd", a, v_i, precision=precision))

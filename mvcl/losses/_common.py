@@ -87,19 +87,31 @@ def energy(
     backend,
     precision,
     reduction: backends.Reduction = backends.LSE,
+    per_key_view: bool = False,
 ) -> jax.Array:
     """The row reduction of s(u_a, u_b) = u_a·u_b/τ over the global keys: (G, n, A, D) -> (G, n, A).
 
     The backend sees ``v = u / sqrt(τ)`` as both queries and keys (``v_a · v_b = s(u_a, u_b)``),
-    so a symmetric backend path (:func:`mvcl.backends.self_rows`) applies.
+    so a symmetric backend path (:func:`mvcl.backends.self_rows`) applies. With ``per_key_view``
+    each row is reduced over each view's keys separately: (G, n, A, A), ``[..., a, b]`` the row
+    of view a over the keys of view b (only the built-in backends do this, see
+    :func:`has_per_key_view`).
     """
     v = u / jnp.sqrt(temperature)
     if reduction == backends.LSE and isinstance(temperature, numbers.Real):
         # Unit rows: |s| <= 1/τ, a static bound that spares the streams their running maximum.
         reduction = backends.reductions.lse_bounded(1.0 / float(temperature))
+    if per_key_view:
+        reduction = backends.reductions.per_key_view(reduction, u.shape[2], precision)
     return backends.self_rows(
         backend, v, mask=mask, reduction=reduction, axis_name=axis_name, precision=precision
     )
+
+
+def has_per_key_view(backend) -> bool:
+    """Whether ``backend`` reduces per key view (`energy`'s ``per_key_view``): the built-in
+    ones do; a backend function written against the plain signature may not."""
+    return isinstance(backends.get(backend), backends.BuiltinBackend)
 
 
 @jax.custom_jvp

@@ -1,10 +1,12 @@
 """Multi-view baselines: pairwise (PWE) and average (AVG) aggregation, poly-view (PVC),
 multi-positive InfoNCE.
 
-PWE and AVG build G two-view problems, (G, n, 2, D), and hand them all at once to a two-view
-loss's ``*_terms`` function (the backend runs them as G independent groups). PWE with
-``pair_loss="dhel"`` needs only each view's own energy, which its V − 1 pairs share: it computes
-the V energies once instead.
+AVG builds V two-view problems, (V, n, 2, D), and hands them all at once to a two-view loss's
+``*_terms`` function (the backend runs them as V independent groups). PWE's V(V−1)/2 pairs share
+their view blocks instead: a pair's energies are sums over the keys of its two views, so PWE reads
+them from one reduction of all NV rows per key view (the work of one MV-InfoNCE energy, not of
+V(V−1)/2 two-view problems of 2N rows each); with ``pair_loss="dhel"`` it needs only each view's
+own energy, computed once per view.
 """
 
 from __future__ import annotations
@@ -63,6 +65,26 @@ def pwe(
     u, precision = c.prepare(z, loss="pwe", axis_name=axis_name, precision=precision)
     v = u.shape[1]
     a, b = np.triu_indices(v, k=1)
+    if pair_loss == "infonce" and c.has_per_key_view(backend):
+        # Row (i, a) of pair {a, b} contrasts with the keys (j, a) and (j, b), j ≠ i: its
+        # negatives' LSE is logaddexp(E[i, a, a], E[i, a, b]), E the energies per key view.
+        # The mean over pairs a < b of the two rows' terms is the mean over ordered a ≠ b.
+        energies = c.energy(
+            u[None],
+            temperature,
+            mask="instance",
+            axis_name=axis_name,
+            backend=backend,
+            precision=precision,
+            per_key_view=True,
+        )[0]  # (n, V, V)
+        own = jnp.diagonal(energies, axis1=1, axis2=2)  # E[i, a, a]: (n, V)
+        negatives = jnp.logaddexp(own[:, :, None], energies)
+        s = c.view_similarities(u, temperature, precision)
+        per_row = jax.nn.softplus(negatives - s)  # (n, V, V); the diagonal is not a pair
+        off_diagonal = ~np.eye(v, dtype=bool)
+        terms = jnp.sum(jnp.where(off_diagonal, per_row, 0.0), axis=(1, 2)) / (v * (v - 1))
+        return c.mean_over_instances(terms, axis_name)
     if pair_loss == "dhel":
         # A pair's DHEL energies are its two views' own (LSE_{j≠i} s(u_il, u_jl)), shared by the
         # V − 1 pairs of each view: computed once per view (V energies, not V(V − 1)). The mean

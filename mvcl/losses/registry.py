@@ -34,7 +34,7 @@ _SPECS = (
     LossSpec(
         "pwe",
         baselines.pwe,
-        s.view_pairs,
+        s.all_rows,
         same_at_two_views="infonce",
         pair_aggregate=True,
         cases=(Case("pwe-infonce"), Case("pwe-dhel", {"pair_loss": "dhel"})),

@@ -36,18 +36,14 @@ EnergyShape = Callable[[int, int], tuple[int, int]]
 
 
 def all_rows(n: int, v: int) -> tuple[int, int]:
-    """One energy of all N·V rows against all N·V keys."""
+    """One energy of all N·V rows against all N·V keys (PWE's too: its V(V−1)/2 two-view
+    problems read their energies from one reduction of the N·V rows per key view)."""
     return 1, n * v
 
 
 def each_view(n: int, v: int) -> tuple[int, int]:
     """V energies: each view's N rows against its own N keys."""
     return v, n
-
-
-def view_pairs(n: int, v: int) -> tuple[int, int]:
-    """V(V−1)/2 two-view problems (one per pair of views) of 2N rows against 2N keys."""
-    return v * (v - 1) // 2, 2 * n
 
 
 def view_and_rest(n: int, v: int) -> tuple[int, int]:
