@@ -772,17 +772,15 @@ def _per_key_view_rows(backend, v, mask, reduction):
 PER_KEY_VIEW_BACKENDS = [
     "dense",
     "gather",
-    "blockwise",
     "blockwise-2",  # tiles of one instance (3 rows)
     "blockwise-7",  # tiles of two instances, the last one padded
     "ring",
-    "general-dense",
-    "general-blockwise",
+    "general-blockwise",  # the q != k path (the losses use keys = queries)
 ]
 
 
 @pytest.mark.parametrize("backend", PER_KEY_VIEW_BACKENDS)
-@pytest.mark.parametrize("mask", ["instance", "self", "none", "instance_and_view"])
+@pytest.mark.parametrize("mask", ["instance", "self", "instance_and_view"])
 def test_per_key_view_reduction_matches_numpy(x64, backend, mask):
     """Each row's reduction over each key view's keys separately equals the float64 NumPy
     oracle on every backend (running maximum, fixed shift, and a sum of a kernel), and its
