@@ -148,6 +148,15 @@ def lse_over_pairs(s: jax.Array, *, ordered: bool) -> jax.Array:
     return jax.nn.logsumexp(jnp.where(pairs, s, -jnp.inf), axis=(-2, -1))
 
 
+def mean_over_ordered_pairs(per_pair: jax.Array, axis_name) -> jax.Array:
+    """The global mean over instances of the mean over ordered view pairs l ≠ m of
+    ``per_pair`` (n, V, V) (its diagonal is ignored)."""
+    v = per_pair.shape[-1]
+    off_diagonal = ~np.eye(v, dtype=bool)
+    terms = jnp.sum(jnp.where(off_diagonal, per_pair, 0.0), axis=(-2, -1)) / (v * (v - 1))
+    return mean_over_instances(terms, axis_name)
+
+
 def check_choice(name: str, value, choices) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")

@@ -81,10 +81,7 @@ def pwe(
         own = jnp.diagonal(energies, axis1=1, axis2=2)  # E[i, a, a]: (n, V)
         negatives = jnp.logaddexp(own[:, :, None], energies)
         s = c.view_similarities(u, temperature, precision)
-        per_row = jax.nn.softplus(negatives - s)  # (n, V, V); the diagonal is not a pair
-        off_diagonal = ~np.eye(v, dtype=bool)
-        terms = jnp.sum(jnp.where(off_diagonal, per_row, 0.0), axis=(1, 2)) / (v * (v - 1))
-        return c.mean_over_instances(terms, axis_name)
+        return c.mean_over_ordered_pairs(jax.nn.softplus(negatives - s), axis_name)
     if pair_loss == "dhel":
         # A pair's DHEL energies are its two views' own (LSE_{j≠i} s(u_il, u_jl)), shared by the
         # V − 1 pairs of each view: computed once per view (V energies, not V(V − 1)). The mean
@@ -163,11 +160,7 @@ def pvc(
         precision=precision,
     )[0]  # (n, V): LSE over k ≠ j, all c
     s = c.view_similarities(u, temperature, precision)  # (n, V, V): s(u_jα, u_jβ)
-    per_pair = jax.nn.softplus(negatives[:, :, None] - s)
-    v = u.shape[1]
-    off_diagonal = ~np.eye(v, dtype=bool)
-    terms = jnp.sum(jnp.where(off_diagonal, per_pair, 0.0), axis=(1, 2)) / (v * (v - 1))
-    return c.mean_over_instances(terms, axis_name)
+    return c.mean_over_ordered_pairs(jax.nn.softplus(negatives[:, :, None] - s), axis_name)
 
 
 def multipos_infonce(
@@ -205,6 +198,4 @@ def multipos_infonce(
     others = jnp.where(other_views, s[:, :, None, :] - s[:, :, :, None], -jnp.inf)
     rest = jnp.concatenate([others, (negatives[:, :, None] - s)[..., None]], axis=-1)
     per_pair = jax.nn.softplus(jax.nn.logsumexp(rest, axis=-1))  # (n, V, V)
-    off_diagonal = ~np.eye(v, dtype=bool)
-    terms = jnp.sum(jnp.where(off_diagonal, per_pair, 0.0), axis=(1, 2)) / (v * (v - 1))
-    return c.mean_over_instances(terms, axis_name)
+    return c.mean_over_ordered_pairs(per_pair, axis_name)
