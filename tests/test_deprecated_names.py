@@ -100,3 +100,21 @@ def test_old_function_names_warn_and_call_the_new_ones():
         with pytest.warns(DeprecationWarning, match=f"use {new.__module__}.{new.__name__}"):
             with pytest.raises(TypeError):  # the warning comes before the call itself
                 old()
+
+
+def test_reduction_axes_argument_warns_and_reduces_the_same_axis():
+    s = jnp.asarray(np.random.default_rng(0).standard_normal((2, 5, 6)))
+    keep = jnp.asarray(np.random.default_rng(1).random((1, 5, 6)) > 0.3)
+    reduction = backends.LSE
+    for old, new in [((2,), -1), ((1,), -2)]:
+        with pytest.warns(DeprecationWarning, match=r"axis=-1 \(over the keys\)"):
+            got = reduction.dense(s, keep, axes=old)
+        np.testing.assert_allclose(got, reduction.dense(s, keep, new), rtol=1e-6)
+        with pytest.warns(DeprecationWarning):
+            (m, l) = reduction.update(reduction.init(got.shape, s.dtype), s, keep, axes=old)
+        np.testing.assert_allclose(m + jnp.log(l), got, rtol=1e-6)
+    with (
+        pytest.raises(ValueError, match="last or second-last axis"),
+        pytest.warns(DeprecationWarning),
+    ):
+        reduction.dense(s, keep, axes=(0,))

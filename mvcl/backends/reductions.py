@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mvcl._deprecation import warn_moved
+
 Mask = Literal["none", "self", "instance", "view", "instance_and_view"]
 """Which keys a query row sees (:func:`keep`)."""
 MASKS: tuple[Mask, ...] = get_args(Mask)
@@ -138,8 +140,10 @@ class Reduction:
         # x: (..., K, B); the row r of the tile belongs to view r mod B
         return jnp.einsum("...kb,rb->...rk", x, one_hot, precision=self.precision)
 
-    def dense(self, s: jax.Array, keep_: jax.Array, axis: int = -1) -> jax.Array:
-        """Reduce the masked similarities ``s`` over ``axis`` in one go."""
+    def dense(self, s: jax.Array, keep_: jax.Array, axis: int = -1, *, axes=None) -> jax.Array:
+        """Reduce the masked similarities ``s`` over ``axis`` in one go (``axes=(k,)``, the
+        former argument, still works for one release)."""
+        axis = _axis(axis, axes, s.ndim)
         if self.name == "lse":
             # Each reduction selects on its own (one select feeding both would be materialised).
             m = self.over(jnp.max, jnp.where(keep_, s, -jnp.inf), axis)
@@ -163,8 +167,9 @@ class Reduction:
         """``exp(s - bound)`` where kept, else 0 (the fixed-shift form)."""
         return jnp.where(keep_, jnp.exp(s - self.bound), 0.0)
 
-    def update(self, carry, s: jax.Array, keep_: jax.Array, axis: int = -1):
+    def update(self, carry, s: jax.Array, keep_: jax.Array, axis: int = -1, *, axes=None):
         """Fold one tile of similarities into the carry (online log-sum-exp for lse)."""
+        axis = _axis(axis, axes, s.ndim)
         if self.fixed_shift(s.dtype):
             return (carry[0] + self.over(jnp.sum, self._shifted(s, keep_), axis),)
         if self.name == "lse":
@@ -221,6 +226,18 @@ class Reduction:
             return self.expand(factor, axis, s.shape)
 
         return self._shifted(s, keep_) * (scale(out_rows, g_rows, -1) + scale(out_cols, g_cols, -2))
+
+
+def _axis(axis: int, axes, ndim: int) -> int:
+    """``axis`` (-1: over the keys, -2: over the rows), or the former ``axes=(k,)`` turned into
+    it, with a DeprecationWarning."""
+    if axes is None:
+        return axis
+    warn_moved("Reduction's axes=(k,)", "axis=-1 (over the keys) or axis=-2 (over the rows)")
+    (k,) = axes
+    if k - ndim not in (-1, -2):
+        raise ValueError(f"a reduction runs over the last or second-last axis, got axes={axes}")
+    return k - ndim
 
 
 LSE = Reduction("lse")
