@@ -348,13 +348,13 @@ def _half_backward(v, out, g, mask, reduction, tile, precision):
     v_tiles, out_tiles, g_tiles = t.split(v), t.split(out), t.split(g)
 
     def diagonal(i, acc):
-        v_i = v_tiles[i]
+        # S_II and its mask are symmetric: W + Wᵀ from rows and columns alike, with no transpose
+        # (with w + swapaxes(w), MV-DHEL's energies at N = 1024, V = 8 took 25 ms instead of 20
+        # forward and backward, 29 instead of 15 with one tile per group: one-off timings).
+        v_i, out_i, g_i = v_tiles[i], out_tiles[i], g_tiles[i]
         s = jnp.einsum("gqd,gkd->gqk", v_i, v_i, precision=precision)
-        keep = _keep(mask, t, i, 0, t, i, 0)
-        w = reduction.weights(s, keep, out_tiles[i]) * reduction.expand(g_tiles[i], -1, s.shape)
-        return acc.at[i].add(
-            jnp.einsum("gqk,gkd->gqd", w + jnp.swapaxes(w, 1, 2), v_i, precision=precision)
-        )
+        a = reduction.pair_weights(s, _keep(mask, t, i, 0, t, i, 0), out_i, g_i, out_i, g_i)
+        return acc.at[i].add(jnp.einsum("gqk,gkd->gqd", a, v_i, precision=precision))
 
     first, second = _pairs(t.count)
 
