@@ -146,6 +146,30 @@ def test_archived_cells_carry_a_sweep_to_a_fresh_workdir(tmp_path):
         studies.run_sweep(sweep, tmp_path / "c", archive=tmp_path / "out", progress=False)
 
 
+def test_progress_bar_counts_cells_found_done(tmp_path, capsys):
+    """The bar counts the cells a resumed sweep finds done (it showed 0 done after skipping
+    them: tqdm over an iterable syncs its count only when it prints)."""
+    sweep = tiny_sweep(a=(("mv_dhel", "pwe"), (2, 3)))
+    trained = []
+
+    def fake_train(config, workdir):
+        trained.append(workdir)
+        return {"step": 2, "preempted": len(trained) == 3, "eval": {"knn": 0.5}}
+
+    studies.run_sweep(sweep, tmp_path, train_fn=fake_train, progress=False)  # 2 of 4 done
+    trained.clear()
+
+    bars = []
+
+    def seen(config, workdir):  # the bar as each cell to train starts
+        bars.append(capsys.readouterr().err.split("\r")[-1])
+        return fake_train(config, workdir)
+
+    assert studies.run_sweep(sweep, tmp_path, train_fn=seen, progress=True).complete
+    assert "2/4" in bars[0] and "3/4" in bars[1], bars
+    assert "4/4" in capsys.readouterr().err
+
+
 def test_a_done_cell_with_another_config_is_an_error(tmp_path):
     sweep = tiny_sweep(a=(("mv_dhel",), (2,)))
     cell = studies.cells(sweep)[0]

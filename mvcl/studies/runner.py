@@ -187,13 +187,15 @@ def run_sweep(
         configs[cell] = config
 
     results, trained = [], []
+    # Counted by hand (tqdm over an iterable only syncs its count when it prints, so cells found
+    # done in a burst showed as 0 done).
     bar = tqdm(
-        configs.items(),
+        total=len(configs),
         desc=sweep.name,
         unit="cell",
         disable=not progress or jax.process_index() != 0,
     )
-    for cell, config in bar:
+    for cell, config in configs.items():
         directory = cell_dir(workdir, cell)
         result = read_result(directory)
         if result is None and archive is not None:
@@ -208,6 +210,7 @@ def run_sweep(
                 )
             _archive(result, archive, cell)
             results.append(result)
+            bar.update()
             continue
         bar.set_postfix_str(cell.name)
         result = run_cell(
@@ -223,6 +226,7 @@ def run_sweep(
         _archive(result, archive, cell)
         results.append(result)
         trained.append(cell)
+        bar.update()
     bar.close()
     return SweepRun(results, trained, complete=True)
 
