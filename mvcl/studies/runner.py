@@ -186,15 +186,9 @@ def run_sweep(
         train.validate_config(config)
         configs[cell] = config
 
-    results, trained = [], []
-    # Counted by hand (tqdm over an iterable only syncs its count when it prints, so cells found
-    # done in a burst showed as 0 done).
-    bar = tqdm(
-        total=len(configs),
-        desc=sweep.name,
-        unit="cell",
-        disable=not progress or jax.process_index() != 0,
-    )
+    # Cells done already (in the workdir or the archive), each checked against its config before
+    # anything runs or the bar prints, so that a changed config is a clean error.
+    done = {}
     for cell, config in configs.items():
         directory = cell_dir(workdir, cell)
         result = read_result(directory)
@@ -208,26 +202,40 @@ def run_sweep(
                     f"cell {cell.name} in {directory} was run with a different config "
                     f"(fields {', '.join(changes)}); use another workdir or delete the cell"
                 )
+            done[cell] = result
+
+    results, trained = [], []
+    # Counted by hand (tqdm over an iterable only syncs its count when it prints, so cells found
+    # done in a burst showed as 0 done).
+    bar = tqdm(
+        total=len(configs),
+        desc=sweep.name,
+        unit="cell",
+        disable=not progress or jax.process_index() != 0,
+    )
+    try:  # closed on every way out, so that an error starts on a line of its own
+        for cell, config in configs.items():
+            if cell in done:
+                _archive(done[cell], archive, cell)
+                results.append(done[cell])
+                bar.update()
+                continue
+            bar.set_postfix_str(cell.name)
+            result = run_cell(
+                config,
+                cell,
+                cell_dir(workdir, cell),
+                train_fn=train_fn,
+                save_embeddings=sweep.save_embeddings,
+            )
+            if result is None:
+                return SweepRun(results, trained, complete=False)
             _archive(result, archive, cell)
             results.append(result)
+            trained.append(cell)
             bar.update()
-            continue
-        bar.set_postfix_str(cell.name)
-        result = run_cell(
-            config,
-            cell,
-            directory,
-            train_fn=train_fn,
-            save_embeddings=sweep.save_embeddings,
-        )
-        if result is None:
-            bar.close()
-            return SweepRun(results, trained, complete=False)
-        _archive(result, archive, cell)
-        results.append(result)
-        trained.append(cell)
-        bar.update()
-    bar.close()
+    finally:
+        bar.close()
     return SweepRun(results, trained, complete=True)
 
 
