@@ -126,7 +126,7 @@ class Reduction:
 
     def expand(self, x: jax.Array, axis: int, shape: tuple[int, ...]) -> jax.Array:
         """Per-output values ``x`` of a reduction over ``axis`` back onto the tile ``shape``:
-        the inverse broadcast of :meth:`_over` (each similarity gets the value of the output it
+        the inverse broadcast of :meth:`over` (each similarity gets the value of the output it
         entered)."""
         if self.key_views is None:
             return jnp.expand_dims(x, axis)
