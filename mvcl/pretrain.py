@@ -21,6 +21,7 @@ import os
 import sys
 import time
 
+import jax
 from absl import flags
 
 from mvcl import configs, train
@@ -43,8 +44,6 @@ def main(argv):
     start = time.perf_counter()
     out = train.train_and_evaluate(config, workdir)
     if _SUMMARY.value and not out["preempted"]:
-        import jax
-
         if jax.process_index() == 0:
             seconds = time.perf_counter() - start
             result = summary.run_summary(config, workdir, out, seconds)
