@@ -13,7 +13,9 @@ there is done too: commit those files, and the sweep continues on another machin
 workdir) where it stopped, less the cell that was running. SIGTERM stops the
 sweep after the running cell saved a checkpoint. When every cell is done the CSV, markdown table,
 plots, kernel costs and embeddings are written to ``--outdir`` (default: the workdir); see
-`mvcl.studies.outputs`. ``--list`` prints the cells and exits.
+`mvcl.studies.outputs`. ``--report`` writes them from the cells done so far without running any
+(for a sweep that runs across sessions; the title says how many cells are done), ``--list``
+prints the cells and exits.
 
 Several processes (one per host): set ``MVCL_COORDINATOR=host:port``, ``MVCL_NUM_PROCESSES`` and
 ``MVCL_PROCESS_ID`` in each (see ``mvcl.parallel.initialize``); the workdir must be shared.
@@ -32,6 +34,9 @@ _CONFIG = configs.define_flag(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory; default workdirs/sweeps/<name>.")
 _OUTDIR = flags.DEFINE_string("outdir", None, "Where the tables and plots go; default: workdir.")
 _LIST = flags.DEFINE_bool("list", False, "Print the cells and their status, then exit.")
+_REPORT = flags.DEFINE_bool(
+    "report", False, "Write the tables and plots of the cells done so far, run nothing, exit."
+)
 flags.mark_flags_as_required(["config"])
 
 
@@ -46,6 +51,20 @@ def main(argv):
                 for d in filter(None, (workdir, _OUTDIR.value))
             )
             print(f"{cell.name:<32} {'done' if done else 'to run'}")
+        return
+    if _REPORT.value:
+        results = studies.runner.done_results(sweep, workdir, archive=_OUTDIR.value)
+        if not results:
+            raise cli.UserError(
+                f"no cell of {sweep.name} is done yet in {workdir}"
+                + (f" or {_OUTDIR.value}" if _OUTDIR.value else "")
+                + ": run the sweep first (without --report)"
+            )
+        total = len(studies.cells(sweep))
+        outdir = _OUTDIR.value or workdir
+        written = studies.write_outputs(sweep, results, workdir, outdir, cells=total)
+        print(f"Report of {len(results)} of {total} cells written:")
+        print("\n".join(map(str, written)))
         return
     run = studies.run_sweep(sweep, workdir, archive=_OUTDIR.value)
     if not run.complete:

@@ -185,6 +185,58 @@ def test_a_done_cell_with_another_config_is_an_error(tmp_path):
         studies.run_sweep(sweep, tmp_path, train_fn=refuse, progress=False)
 
 
+def test_done_results_of_an_unfinished_sweep_make_a_report(tmp_path):
+    sweep = tiny_sweep(a=(("mv_dhel", "pwe"), (2, 3)))
+    trained = []
+
+    def fake_train(config, workdir):
+        trained.append(workdir)
+        return {"step": 2, "preempted": len(trained) == 3, "eval": {"knn": 0.5}}
+
+    run = studies.run_sweep(sweep, tmp_path / "work", train_fn=fake_train, progress=False)
+    assert not run.complete
+    results = runner.done_results(sweep, tmp_path / "work")
+    assert results == run.results and len(results) == 2
+    written = studies.write_outputs(sweep, results, tmp_path / "work", tmp_path / "out", cells=4)
+    title = (tmp_path / "out" / "results.md").read_text().splitlines()[0]
+    assert title == f"# Sweep {sweep.name} (2 of 4 cells done)"
+    assert {p.name for p in written} == set(OUTPUTS)
+
+    sweep.overrides.num_steps = 3  # a done cell run with another config is an error here too
+    with pytest.raises(ValueError, match="num_steps"):
+        runner.done_results(sweep, tmp_path / "work")
+
+
+def test_sweep_command_reports_the_cells_done_so_far(tmp_path):
+    command = [
+        sys.executable,
+        "-m",
+        "mvcl.sweep",
+        "--config=sweeps/digits_claims:fake=True",
+        f"--workdir={tmp_path / 'work'}",
+        f"--outdir={tmp_path / 'out'}",
+        "--report",
+    ]
+    none = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
+    assert none.returncode != 0 and "is done yet" in none.stderr
+    assert len(none.stderr.strip().splitlines()) == 1, none.stderr
+
+    sweep = grid.load_config_file("sweeps/digits_claims", "fake=True")
+    cell = studies.cells(sweep)[0]
+    stored = summary.plain_config(studies.cell_config(sweep, cell))
+    result = {"cell": vars(cell), "step": 2, "seconds": 60.0, "train_loss": 1.0, "eval": {}}
+    path = runner.cell_dir(tmp_path / "out", cell) / runner.RESULT_FILE  # committed, say
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({**result, "config": stored}))
+    out = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, check=True)
+    total = len(studies.cells(sweep))
+    assert f"Report of 1 of {total} cells written" in out.stdout
+    text = (tmp_path / "out" / "results.md").read_text()
+    assert text.startswith(f"# Sweep {sweep.name} (1 of {total} cells done)")
+    assert f"| {cell.loss} | {cell.views} | {cell.batch_size} | 1 |" in text
+    assert not (tmp_path / "work" / "cells").exists()  # nothing was trained
+
+
 def test_multicrop_settings_change_a_cell_only_when_multicrop_is_on():
     sweep = tiny_sweep(a=(("mv_dhel",), (2,)))
     current = summary.plain_config(studies.cell_config(sweep, studies.cells(sweep)[0]))
@@ -278,7 +330,9 @@ def test_seed_means_claims_and_markdown():
     means = report.seed_means(table)
     assert len(means) == 6 and means[0]["seeds"] == 2
     assert means[0]["backbone/effective_rank"] == pytest.approx(10.5)
-    assert means[0]["backbone/effective_rank_std"] == pytest.approx(0.5)
+    # seeds 0 and 1 give 10 and 11: the sample standard deviation, sqrt(0.5)
+    assert means[0]["backbone/effective_rank_std"] == pytest.approx(np.sqrt(0.5))
+    assert means[0]["seed_list"] == [0, 1]
     checks = dict((text.split(":")[0], ok) for text, ok in report.claims(means))
     assert checks == {
         "batch 256": True,  # grows: 10.5, 20.5, 30.5
@@ -294,6 +348,64 @@ def test_seed_means_claims_and_markdown():
     assert "| mv_dhel (measured) | 52.0 | 54.0 |" in text
     assert "| best other loss (measured) | 52.0 (pwe) | 54.0 (pwe) |" in text
     assert "- does not hold: batch 256, V = 6" in text
+
+
+def comparison_table() -> list[dict]:
+    """Linear probes per seed: MV-DHEL ahead of PWE at V = 4, behind MV-InfoNCE at V = 4, tied
+    with PWE at V = 8; AVG with one seed at V = 8; V = 2 (not compared)."""
+    probes = {
+        ("mv_dhel", 2): (0.5, 0.5, 0.5),
+        ("pwe", 2): (0.9, 0.9, 0.9),
+        ("mv_dhel", 4): (0.80, 0.81, 0.82),
+        ("pwe", 4): (0.70, 0.71, 0.72),
+        ("mv_infonce", 4): (0.84, 0.85, 0.86),
+        ("mv_dhel", 8): (0.80, 0.81, 0.82),
+        ("pwe", 8): (0.80, 0.815, 0.83),
+        ("avg", 8): (0.5,),
+    }
+    return [
+        {
+            "loss": loss,
+            "views": v,
+            "batch_size": 256,
+            "seed": seed,
+            "step": 10,
+            "seconds": 60.0,
+            "train_loss": 1.0,
+            "backbone/linear_probe": probe,
+        }
+        for (loss, v), values in probes.items()
+        for seed, probe in enumerate(values)
+    ]
+
+
+def test_comparisons_resolve_beyond_one_standard_deviation_or_call_a_tie():
+    table = comparison_table()
+    found = report.comparisons(report.seed_means(table), metrics=("backbone/linear_probe",))
+    verdicts = {(c["views"], c["loss"]): c["verdict"] for c in found}
+    assert verdicts == {
+        (4, "mv_infonce"): "MV-DHEL behind",  # 0.81 ± 0.01 vs 0.85 ± 0.01
+        (4, "pwe"): "MV-DHEL ahead",  # 0.81 ± 0.01 vs 0.71 ± 0.01
+        (8, "avg"): "one seed",
+        (8, "pwe"): "tie",  # -0.005, well inside 0.01 + 0.015
+    }
+    pwe4 = next(c for c in found if (c["views"], c["loss"]) == (4, "pwe"))
+    assert pwe4["delta"] == pytest.approx(0.10) and pwe4["mv_dhel_std"] == pytest.approx(0.01)
+    assert pwe4["seeds"] == 3
+    # A difference just inside the summed standard deviations is a tie, just outside resolved.
+    edge = [dict(r) for r in table if r["views"] == 8 and r["loss"] in ("mv_dhel", "pwe")]
+    for gap, verdict in ((0.0249, "tie"), (0.0251, "MV-DHEL ahead")):
+        shifted = [
+            dict(r, **{"backbone/linear_probe": 0.81 - gap + (r["seed"] - 1) * 0.015})
+            if r["loss"] == "pwe"
+            else r
+            for r in edge
+        ]
+        (only,) = report.comparisons(report.seed_means(shifted), metrics=("backbone/linear_probe",))
+        assert only["verdict"] == verdict, gap
+    text = report.markdown(table, title="t")
+    assert "| 256 | 4 | backbone/linear_probe | 81.00 ± 1.00 | pwe | 71.00 ± 1.00 | +10.00 " in text
+    assert "| mv_dhel | 4 | 256 | 0, 1, 2 | 80.00, 81.00, 82.00 | —, —, — |" in text
 
 
 def test_plots_draw_one_line_per_loss():

@@ -44,6 +44,7 @@ def loss_cost_rows(
     rows = loss_cost.time_losses(
         names, views, settings.ns, d=settings.d, backend=settings.backend, repeats=settings.repeats
     )
+    cache.parent.mkdir(parents=True, exist_ok=True)  # a report from archived cells only
     cache.write_text(json.dumps(rows, indent=1), encoding="utf-8")
     return rows
 
@@ -73,13 +74,20 @@ def write_outputs(
     results: Sequence[Mapping[str, Any]],
     workdir: str | os.PathLike,
     outdir: str | os.PathLike,
+    *,
+    cells: int | None = None,
 ) -> list[Path]:
-    """Writes the files of the module docstring into ``outdir``; returns their paths."""
+    """Writes the files of the module docstring into ``outdir``; returns their paths.
+
+    ``cells``: the sweep's number of cells when ``results`` are those of an unfinished sweep
+    (the report's title then says how many are done)."""
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     table = report.rows(results)
     means = report.seed_means(table)
     title = f"Sweep {sweep.name}"
+    if cells is not None and len(results) < cells:
+        title += f" ({len(results)} of {cells} cells done)"
     targets = sweep.targets.to_dict() if sweep.get("targets") else None
 
     written = [outdir / "results.csv", outdir / "results.md"]

@@ -53,21 +53,26 @@ def write_csv(table: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> No
 
 
 def seed_means(table: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (loss, views, batch_size): the mean of every number over seeds, its standard
-    deviation as ``<key>_std`` and the number of seeds as ``seeds``; first-seen order."""
+    """One row per (loss, views, batch_size): the mean of every number over seeds, its sample
+    standard deviation (``ddof=1``; 0 for one seed) as ``<key>_std``, the number of seeds as
+    ``seeds`` and the seeds themselves as ``seed_list``; first-seen order.
+
+    The sample standard deviation, not the population one: with the 3 seeds of a sweep the
+    latter understates the spread by a factor sqrt(2/3)."""
     groups: dict[tuple, list[Mapping[str, Any]]] = {}
     for row in table:
         groups.setdefault(tuple(row[k] for k in KEYS), []).append(row)
     out = []
     for key, members in groups.items():
         row: dict[str, Any] = dict(zip(KEYS, key), seeds=len(members))
+        row["seed_list"] = [m.get("seed") for m in members]
         for name in columns(members):
             if name in (*KEYS, "seed"):
                 continue
             values = [m[name] for m in members if m.get(name) is not None]
             if values:
                 row[name] = float(np.mean(values))
-                row[f"{name}_std"] = float(np.std(values))
+                row[f"{name}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
         out.append(row)
     return out
 
@@ -154,6 +159,108 @@ def claims(
     return out
 
 
+RESOLVED = ("MV-DHEL ahead", "MV-DHEL behind")
+"""The verdicts of `comparisons` that say the seeds resolve the difference."""
+
+
+def comparisons(
+    means: Sequence[Mapping[str, Any]],
+    *,
+    metrics: Sequence[str] = ("backbone/linear_probe", "backbone/knn"),
+    min_views: int = 4,
+) -> list[dict[str, Any]]:
+    """MV-DHEL against every other loss of the same cell (batch size and V >= ``min_views``), on
+    a `seed_means` table: one dict per (batch size, V, metric, other loss).
+
+    Each holds both means and standard deviations, ``delta`` (MV-DHEL's mean minus the other's)
+    and a ``verdict``: ``"MV-DHEL ahead"`` / ``"MV-DHEL behind"`` when the two ±1-standard-
+    deviation intervals do not overlap (|delta| > std_dhel + std_other), ``"tie"`` when they do,
+    and ``"one seed"`` when either side has a single seed (no spread to judge by).
+    """
+    out = []
+    cells = {(r["batch_size"], r["views"], r["loss"]): r for r in means}
+    for (batch_size, views, loss), rival in cells.items():
+        dhel = cells.get((batch_size, views, "mv_dhel"))
+        if loss == "mv_dhel" or dhel is None or views < min_views:
+            continue
+        for metric in metrics:
+            if metric not in dhel or metric not in rival:
+                continue
+            delta = dhel[metric] - rival[metric]
+            spread = dhel.get(f"{metric}_std", 0.0) + rival.get(f"{metric}_std", 0.0)
+            if min(dhel["seeds"], rival["seeds"]) < 2:
+                verdict = "one seed"
+            elif abs(delta) > spread:
+                verdict = RESOLVED[0] if delta > 0 else RESOLVED[1]
+            else:
+                verdict = "tie"
+            out.append(
+                {
+                    "batch_size": batch_size,
+                    "views": views,
+                    "metric": metric,
+                    "loss": loss,
+                    "mv_dhel": dhel[metric],
+                    "mv_dhel_std": dhel.get(f"{metric}_std", 0.0),
+                    "other": rival[metric],
+                    "other_std": rival.get(f"{metric}_std", 0.0),
+                    "seeds": min(dhel["seeds"], rival["seeds"]),
+                    "delta": delta,
+                    "verdict": verdict,
+                }
+            )
+    return sorted(out, key=lambda c: (c["batch_size"], c["views"], c["metric"], c["loss"]))
+
+
+def comparison_lines(means: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Markdown lines: the `comparisons` table, or nothing if there is none."""
+    found = comparisons(means)
+    if not found:
+        return []
+    lines = [
+        "## MV-DHEL against the other losses (V >= 4)",
+        "",
+        "Mean ± sample standard deviation over the seeds; a difference counts as resolved when "
+        "the two ±1-standard-deviation intervals do not overlap, and as a tie when they do.",
+        "",
+        "| batch | V | metric | MV-DHEL % | other loss | other % | Δ (points) | verdict |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for c in found:
+        lines.append(
+            f"| {c['batch_size']} | {c['views']} | {c['metric']} "
+            f"| {100 * c['mv_dhel']:.2f} ± {100 * c['mv_dhel_std']:.2f} | {c['loss']} "
+            f"| {100 * c['other']:.2f} ± {100 * c['other_std']:.2f} "
+            f"| {100 * c['delta']:+.2f} | {c['verdict']} |"
+        )
+    return lines
+
+
+def seed_lines(table: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Markdown lines: every seed's backbone linear-probe and kNN accuracy, per cell."""
+    lines = [
+        "## Every seed",
+        "",
+        "| loss | V | batch | seeds | linear probe % per seed | kNN % per seed |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in sorted(seed_means(table), key=views_study_first(table)):
+        members = sorted(
+            (r for r in table if all(r[k] == row[k] for k in KEYS)), key=lambda r: r["seed"]
+        )
+        seeds = ", ".join(str(r["seed"]) for r in members)
+        lines.append(
+            f"| {row['loss']} | {row['views']} | {row['batch_size']} | {seeds} "
+            f"| {_each_seed(members, 'backbone/linear_probe')} "
+            f"| {_each_seed(members, 'backbone/knn')} |"
+        )
+    return lines
+
+
+def _each_seed(members: Sequence[Mapping[str, Any]], key: str) -> str:
+    return ", ".join(f"{100 * r[key]:.2f}" if key in r else "—" for r in members)
+
+
 def _percent(row: Mapping[str, Any], key: str) -> str:
     if key not in row:
         return "—"
@@ -174,9 +281,11 @@ def markdown(
     title: str,
     targets: Mapping[str, Any] | None = None,
 ) -> str:
-    """The sweep's report: accuracies and geometry per cell (seed means), the raw-pixel baseline,
-    the published targets next to the measured values (if ``targets``), and `claims` on the
-    projections (the embeddings the loss sees) and on the backbone features.
+    """The sweep's report: accuracies and geometry per cell (seed means ± sample standard
+    deviations), the raw-pixel baseline, the published targets next to the measured values (if
+    ``targets``), every seed's accuracies (`seed_lines`, with several seeds), MV-DHEL against
+    the other losses (`comparisons`), and `claims` on the projections (the embeddings the loss
+    sees) and on the backbone features.
 
     ``targets`` (a sweep config's ``targets``) has ``views`` and, per entry besides it, one
     linear-probe accuracy (%) per view count, e.g. ``{"views": (2, 4), "mv_dhel": (87.4, 89.5),
@@ -221,6 +330,11 @@ def markdown(
     lines += ["", f"Total run time of the cells: {total / 60:.1f} minutes."]
     if targets:
         lines += ["", *target_table(means, targets)]
+    if any(row["seeds"] > 1 for row in means):
+        lines += ["", *seed_lines(table)]
+    compared = comparison_lines(means)
+    if compared:
+        lines += ["", *compared]
     checks = claims(means, features="projector") + claims(means, features="backbone")
     if checks:
         lines += ["", "## The paper's geometric headline at this scale", ""]

@@ -152,6 +152,53 @@ def run_cell(
     return result
 
 
+def cell_configs(sweep: config_dict.ConfigDict) -> dict[grid.Cell, config_dict.ConfigDict]:
+    """Every cell's config, in grid order, each checked (`mvcl.train.validate_config`)."""
+    configs = {}
+    for cell in grid.cells(sweep):
+        config = grid.cell_config(sweep, cell)
+        config.progress_bar = bool(sweep.cell_progress_bar)
+        train.validate_config(config)
+        configs[cell] = config
+    return configs
+
+
+def _done(configs, workdir, archive) -> dict[grid.Cell, dict[str, Any]]:
+    """The results of the cells done already (in the workdir or the archive), each checked
+    against its config: a cell run with another config is an error."""
+    done = {}
+    for cell, config in configs.items():
+        directory = cell_dir(workdir, cell)
+        result = read_result(directory)
+        if result is None and archive is not None:
+            result = read_result(cell_dir(archive, cell))
+            directory = cell_dir(archive, cell) if result is not None else directory
+        if result is not None:
+            changes = config_changes(result["config"], summary.plain_config(config))
+            if changes:
+                raise ValueError(
+                    f"cell {cell.name} in {directory} was run with a different config "
+                    f"(fields {', '.join(changes)}); use another workdir or delete the cell"
+                )
+            done[cell] = result
+    return done
+
+
+def done_results(
+    sweep: config_dict.ConfigDict,
+    workdir: str | os.PathLike,
+    *,
+    archive: str | os.PathLike | None = None,
+) -> list[dict[str, Any]]:
+    """The results of the cells of ``sweep`` done so far (in the workdir or the archive), in
+    grid order, without running anything: what a report of an unfinished sweep is made from.
+
+    Raises:
+      ValueError: a cell config is invalid, or a done cell was run with a different config.
+    """
+    return list(_done(cell_configs(sweep), workdir, archive).values())
+
+
 def run_sweep(
     sweep: config_dict.ConfigDict,
     workdir: str | os.PathLike,
@@ -179,30 +226,9 @@ def run_sweep(
       ValueError: a cell config is invalid, or a done cell was run with a different config.
     """
     train_fn = train_fn or train.train_and_evaluate
-    configs = {}
-    for cell in grid.cells(sweep):
-        config = grid.cell_config(sweep, cell)
-        config.progress_bar = bool(sweep.cell_progress_bar)
-        train.validate_config(config)
-        configs[cell] = config
-
-    # Cells done already (in the workdir or the archive), each checked against its config before
-    # anything runs or the bar prints, so that a changed config is a clean error.
-    done = {}
-    for cell, config in configs.items():
-        directory = cell_dir(workdir, cell)
-        result = read_result(directory)
-        if result is None and archive is not None:
-            result = read_result(cell_dir(archive, cell))
-            directory = cell_dir(archive, cell) if result is not None else directory
-        if result is not None:
-            changes = config_changes(result["config"], summary.plain_config(config))
-            if changes:
-                raise ValueError(
-                    f"cell {cell.name} in {directory} was run with a different config "
-                    f"(fields {', '.join(changes)}); use another workdir or delete the cell"
-                )
-            done[cell] = result
+    configs = cell_configs(sweep)
+    # Checked before anything runs or the bar prints, so that a changed config is a clean error.
+    done = _done(configs, workdir, archive)
 
     results, trained = [], []
     # Counted by hand (tqdm over an iterable only syncs its count when it prints, so cells found
