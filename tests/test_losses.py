@@ -469,6 +469,25 @@ def test_check_grads_blockwise(x64, case_id):
     check_grads(jax.jit(lambda z: case(z, 0.4, backend=backend)), (z,), order=1, modes=["rev"])
 
 
+@pytest.mark.parametrize("name", ["mv_infonce", "mv_dhel", "pwe"])
+def test_blockwise_unrolls_a_few_tiles_and_loops_over_many(x64, name):
+    """Up to UNROLL_TILES tiles per group the single-device loops are straight-line code (no
+    while loop is left after compilation), beyond it they are loops; both give dense's loss and
+    gradient."""
+    z = jnp.asarray(_z((12, 2, 5), seed=21))
+    loss = getattr(losses, name)
+    expected = jax.value_and_grad(lambda z: loss(z, temperature=0.3))(z)
+    rows = 24 if name != "mv_dhel" else 12  # mv_dhel: one group of N rows per view
+    few, many = -(-rows // 3), -(-rows // (backends.streaming.UNROLL_TILES + 2))
+    for tile, unrolled in ((few, True), (many, False)):
+        backend = backends.get("blockwise", tile=tile)
+        f = jax.jit(jax.value_and_grad(lambda z, b=backend: loss(z, temperature=0.3, backend=b)))
+        assert (" while(" not in f.lower(z).compile().as_text()) == unrolled, tile
+        value, grad = f(z)
+        np.testing.assert_allclose(value, expected[0], rtol=1e-12)
+        np.testing.assert_allclose(grad, expected[1], rtol=1e-10, atol=1e-13)
+
+
 # ------------------------------------------------------------------------------------------------
 # 8. vmap over a leading axis equals the per-item losses.
 

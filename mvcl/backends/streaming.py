@@ -21,7 +21,8 @@ Backward (``jax.custom_vjp``): given ``g = ∂L/∂out``, each tile is recompute
   ``dv_J += Aᵀ v_I``. That halves the forward matmuls and leaves 1.5 of the 3 matmul passes of
   the backward.
 
-Memory per device: O((rows + keys)·D + tile²·G); never the full similarity matrix.
+Memory per device: O((rows + keys)·D + tile²·G); never the full similarity matrix of more than
+`UNROLL_TILES` tiles' rows (up to which the single-device loops are unrolled).
 Named ``blockwise`` (one device, ``axis_name=None``) and ``ring`` (``axis_name`` given): the same
 kernel, a ring of one device being the single-device case. The maths is in docs/losses.md,
 "Backends".
@@ -50,6 +51,21 @@ small matmuls then cost more than the cache saved (on a 2-core CPU at N = 4096, 
 in one process put 384-row tiles at 0.65-0.85x the time for MV-DHEL, PWE and AVG at V = 4 and 8;
 `experiments/results/bench_losses.json` holds the timings with 384, and its previous version in
 git history those with the shared size)."""
+
+
+UNROLL_TILES = 4
+"""On one device, up to this many tiles per group the loops over tile pairs are unrolled into
+straight-line code. XLA then slices tiles statically (no copy) and may run independent tiles at
+once; it may also keep several tiles' similarities alive at once, so temporary memory can reach
+``UNROLL_TILES²`` tiles (the whole similarity matrix of at most ``UNROLL_TILES · tile`` rows).
+
+On the 2-core CPU (`experiments/results/bench_losses.json` and its previous version) MV-DHEL at
+N = 1024, V = 8 (three tiles of 344 rows per group) took 15 ms instead of 23, with 48 MiB of
+temporaries instead of 20, and MV-InfoNCE at N = 1024, V = 2 (four tiles) 1.21x its floor
+instead of 1.60x. With every loop unrolled whatever the count, MV-InfoNCE at N = 2048, V = 4 (16
+tiles) kept the whole matrix (261 MiB instead of 18) for no gain in time (one-off run): hence
+the bound. The ring's loops stay rolled: unrolled, MV-DHEL at N = 2048, V = 4 on 2 simulated
+devices took the same time with 53 MiB instead of 15 (one-off run)."""
 
 
 def default_tile(groups: int) -> int:
@@ -318,6 +334,7 @@ def _half_forward(v, mask, reduction, tile, precision):
     t = _Tiling(v, tile, reduction.key_views is not None)
     v_tiles = t.split(v)
     carry = reduction.init((t.count, t.g, t.size), v.dtype)
+    unroll = t.count <= UNROLL_TILES  # straight-line code for a few tiles
 
     def at(c, index):
         return tuple(x[index] for x in c)
@@ -337,15 +354,16 @@ def _half_forward(v, mask, reduction, tile, precision):
         rows, cols = reduction.update_pair(at(c, i), at(c, j), s, _keep(mask, t, i, 0, t, j, 0))
         return put(put(c, i, rows), j, cols)
 
-    carry = jax.lax.fori_loop(0, t.count, diagonal, carry)
+    carry = jax.lax.fori_loop(0, t.count, diagonal, carry, unroll=unroll)
     if t.count > 1:
-        carry = jax.lax.fori_loop(0, first.shape[0], off_diagonal, carry)
+        carry = jax.lax.fori_loop(0, first.shape[0], off_diagonal, carry, unroll=unroll)
     return t.join(reduction.finalize(carry), reduction.out_shape(()))
 
 
 def _half_backward(v, out, g, mask, reduction, tile, precision):
     t = _Tiling(v, tile, reduction.key_views is not None)
     v_tiles, out_tiles, g_tiles = t.split(v), t.split(out), t.split(g)
+    unroll = t.count <= UNROLL_TILES
 
     def diagonal(i, acc):
         # S_II and its mask are symmetric: W + Wᵀ from rows and columns alike, with no transpose
@@ -373,9 +391,9 @@ def _half_backward(v, out, g, mask, reduction, tile, precision):
         acc = acc.at[i].add(jnp.einsum("gqk,gkd->gqd", a, v_j, precision=precision))
         return acc.at[j].add(jnp.einsum("gqk,gqd->gkd", a, v_i, precision=precision))
 
-    acc = jax.lax.fori_loop(0, t.count, diagonal, jnp.zeros_like(v_tiles))
+    acc = jax.lax.fori_loop(0, t.count, diagonal, jnp.zeros_like(v_tiles), unroll=unroll)
     if t.count > 1:
-        acc = jax.lax.fori_loop(0, first.shape[0], off_diagonal, acc)
+        acc = jax.lax.fori_loop(0, first.shape[0], off_diagonal, acc, unroll=unroll)
     return t.join(acc, (v.shape[-1],))
 
 
