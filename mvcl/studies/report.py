@@ -229,11 +229,16 @@ def comparison_lines(means: Sequence[Mapping[str, Any]]) -> list[str]:
     for c in found:
         lines.append(
             f"| {c['batch_size']} | {c['views']} | {c['metric']} "
-            f"| {100 * c['mv_dhel']:.2f} ± {100 * c['mv_dhel_std']:.2f} | {c['loss']} "
-            f"| {100 * c['other']:.2f} ± {100 * c['other_std']:.2f} "
+            f"| {_spread(c['mv_dhel'], c['mv_dhel_std'], c['seeds'])} | {c['loss']} "
+            f"| {_spread(c['other'], c['other_std'], c['seeds'])} "
             f"| {100 * c['delta']:+.2f} | {c['verdict']} |"
         )
     return lines
+
+
+def _spread(mean: float, std: float, seeds: int) -> str:
+    """A fraction as percent, ± its standard deviation when there is one (several seeds)."""
+    return f"{100 * mean:.2f}" + (f" ± {100 * std:.2f}" if seeds > 1 else "")
 
 
 def seed_lines(table: Sequence[Mapping[str, Any]]) -> list[str]:
