@@ -207,16 +207,21 @@ def test_done_results_of_an_unfinished_sweep_make_a_report(tmp_path):
         runner.done_results(sweep, tmp_path / "work")
 
 
-def test_sweep_command_reports_the_cells_done_so_far(tmp_path):
-    command = [
+def sweep_command(tmp_path, flag: str) -> list[str]:
+    """``mvcl-sweep`` on the fake digits sweep with a workdir and outdir in ``tmp_path``."""
+    return [
         sys.executable,
         "-m",
         "mvcl.sweep",
         "--config=sweeps/digits_claims:fake=True",
         f"--workdir={tmp_path / 'work'}",
         f"--outdir={tmp_path / 'out'}",
-        "--report",
+        flag,
     ]
+
+
+def test_sweep_command_reports_the_cells_done_so_far(tmp_path):
+    command = sweep_command(tmp_path, "--report")
     none = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
     assert none.returncode != 0 and "is done yet" in none.stderr
     assert len(none.stderr.strip().splitlines()) == 1, none.stderr
@@ -284,15 +289,7 @@ def test_sweep_command_lists_cells(tmp_path):
     archived.parent.mkdir(parents=True)
     archived.write_text("{}")  # a cell done on another machine, committed with the results
     out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mvcl.sweep",
-            "--config=sweeps/digits_claims:fake=True",
-            f"--workdir={tmp_path / 'work'}",
-            f"--outdir={tmp_path / 'out'}",
-            "--list",
-        ],
+        sweep_command(tmp_path, "--list"),
         cwd=tmp_path,  # the packaged configs are found from any directory
         capture_output=True,
         text=True,
@@ -302,24 +299,27 @@ def test_sweep_command_lists_cells(tmp_path):
     assert re.search(r"^mv_dhel_v2_b8_s0 +done$", out.stdout, re.MULTILINE)
 
 
+def cell_row(loss: str, views: int, seed: int, **metrics) -> dict:
+    """A results-table row of a batch-256 cell with the given evaluation ``metrics``."""
+    run = {"step": 10, "seconds": 60.0, "train_loss": 1.0}
+    cell = {"loss": loss, "views": views, "batch_size": 256, "seed": seed}
+    return {**cell, **run, **{k.replace("__", "/"): v for k, v in metrics.items()}}
+
+
 def synthetic_table() -> list[dict]:
     """Seed-0/1 rows where MV-DHEL's rank grows with V and beats PWE at V = 4 only."""
     ranks = {("mv_dhel", 2): 10.0, ("mv_dhel", 4): 20.0, ("mv_dhel", 6): 30.0}
     ranks |= {("pwe", 2): 12.0, ("pwe", 4): 15.0, ("pwe", 6): 35.0}
     return [
-        {
-            "loss": loss,
-            "views": v,
-            "batch_size": 256,
-            "seed": seed,
-            "step": 10,
-            "seconds": 60.0,
-            "train_loss": 1.0,
-            "backbone/effective_rank": rank + seed,
-            "projector/effective_rank": rank,
-            "backbone/linear_probe": 0.5 + v / 100,
-            "backbone/knn": 0.4,
-        }
+        cell_row(
+            loss,
+            v,
+            seed,
+            backbone__effective_rank=rank + seed,
+            projector__effective_rank=rank,
+            backbone__linear_probe=0.5 + v / 100,
+            backbone__knn=0.4,
+        )
         for (loss, v), rank in ranks.items()
         for seed in (0, 1)
     ]
@@ -364,16 +364,7 @@ def comparison_table() -> list[dict]:
         ("avg", 8): (0.5,),
     }
     return [
-        {
-            "loss": loss,
-            "views": v,
-            "batch_size": 256,
-            "seed": seed,
-            "step": 10,
-            "seconds": 60.0,
-            "train_loss": 1.0,
-            "backbone/linear_probe": probe,
-        }
+        cell_row(loss, v, seed, backbone__linear_probe=probe)
         for (loss, v), values in probes.items()
         for seed, probe in enumerate(values)
     ]
