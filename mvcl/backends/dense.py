@@ -188,11 +188,15 @@ def _dense_self_jvp(mask, reduction, precision, primals, tangents):
         # X with P as its coefficient), and the transpose is X̄ = P ⊙ (c_a + c_b), one pass.
         scale = jnp.where(jnp.isfinite(out), jnp.exp(reduction.bound - out), 0.0)
         px = m * x
-        d_out = scale * (reduction.over(jnp.sum, px, -1) + reduction.over(jnp.sum, px, -2))
+        d_out = scale * (
+            reduction.over(jnp.sum, px, -1, matmul=False) + reduction.over(jnp.sum, px, -2)
+        )
     else:
         w_rows = reduction.weights(m, keep, out, -1)
         w_cols = reduction.weights(m, keep, out, -2)
-        d_out = reduction.over(jnp.sum, w_rows * x, -1) + reduction.over(jnp.sum, w_cols * x, -2)
+        d_out = reduction.over(jnp.sum, w_rows * x, -1, matmul=False) + reduction.over(
+            jnp.sum, w_cols * x, -2
+        )
     shape = reduction.out_shape(v.shape[:3])
     return out.reshape(shape), d_out.reshape(shape)
 
