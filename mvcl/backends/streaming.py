@@ -62,10 +62,11 @@ once; it may also keep several tiles' similarities alive at once, so temporary m
 On the 2-core CPU (`experiments/results/bench_losses.json`, and its version before the
 unrolling in git history) MV-DHEL at N = 1024, V = 8 (three tiles of 344 rows per group) took
 15 ms instead of 23, with 48 MiB of temporaries instead of 20, and MV-InfoNCE at N = 1024, V = 2
-(four tiles) 1.27x its floor instead of 1.60x. With every loop unrolled whatever the count, MV-InfoNCE at N = 2048, V = 4 (16
-tiles) kept the whole matrix (261 MiB instead of 18) for no gain in time (one-off run): hence
-the bound. The ring's loops stay rolled: unrolled, MV-DHEL at N = 2048, V = 4 on 2 simulated
-devices took the same time with 53 MiB instead of 15 (one-off run)."""
+(four tiles) 1.27x its floor instead of 1.60x. With every loop unrolled whatever the count,
+MV-InfoNCE at N = 2048, V = 4 (16 tiles) kept the whole matrix (261 MiB instead of 18) for no
+gain in time (one-off run): hence the bound. The ring's loops stay rolled: unrolled, MV-DHEL at
+N = 2048, V = 4 on 2 simulated devices took the same time with 53 MiB instead of 15 (one-off
+run)."""
 
 
 def default_tile(groups: int) -> int:

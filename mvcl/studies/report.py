@@ -54,8 +54,8 @@ def write_csv(table: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> No
 
 def seed_means(table: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """One row per (loss, views, batch_size): the mean of every number over seeds, its sample
-    standard deviation (``ddof=1``; 0 for one seed) as ``<key>_std``, the number of seeds as
-    ``seeds`` and the seeds themselves as ``seed_list``; first-seen order.
+    standard deviation (``ddof=1``; 0 for one seed) as ``<key>_std`` and the number of seeds as
+    ``seeds``; first-seen order.
 
     The sample standard deviation, not the population one: with the 3 seeds of a sweep the
     latter understates the spread by a factor sqrt(2/3)."""
@@ -65,7 +65,6 @@ def seed_means(table: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for key, members in groups.items():
         row: dict[str, Any] = dict(zip(KEYS, key), seeds=len(members))
-        row["seed_list"] = [m.get("seed") for m in members]
         for name in columns(members):
             if name in (*KEYS, "seed"):
                 continue
