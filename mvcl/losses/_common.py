@@ -108,6 +108,22 @@ def energy(
     )
 
 
+def other_instance_energy(
+    u: jax.Array, temperature, *, axis_name, backend, precision, per_key_view: bool = False
+) -> jax.Array:
+    """`energy` of every row of ``u`` (n, V, D) over the keys of the other instances (all their
+    views): (n, V), or (n, V, V) per key view. PWE, PVC and multi-positive InfoNCE share it."""
+    return energy(
+        u[None],
+        temperature,
+        mask="instance",
+        axis_name=axis_name,
+        backend=backend,
+        precision=precision,
+        per_key_view=per_key_view,
+    )[0]
+
+
 def has_per_key_view(backend) -> bool:
     """Whether ``backend`` reduces per key view (`energy`'s ``per_key_view``): the built-in
     ones do; a backend function written against the plain signature may not."""

@@ -69,15 +69,14 @@ def pwe(
         # Row (i, a) of pair {a, b} contrasts with the keys (j, a) and (j, b), j ≠ i: its
         # negatives' LSE is logaddexp(E[i, a, a], E[i, a, b]), E the energies per key view.
         # The mean over pairs a < b of the two rows' terms is the mean over ordered a ≠ b.
-        energies = c.energy(
-            u[None],
+        energies = c.other_instance_energy(
+            u,
             temperature,
-            mask="instance",
             axis_name=axis_name,
             backend=backend,
             precision=precision,
             per_key_view=True,
-        )[0]  # (n, V, V)
+        )  # (n, V, V)
         own = jnp.diagonal(energies, axis1=1, axis2=2)  # E[i, a, a]: (n, V)
         negatives = jnp.logaddexp(own[:, :, None], energies)
         s = c.view_similarities(u, temperature, precision)
@@ -151,14 +150,9 @@ def pvc(
     """
     c.check_temperature(temperature)
     u, precision = c.prepare(z, loss="pvc", axis_name=axis_name, precision=precision)
-    negatives = c.energy(
-        u[None],
-        temperature,
-        mask="instance",
-        axis_name=axis_name,
-        backend=backend,
-        precision=precision,
-    )[0]  # (n, V): LSE over k ≠ j, all c
+    negatives = c.other_instance_energy(
+        u, temperature, axis_name=axis_name, backend=backend, precision=precision
+    )  # (n, V): LSE over k ≠ j, all c
     s = c.view_similarities(u, temperature, precision)  # (n, V, V): s(u_jα, u_jβ)
     return c.mean_over_ordered_pairs(jax.nn.softplus(negatives[:, :, None] - s), axis_name)
 
@@ -182,14 +176,9 @@ def multipos_infonce(
     """
     c.check_temperature(temperature)
     u, precision = c.prepare(z, loss="multipos_infonce", axis_name=axis_name, precision=precision)
-    negatives = c.energy(
-        u[None],
-        temperature,
-        mask="instance",
-        axis_name=axis_name,
-        backend=backend,
-        precision=precision,
-    )[0]  # (n, V): E_il = LSE over k ≠ i, all c
+    negatives = c.other_instance_energy(
+        u, temperature, axis_name=axis_name, backend=backend, precision=precision
+    )  # (n, V): E_il = LSE over k ≠ i, all c
     v = u.shape[1]
     s = c.view_similarities(u, temperature, precision)  # s[i, l, m] = s(u_il, u_im)
     # others[i, l, m, m'] = s(u_il, u_im') − s(u_il, u_im) for the views m' ∉ {l, m}.
