@@ -51,8 +51,9 @@ class Case:
     def view_symmetric(self) -> bool:
         return dict(self.options).get("anchor_only") is not True
 
-    def __call__(self, z, temperature, backend="dense"):
-        return self.spec.call(z, temperature=temperature, backend=backend, **dict(self.options))
+    def __call__(self, z, temperature, backend="dense", axis_name=None):
+        options = dict(self.options, backend=backend, axis_name=axis_name)
+        return self.spec.call(z, temperature=temperature, **options)
 
     def reference(self, z, temperature):
         """The float64 NumPy oracle of the same loss and options."""
@@ -91,12 +92,23 @@ def _backend(spec):
 
 
 @functools.lru_cache(maxsize=None)
-def jitted(case_id, backend="dense", grad=False):
-    """jit of the loss (or its value and gradient) as a function of (z, temperature)."""
+def jitted(case_id, backend="dense", grad=False, sharded=False):
+    """jit of the loss (or its value and gradient) as a function of (z, temperature);
+    ``sharded``: inside a ``shard_map`` over one device, so that gather and ring take their
+    multi-device code paths (collectives over an axis of size 1)."""
     case, fn_backend = BY_ID[case_id], _backend(backend)
 
     def loss(z, temperature):
-        return case(z, temperature, backend=fn_backend)
+        if not sharded:
+            return case(z, temperature, backend=fn_backend)
+        mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("d",))
+        per_device = functools.partial(case, temperature=temperature, backend=fn_backend)
+        return jax.shard_map(
+            lambda z: per_device(z, axis_name="d"),
+            mesh=mesh,
+            in_specs=jax.sharding.PartitionSpec("d"),
+            out_specs=jax.sharding.PartitionSpec(),
+        )(z)
 
     return jax.jit(jax.value_and_grad(loss) if grad else loss)
 
@@ -259,11 +271,14 @@ def test_complex_step_oracle_agrees_with_finite_differences():
 # ------------------------------------------------------------------------------------------------
 # 3. Every backend on one device gives the dense loss and gradient to 1e-9 (float64). Tiles of 4
 # and 5 rows leave a partial, padded last tile for every row count used here (7, 14 or 21 rows).
-# "ring" is the same streaming kernel as "blockwise" (it only differs once an axis_name is bound),
-# so it is tested over devices in test_multidevice.py, not again here.
+# "ring" is the same streaming kernel as "blockwise" until an axis_name is bound: with one, it and
+# gather run here inside a shard_map over one device (their collectives over an axis of size 1),
+# and over 3 and 8 devices in test_multidevice.py.
 
 BACKENDS = ["gather", "blockwise", ("blockwise", 4), ("blockwise", 5)]
 BACKEND_IDS = ["gather", "blockwise", "blockwise-tile4", "blockwise-tile5"]
+# gather and ring inside a shard_map over one device: their own forward and backward passes
+SHARDED = {"gather": "gather (1-device shard_map)", ("ring", 4): "ring-tile4 (1-device shard_map)"}
 
 
 def test_ring_without_axis_name_is_the_blockwise_kernel():
@@ -275,10 +290,13 @@ def test_ring_without_axis_name_is_the_blockwise_kernel():
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_backends_agree_with_dense(x64, case):
     z = jnp.asarray(_z((7, case.views(3), 4), seed=7))
-    taus = (0.05, 0.5) if case.has_temperature else (1.0,)
+    # τ = 0.002: 2/τ is beyond float64's fixed shift (Reduction.fixed_shift), so the streams'
+    # running maximum and gather's backward from S (not P) are compared too.
+    taus = (0.002, 0.05, 0.5) if case.has_temperature else (1.0,)
     dense = jitted(case.id, grad=True)
-    for backend, name in zip(BACKENDS, BACKEND_IDS):
-        f = jitted(case.id, backend, grad=True)
+    runs = [(jitted(case.id, b, grad=True), name) for b, name in zip(BACKENDS, BACKEND_IDS)]
+    runs += [(jitted(case.id, b, grad=True, sharded=True), name) for b, name in SHARDED.items()]
+    for f, name in runs:
         for tau in taus:
             (loss, grad), (ref_loss, ref_grad) = f(z, tau), dense(z, tau)
             msg = f"{name}, τ={tau}"

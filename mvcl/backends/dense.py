@@ -13,7 +13,8 @@ the single matmul ``dv = (W + Wᵀ) v`` (``W = ∂out/∂S · g``), where autodi
 formula would do two (``W k`` and ``Wᵀ q``); ``W + Wᵀ`` is formed from S in one elementwise pass
 (S is symmetric, so no transpose is read). Forward mode stays available, as the float64 gradient
 checks need it. S is computed and reduced in chunks of rows (faster matmuls, reductions from
-cache) but kept whole: memory stays O(rows²), as this backend promises.
+cache) but kept whole: memory stays O(rows²), as this backend promises. :func:`gather_self`
+builds its matrix the same way (`_self_matrix`, against the gathered rows).
 """
 
 from __future__ import annotations
@@ -125,10 +126,13 @@ def _excluded(mask, n, a):
     return None
 
 
-def _self_matrix(v, mask, reduction, precision):
-    """Rows, a (G, R, R) matrix, the keep mask and the reduction of every row (G, R).
+def _self_matrix(v, mask, reduction, precision, keys=None, offset=0):
+    """Rows, their (G, R, M) matrix against the keys, the keep mask and every row's output (G, R).
 
-    The matrix is S = v vᵀ, or, for a log-sum-exp with a fixed shift (`Reduction.fixed_shift`),
+    ``keys`` (G, m, A, D) are the global rows, ``v``'s instances starting at instance ``offset``
+    of them (``gather``); by default ``v`` itself (``dense``: a symmetric (G, R, R) matrix).
+
+    The matrix is S = v kᵀ, or, for a log-sum-exp with a fixed shift (`Reduction.fixed_shift`),
     ``P = exp(S - bound)`` with the masked entries 0: then the weights of the backward pass are
     ``P`` times a per-row factor, and no exponential is computed twice. It is computed and
     reduced a chunk of rows at a time (smaller matmul outputs run faster and the reductions read
@@ -137,8 +141,10 @@ def _self_matrix(v, mask, reduction, precision):
     that nothing downstream needs a select over the whole matrix.
     """
     rows = _flat(v)
+    key_rows = rows if keys is None else _flat(keys)
     g, r, _ = rows.shape
     n, a = v.shape[1:3]
+    m_keys = key_rows.shape[1]
     size = _chunk_rows(n, a)
     count = r // size
     excluded = _excluded(mask, size // a, a) if reduction.name == "lse" else None
@@ -146,25 +152,34 @@ def _self_matrix(v, mask, reduction, precision):
 
     def chunk(index):
         group, first = index // count, (index % count) * size
-        keys = jax.lax.dynamic_index_in_dim(rows, group, keepdims=False)
-        queries = jax.lax.dynamic_slice_in_dim(keys, first, size)
-        s = jnp.einsum(
-            "qd,kd->qk", queries, keys, precision=precision, preferred_element_type=v.dtype
+        queries = jax.lax.dynamic_slice_in_dim(
+            jax.lax.dynamic_index_in_dim(rows, group, keepdims=False), first, size
         )
+        s = jnp.einsum(
+            "qd,kd->qk",
+            queries,
+            jax.lax.dynamic_index_in_dim(key_rows, group, keepdims=False),
+            precision=precision,
+            preferred_element_type=v.dtype,
+        )
+        start = offset * a + first  # the global id of the chunk's first row
         if excluded is None:
             keep = reductions.keep_rows(
-                mask, (first + jnp.arange(size))[:, None], jnp.arange(r)[None, :], a, a
+                mask, (start + jnp.arange(size))[:, None], jnp.arange(m_keys)[None, :], a, a
             )
         else:
-            s, keep = s.at[excluded[0], first + excluded[1]].set(-jnp.inf), np.True_
+            s, keep = s.at[excluded[0], start + excluded[1]].set(-jnp.inf), np.True_
         if shifted:
             p = jnp.where(keep, jnp.exp(s - reduction.bound), 0.0)
             return p, reduction.bound + jnp.log(reduction.over(jnp.sum, p, -1))
         return s, reduction.dense(s, keep)
 
-    m, out = jax.lax.map(chunk, jnp.arange(g * count))
-    keep = np.True_ if excluded is not None or shifted else _keep(mask, n, a, n, a)[None]
-    return rows, m.reshape(g, r, r), keep, out.reshape(reduction.out_shape((g, r)))
+    matrix, out = jax.lax.map(chunk, jnp.arange(g * count))
+    if excluded is not None or shifted:
+        keep = np.True_
+    else:
+        keep = _keep(mask, n, a, m_keys // a, a, offset)[None]
+    return rows, matrix.reshape(g, r, m_keys), keep, out.reshape(reduction.out_shape((g, r)))
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3))
@@ -237,8 +252,10 @@ def gather_self(
     S is symmetric across devices, so for local rows a and global rows b the transposed weight
     ``W_ba = ∂out_b/∂S_ba · g_b`` can be formed locally from ``S_ab`` once every device has every
     row's ``out`` and ``g`` (two all-gathers of vectors): ``dv_a = Σ_b (W_ab + W_ba) v_b`` is then
-    one matmul against the gathered keys, with no cotangent to scatter back. S is kept from the
-    forward pass (the memory this backend already takes).
+    one matmul against the gathered keys, with no cotangent to scatter back. The matrix is built
+    as dense's (`_self_matrix`: in chunks of rows, and ``P = exp(S - bound)`` with a fixed
+    shift, so that the backward pass computes no exponential) and kept from the forward pass
+    (the memory this backend already takes).
     """
     v = jnp.asarray(v)
     reductions.check_key_views(reduction, v.shape[2])
@@ -248,14 +265,12 @@ def gather_self(
 
 
 def _gather_matrix(v, mask, reduction, axis_name, precision):
-    """(gathered keys, S of the local rows against them, keep mask, out of the local rows)."""
+    """(gathered keys, the local rows' matrix against them, keep mask, out of the local rows):
+    `_self_matrix` against every device's rows."""
     k_all = jax.lax.all_gather(v, axis_name, axis=1, tiled=True)
-    s = jnp.einsum(
-        "gqd,gkd->gqk", _flat(v), _flat(k_all), precision=precision, preferred_element_type=v.dtype
-    )
     offset = reductions.instance_offset(v, axis_name)
-    keep = _keep(mask, *v.shape[1:3], *k_all.shape[1:3], offset)[None]
-    return k_all, s, keep, reduction.dense(s, keep)
+    _, matrix, keep, out = _self_matrix(v, mask, reduction, precision, k_all, offset)
+    return k_all, matrix, keep, out
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
@@ -265,18 +280,20 @@ def _gather_self(v, mask, reduction, axis_name, precision):
 
 
 def _gather_self_fwd(v, mask, reduction, axis_name, precision):
-    k_all, s, keep, out = _gather_matrix(v, mask, reduction, axis_name, precision)
-    return out.reshape(reduction.out_shape(v.shape[:3])), (k_all, s, out)
+    k_all, matrix, keep, out = _gather_matrix(v, mask, reduction, axis_name, precision)
+    return out.reshape(reduction.out_shape(v.shape[:3])), (k_all, matrix, keep, out)
 
 
 def _gather_self_bwd(mask, reduction, axis_name, precision, residuals, g):
-    k_all, s, out = residuals
+    k_all, matrix, keep, out = residuals
     n, a = g.shape[1:3]
-    keep = _keep(mask, n, a, *k_all.shape[1:3], reductions.instance_offset(g, axis_name))[None]
     g = g.reshape(out.shape)
     out_all = jax.lax.all_gather(out, axis_name, axis=1, tiled=True)
     g_all = jax.lax.all_gather(g, axis_name, axis=1, tiled=True)
-    w = reduction.pair_weights(s, keep, out, g, out_all, g_all)
+    if reduction.fixed_shift(k_all.dtype):  # the matrix is P: W + Wᵀ without an exponential
+        w = reduction.shifted_pair_weights(matrix, out, g, out_all, g_all)
+    else:
+        w = reduction.pair_weights(matrix, keep, out, g, out_all, g_all)
     dv = jnp.einsum(
         "gqk,gkd->gqd", w, _flat(k_all), precision=precision, preferred_element_type=k_all.dtype
     )

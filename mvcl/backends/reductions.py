@@ -232,11 +232,18 @@ class Reduction:
                 g_rows, -1, s.shape
             ) + self.weights(s, keep_, out_cols, -2) * self.expand(g_cols, -2, s.shape)
 
+        return self.shifted_pair_weights(
+            self._shifted(s, keep_), out_rows, g_rows, out_cols, g_cols
+        )
+
+    def shifted_pair_weights(self, p, out_rows, g_rows, out_cols, g_cols) -> jax.Array:
+        """`pair_weights` from ``p = exp(s - bound)`` (0 where masked), with a fixed shift."""
+
         def scale(out, g, axis):  # a row without keys (out = -inf) has no weights
             factor = jnp.where(jnp.isfinite(out), jnp.exp(self.bound - out), 0.0) * g
-            return self.expand(factor, axis, s.shape)
+            return self.expand(factor, axis, p.shape)
 
-        return self._shifted(s, keep_) * (scale(out_rows, g_rows, -1) + scale(out_cols, g_cols, -2))
+        return p * (scale(out_rows, g_rows, -1) + scale(out_cols, g_cols, -2))
 
 
 def _axis(axis: int, axes, ndim: int) -> int:
