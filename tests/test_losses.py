@@ -278,7 +278,11 @@ def test_complex_step_oracle_agrees_with_finite_differences():
 BACKENDS = ["gather", "blockwise", ("blockwise", 4), ("blockwise", 5)]
 BACKEND_IDS = ["gather", "blockwise", "blockwise-tile4", "blockwise-tile5"]
 # gather and ring inside a shard_map over one device: their own forward and backward passes
-SHARDED = {"gather": "gather (1-device shard_map)", ("ring", 4): "ring-tile4 (1-device shard_map)"}
+SHARDED = {
+    "gather": "gather (1-device shard_map)",
+    "ring": "ring (1-device shard_map)",
+    ("ring", 4): "ring-tile4 (1-device shard_map)",
+}
 
 
 def test_ring_without_axis_name_is_the_blockwise_kernel():
