@@ -115,6 +115,11 @@ def _chunk_rows(n: int, a: int) -> int:
     return a * max(k for k in range(1, n + 1) if n % k == 0 and k * a <= max(DENSE_CHUNK, a))
 
 
+FEW_EXCLUDED: tuple[Mask, ...] = ("self", "instance")
+"""Masks that leave out O(n·A²) pairs of n instances: `_self_matrix` sets those entries of S to
+-inf rather than selecting over the whole matrix (for a log-sum-exp)."""
+
+
 def _excluded(mask, n, a):
     """(row, col) ids of the pairs a mask leaves out when they are few (O(n·A²)), else None."""
     if mask == "self":
@@ -175,11 +180,17 @@ def _self_matrix(v, mask, reduction, precision, keys=None, offset=0):
         return s, reduction.dense(s, keep)
 
     matrix, out = jax.lax.map(chunk, jnp.arange(g * count))
-    if excluded is not None or shifted:
-        keep = np.True_
-    else:
-        keep = _keep(mask, n, a, m_keys // a, a, offset)[None]
+    keep = _matrix_keep(mask, reduction, v.dtype, n, a, m_keys // a, offset)
     return rows, matrix.reshape(g, r, m_keys), keep, out.reshape(reduction.out_shape((g, r)))
+
+
+def _matrix_keep(mask, reduction, dtype, n, a, m, offset=0):
+    """The keep mask that goes with `_self_matrix`'s matrix of n against m instances: True where
+    the matrix carries the mask itself (P, 0 where masked, or S, -inf where masked), else the
+    (1, n·A, m·A) mask."""
+    if reduction.fixed_shift(dtype) or (reduction.name == "lse" and mask in FEW_EXCLUDED):
+        return np.True_
+    return _keep(mask, n, a, m, a, offset)[None]
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3))
@@ -280,19 +291,21 @@ def _gather_self(v, mask, reduction, axis_name, precision):
 
 
 def _gather_self_fwd(v, mask, reduction, axis_name, precision):
-    k_all, matrix, keep, out = _gather_matrix(v, mask, reduction, axis_name, precision)
-    return out.reshape(reduction.out_shape(v.shape[:3])), (k_all, matrix, keep, out)
+    k_all, matrix, _, out = _gather_matrix(v, mask, reduction, axis_name, precision)
+    return out.reshape(reduction.out_shape(v.shape[:3])), (k_all, matrix, out)
 
 
 def _gather_self_bwd(mask, reduction, axis_name, precision, residuals, g):
-    k_all, matrix, keep, out = residuals
+    k_all, matrix, out = residuals
     n, a = g.shape[1:3]
+    offset = reductions.instance_offset(g, axis_name)  # read from g while it is (G, n, A, ...)
     g = g.reshape(out.shape)
     out_all = jax.lax.all_gather(out, axis_name, axis=1, tiled=True)
     g_all = jax.lax.all_gather(g, axis_name, axis=1, tiled=True)
     if reduction.fixed_shift(k_all.dtype):  # the matrix is P: W + Wᵀ without an exponential
         w = reduction.shifted_pair_weights(matrix, out, g, out_all, g_all)
-    else:
+    else:  # the mask is recomputed, not kept from the forward pass
+        keep = _matrix_keep(mask, reduction, k_all.dtype, n, a, k_all.shape[1], offset)
         w = reduction.pair_weights(matrix, keep, out, g, out_all, g_all)
     dv = jnp.einsum(
         "gqk,gkd->gqd", w, _flat(k_all), precision=precision, preferred_element_type=k_all.dtype
