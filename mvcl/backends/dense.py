@@ -276,22 +276,22 @@ def gather_self(
 
 
 def _gather_matrix(v, mask, reduction, axis_name, precision):
-    """(gathered keys, the local rows' matrix against them, keep mask, out of the local rows):
+    """(gathered keys, the local rows' matrix against them, out of the local rows):
     `_self_matrix` against every device's rows."""
     k_all = jax.lax.all_gather(v, axis_name, axis=1, tiled=True)
     offset = reductions.instance_offset(v, axis_name)
-    _, matrix, keep, out = _self_matrix(v, mask, reduction, precision, k_all, offset)
-    return k_all, matrix, keep, out
+    _, matrix, _, out = _self_matrix(v, mask, reduction, precision, k_all, offset)
+    return k_all, matrix, out
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
 def _gather_self(v, mask, reduction, axis_name, precision):
-    out = _gather_matrix(v, mask, reduction, axis_name, precision)[3]
+    out = _gather_matrix(v, mask, reduction, axis_name, precision)[2]
     return out.reshape(reduction.out_shape(v.shape[:3]))
 
 
 def _gather_self_fwd(v, mask, reduction, axis_name, precision):
-    k_all, matrix, _, out = _gather_matrix(v, mask, reduction, axis_name, precision)
+    k_all, matrix, out = _gather_matrix(v, mask, reduction, axis_name, precision)
     return out.reshape(reduction.out_shape(v.shape[:3])), (k_all, matrix, out)
 
 
