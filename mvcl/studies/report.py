@@ -228,16 +228,16 @@ def comparison_lines(means: Sequence[Mapping[str, Any]]) -> list[str]:
     for c in found:
         lines.append(
             f"| {c['batch_size']} | {c['views']} | {c['metric']} "
-            f"| {_spread(c['mv_dhel'], c['mv_dhel_std'], c['seeds'])} | {c['loss']} "
-            f"| {_spread(c['other'], c['other_std'], c['seeds'])} "
+            f"| {_spread(100 * c['mv_dhel'], 100 * c['mv_dhel_std'], c['seeds'], 2)} | {c['loss']} "
+            f"| {_spread(100 * c['other'], 100 * c['other_std'], c['seeds'], 2)} "
             f"| {100 * c['delta']:+.2f} | {c['verdict']} |"
         )
     return lines
 
 
-def _spread(mean: float, std: float, seeds: int) -> str:
-    """A fraction as percent, ± its standard deviation when there is one (several seeds)."""
-    return f"{100 * mean:.2f}" + (f" ± {100 * std:.2f}" if seeds > 1 else "")
+def _spread(mean: float, std: float, seeds: int, digits: int) -> str:
+    """``mean`` to ``digits`` decimals, ± its standard deviation when there is one (seeds > 1)."""
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if seeds > 1 else "")
 
 
 def seed_lines(table: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -268,15 +268,13 @@ def _each_seed(members: Sequence[Mapping[str, Any]], key: str) -> str:
 def _percent(row: Mapping[str, Any], key: str) -> str:
     if key not in row:
         return "—"
-    std = row.get(f"{key}_std", 0.0)
-    return f"{100 * row[key]:.1f}" + (f" ± {100 * std:.1f}" if row["seeds"] > 1 else "")
+    return _spread(100 * row[key], 100 * row.get(f"{key}_std", 0.0), row["seeds"], 1)
 
 
 def _number(row: Mapping[str, Any], key: str, digits: int = 1) -> str:
     if row.get(key) is None:
         return "—"
-    std = row.get(f"{key}_std", 0.0)
-    return f"{row[key]:.{digits}f}" + (f" ± {std:.{digits}f}" if row["seeds"] > 1 else "")
+    return _spread(row[key], row.get(f"{key}_std", 0.0), row["seeds"], digits)
 
 
 def markdown(
