@@ -12,9 +12,8 @@ a ``custom_jvp`` whose tangent ``dS = X + Xᵀ`` (``X = dv vᵀ``) transposes, i
 the single matmul ``dv = (W + Wᵀ) v`` (``W = ∂out/∂S · g``), where autodiff of the plain
 formula would do two (``W k`` and ``Wᵀ q``); ``W + Wᵀ`` is formed from S in one elementwise pass
 (S is symmetric, so no transpose is read). Forward mode stays available, as the float64 gradient
-checks need it. S is computed and reduced in chunks of rows (faster matmuls, reductions from
-cache) but kept whole: memory stays O(rows²), as this backend promises. :func:`gather_self`
-builds its matrix the same way (`_self_matrix`, against the gathered rows).
+checks need it. S is computed whole and kept: memory stays O(rows²), as this backend promises.
+:func:`gather_self` builds its matrix the same way (`_self_matrix`, against the gathered rows).
 """
 
 from __future__ import annotations
@@ -106,15 +105,6 @@ def _single_device(axis_name):
         )
 
 
-DENSE_CHUNK = 512
-"""Rows of the similarity matrix computed (and reduced) at a time: cache-sized pieces."""
-
-
-def _chunk_rows(n: int, a: int) -> int:
-    """Rows per chunk: whole instances (a multiple of A dividing n·A), about DENSE_CHUNK."""
-    return a * max(k for k in range(1, n + 1) if n % k == 0 and k * a <= max(DENSE_CHUNK, a))
-
-
 FEW_EXCLUDED: tuple[Mask, ...] = ("self", "instance")
 """Masks that leave out O(n·A²) pairs of n instances: `_self_matrix` sets those entries of S to
 -inf rather than selecting over the whole matrix (for a log-sum-exp)."""
@@ -140,54 +130,34 @@ def _self_matrix(v, mask, reduction, precision, keys=None, offset=0):
     The matrix is S = v kᵀ, or, for a log-sum-exp with a fixed shift (`Reduction.fixed_shift`),
     ``P = exp(S - bound)`` with the masked entries 0: then the weights of the backward pass are
     ``P`` times a per-row factor, and no exponential is computed twice. It is computed and
-    reduced a chunk of rows at a time (smaller matmul outputs run faster and the reductions read
-    it from cache), then kept whole for the backward pass. For a log-sum-exp whose mask leaves
-    out few pairs (self, instance) those entries of S are set to -inf instead (exp(-inf) = 0), so
-    that nothing downstream needs a select over the whole matrix.
+    reduced whole and kept for the backward pass. (Computing it a chunk of 512 rows at a time
+    in a loop, as this backend once did, took 1.04-1.19x the time on the 2-core CPU for every
+    loss measured, with the same temporaries; one-off timings.) For a log-sum-exp whose mask
+    leaves out few pairs (self, instance) those entries of S are set to -inf instead
+    (exp(-inf) = 0), so that nothing downstream needs a select over the whole matrix.
     """
     rows = _flat(v)
     key_rows = rows if keys is None else _flat(keys)
-    g, r, _ = rows.shape
-    n, a = v.shape[1:3]
     m_keys = key_rows.shape[1]
-    size = _chunk_rows(n, a)
-    count = r // size
-    excluded = _excluded(mask, size // a, a) if reduction.name == "lse" else None
-    shifted = reduction.fixed_shift(v.dtype)
-
-    def chunk(index):
-        group, first = index // count, (index % count) * size
-        queries = jax.lax.dynamic_slice_in_dim(
-            jax.lax.dynamic_index_in_dim(rows, group, keepdims=False), first, size
-        )
-        s = jnp.einsum(
-            "qd,kd->qk",
-            queries,
-            jax.lax.dynamic_index_in_dim(key_rows, group, keepdims=False),
-            precision=precision,
-            preferred_element_type=v.dtype,
-        )
-        start = offset * a + first  # the global id of the chunk's first row
-        if excluded is None:
-            keep = reductions.keep_rows(
-                mask, (start + jnp.arange(size))[:, None], jnp.arange(m_keys)[None, :], a, a
-            )
-        else:
-            s, keep = s.at[excluded[0], start + excluded[1]].set(-jnp.inf), np.True_
-        if shifted:
-            p = jnp.where(keep, jnp.exp(s - reduction.bound), 0.0)
-            return p, reduction.bound + jnp.log(reduction.over(jnp.sum, p, -1))
-        return s, reduction.dense(s, keep)
-
-    matrix, out = jax.lax.map(chunk, jnp.arange(g * count))
-    keep = _matrix_keep(mask, reduction, v.dtype, n, a, m_keys // a, offset)
-    return rows, matrix.reshape(g, r, m_keys), keep, out.reshape(reduction.out_shape((g, r)))
+    n, a = v.shape[1:3]
+    s = jnp.einsum(
+        "gqd,gkd->gqk", rows, key_rows, precision=precision, preferred_element_type=v.dtype
+    )
+    excluded = _excluded(mask, n, a) if reduction.name == "lse" else None
+    if excluded is None:
+        keep = _keep(mask, n, a, m_keys // a, a, offset)
+    else:  # the global ids of the rows start at offset · A
+        s, keep = s.at[:, excluded[0], offset * a + excluded[1]].set(-jnp.inf), np.True_
+    if reduction.fixed_shift(v.dtype):
+        p = jnp.where(keep, jnp.exp(s - reduction.bound), 0.0)
+        return rows, p, np.True_, reduction.bound + jnp.log(reduction.over(jnp.sum, p, -1))
+    return rows, s, keep, reduction.dense(s, keep)
 
 
 def _matrix_keep(mask, reduction, dtype, n, a, m, offset=0):
-    """The keep mask that goes with `_self_matrix`'s matrix of n against m instances: True where
-    the matrix carries the mask itself (P, 0 where masked, or S, -inf where masked), else the
-    (1, n·A, m·A) mask."""
+    """The keep mask that goes with `_self_matrix`'s matrix of n against m instances, recomputed:
+    True where the matrix carries the mask itself (P, 0 where masked, or S, -inf where masked),
+    else the (1, n·A, m·A) mask."""
     if reduction.fixed_shift(dtype) or (reduction.name == "lse" and mask in FEW_EXCLUDED):
         return np.True_
     return _keep(mask, n, a, m, a, offset)[None]
@@ -264,9 +234,9 @@ def gather_self(
     ``W_ba = ∂out_b/∂S_ba · g_b`` can be formed locally from ``S_ab`` once every device has every
     row's ``out`` and ``g`` (two all-gathers of vectors): ``dv_a = Σ_b (W_ab + W_ba) v_b`` is then
     one matmul against the gathered keys, with no cotangent to scatter back. The matrix is built
-    as dense's (`_self_matrix`: in chunks of rows, and ``P = exp(S - bound)`` with a fixed
-    shift, so that the backward pass computes no exponential) and kept from the forward pass
-    (the memory this backend already takes).
+    as dense's (`_self_matrix`: ``P = exp(S - bound)`` with a fixed shift, so that the backward
+    pass computes no exponential) and kept from the forward pass (the memory this backend
+    already takes).
     """
     v = jnp.asarray(v)
     reductions.check_key_views(reduction, v.shape[2])
