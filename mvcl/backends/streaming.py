@@ -22,7 +22,8 @@ Backward (``jax.custom_vjp``): given ``g = ∂L/∂out``, each tile is recompute
   the backward.
 
 Memory per device: O((rows + keys)·D + tile²·G); never the full similarity matrix of more than
-`UNROLL_TILES` tiles' rows (up to which the single-device loops are unrolled).
+`UNROLL_TILES` tiles' rows (up to which the single-device loops, and on the ring the loop over a
+key block's tiles, are unrolled).
 Named ``blockwise`` (one device, ``axis_name=None``) and ``ring`` (``axis_name`` given): the same
 kernel, a ring of one device being the single-device case. The maths is in docs/losses.md,
 "Backends".
@@ -64,19 +65,31 @@ unrolling in git history) MV-DHEL at N = 1024, V = 8 (three tiles of 344 rows pe
 15 ms instead of 23, with 48 MiB of temporaries instead of 20, and MV-InfoNCE at N = 1024, V = 2
 (four tiles) 1.27x its floor instead of 1.60x. With every loop unrolled whatever the count,
 MV-InfoNCE at N = 2048, V = 4 (16 tiles) kept the whole matrix (261 MiB instead of 18) for no
-gain in time (one-off run): hence the bound. The ring's loops stay rolled: unrolled, MV-DHEL at
-N = 2048, V = 4 on 2 simulated devices took the same time with 53 MiB instead of 15 (one-off
-run)."""
+gain in time (one-off run): hence the bound.
+
+On the ring only the loop over a key block's tiles is unrolled (`_unroll`), the loop over the
+query tiles stays rolled: on 2 simulated devices at N = 2048, V = 4 that took MV-DHEL (two key
+tiles per group) 37.4 ms instead of 39.1, with 23 MiB of temporaries instead of 19. MV-InfoNCE
+there has eight key tiles: unrolled by a factor of 4 they took the same time (18 MiB instead
+of 14), unrolled whole 7 % less time with 24 MiB, a memory that grows with the block, hence
+the bound. With both loops unrolled (and 384-row tiles) MV-DHEL at N = 2048 took the same time
+with 53 MiB instead of 15 (one-off timings in one process)."""
+
+
+def _unroll(tiling) -> bool:
+    """Whether a loop over ``tiling``'s tiles is unrolled: up to `UNROLL_TILES` tiles."""
+    return tiling.count <= UNROLL_TILES
 
 
 RING_TILE = 512
 """Rows per tile by default on the ring (an ``axis_name`` given), whatever the number of groups.
-The ring's loops stay rolled (`UNROLL_TILES`), and each trip costs its dynamic slices and carry
-updates, so fewer, larger tiles pay: MV-DHEL (V = 4 groups) on 2 simulated devices took 40.7 ms
-with 512-row tiles against 47.3 ms with `MIN_TILE`'s 384 at N = 2048 (19 MiB of temporaries
-instead of 15) and 153 against 164 ms at N = 4096 (28 MiB instead of 27); MV-InfoNCE (one group)
-tiles at 512 either way (one-off timings in one process, 2-core CPU). On one device 512 rows were
-no faster than 384 (within ±5 % for MV-DHEL, PWE and AVG at V = 4 and 8)."""
+The ring's loop over its query tiles stays rolled (`UNROLL_TILES`), and each trip costs its
+dynamic slices and carry updates, so fewer, larger tiles pay: MV-DHEL (V = 4 groups) on 2
+simulated devices took 40.7 ms with 512-row tiles against 47.3 ms with `MIN_TILE`'s 384 at
+N = 2048 (19 MiB of temporaries instead of 15) and 153 against 164 ms at N = 4096 (28 MiB instead
+of 27); MV-InfoNCE (one group) tiles at 512 either way (one-off timings in one process, 2-core
+CPU). On one device 512 rows were no faster than 384 (within ±5 % for MV-DHEL, PWE and AVG at
+V = 4 and 8)."""
 
 
 def default_tile(groups: int, ring: bool = False) -> int:
@@ -218,7 +231,7 @@ def _forward(q, k, mask, reduction, axis_name, tile, precision):
                 s = jnp.einsum("gqd,gkd->gqk", q_tile, k_tiles[ki], precision=precision)
                 return reduction.update(c, s, _keep(mask, qt, qi, q_off, kt, ki, k_off))
 
-            return jax.lax.fori_loop(0, kt.count, per_key_tile, c)
+            return jax.lax.fori_loop(0, kt.count, per_key_tile, c, unroll=_unroll(kt))
 
         return jax.lax.map(per_query_tile, (jnp.arange(qt.count), q_tiles, carry)), None
 
@@ -322,7 +335,7 @@ def _ring_backward_self(v, out, g, mask, reduction, axis_name, tile, precision):
                 a = reduction.pair_weights(s, keep, o, g_, k_out[ki], k_g[ki])
                 return acc + jnp.einsum("gqk,gkd->gqd", a, k_tile, precision=precision)
 
-            return jax.lax.fori_loop(0, t.count, per_key_tile, acc)
+            return jax.lax.fori_loop(0, t.count, per_key_tile, acc, unroll=_unroll(t))
 
         xs = (jnp.arange(t.count), v_tiles, out_tiles, g_tiles, acc_tiles)
         return jax.lax.map(per_query_tile, xs), None
@@ -347,7 +360,7 @@ def _half_forward(v, mask, reduction, tile, precision):
     t = _Tiling(v, tile, reduction.key_views is not None)
     v_tiles = t.split(v)
     carry = reduction.init((t.count, t.g, t.size), v.dtype)
-    unroll = t.count <= UNROLL_TILES  # straight-line code for a few tiles
+    unroll = _unroll(t)  # straight-line code for a few tiles
 
     def at(c, index):
         return tuple(x[index] for x in c)
@@ -376,7 +389,7 @@ def _half_forward(v, mask, reduction, tile, precision):
 def _half_backward(v, out, g, mask, reduction, tile, precision):
     t = _Tiling(v, tile, reduction.key_views is not None)
     v_tiles, out_tiles, g_tiles = t.split(v), t.split(out), t.split(g)
-    unroll = t.count <= UNROLL_TILES
+    unroll = _unroll(t)
 
     def diagonal(i, acc):
         # S_II and its mask are symmetric: W + Wᵀ from rows and columns alike, with no transpose
