@@ -864,14 +864,17 @@ def test_per_key_view_needs_its_number_of_views(backend):
 
 
 def test_pwe_of_a_backend_function_equals_the_builtin_backends(x64):
-    """A backend function of the plain signature gets PWE's V(V−1)/2 two-view problems as groups;
-    the built-in backends read the pairs' energies per key view. Same loss and gradient."""
+    """A backend function of the plain signature is asked for PWE's energies one key view at a
+    time (`self_rows`); the built-in backends reduce per key view at once. Same loss and
+    gradient, and the function never sees a per-key-view reduction."""
     z = jnp.asarray(_z((6, 4, 5), seed=5))
+    calls = []
 
-    def plain_dense(q, k, **kwargs):  # not a BuiltinBackend: no per-key-view reduction
-        return backends.get("dense")(q, k, **kwargs)
+    def plain_dense(q, k, *, reduction, **kwargs):  # not a BuiltinBackend
+        assert reduction.key_views is None
+        calls.append(k.shape)
+        return backends.get("dense")(q, k, reduction=reduction, **kwargs)
 
-    assert not losses._common.has_per_key_view(plain_dense)
     for tau in (0.05, 0.5):
         want, want_grad = jax.value_and_grad(lambda z: losses.pwe(z, temperature=tau))(z)
         got, got_grad = jax.value_and_grad(
@@ -880,3 +883,13 @@ def test_pwe_of_a_backend_function_equals_the_builtin_backends(x64):
         np.testing.assert_allclose(got, want, rtol=1e-12)
         np.testing.assert_allclose(got_grad, want_grad, rtol=1e-10, atol=1e-13)
         np.testing.assert_allclose(want, oracle.pwe(np.asarray(z), tau), rtol=1e-12)
+    assert calls and set(calls) == {(1, 6, 1, 5)}  # one key view of 6 instances per call
+
+
+@pytest.mark.parametrize("mask", ["self", "view", "instance_and_view"])
+def test_a_backend_function_per_key_view_refuses_a_mask_that_sees_the_key_view(mask):
+    reduction = backends.reductions.per_key_view(backends.LSE, 3)
+    with pytest.raises(ValueError, match=f"mask '{mask}' does not allow.*use a built-in backend"):
+        backends.self_rows(
+            backends.get("dense").rows, jnp.ones((1, 4, 3, 5)), mask=mask, reduction=reduction
+        )

@@ -9,7 +9,9 @@ A backend is a function ``backend(q, k, *, mask, reduction, axis_name, precision
 * ``precision``: the ``jax.lax.Precision`` of every matmul, forward and backward
   (:mod:`mvcl.backends.precision`; ``None`` leaves the platform default);
 * ``out``: (G, n, A), the reduction of each local query row over the global keys of its group;
-  (G, n, A, B) for a reduction built with :func:`per_key_view`, once over each key view's keys.
+  (G, n, A, B) for a reduction built with :func:`per_key_view`, once over each key view's keys
+  (the built-in backends do; :func:`self_rows` asks a backend function of your own for one key
+  view at a time instead).
 
 The losses in :mod:`mvcl.losses` are written against this signature only; adding a backend here
 gives it to every loss. The exact maths of every reduction and backend is in docs/losses.md.
@@ -32,6 +34,7 @@ import functools
 from typing import Any, Callable, Literal
 
 import jax
+import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from mvcl._deprecation import warn_moved
@@ -45,6 +48,7 @@ from mvcl.backends.reductions import (
     AxisName,
     Mask,
     Reduction,
+    check_key_views,
     keep,
     per_key_view,
     sum_of,
@@ -122,13 +126,51 @@ def self_rows(
     axis_name: AxisName | None = None,
     precision: PrecisionLike = None,
 ) -> jax.Array:
-    """The reduction of every row of ``v`` (G, n, A, D) over the global rows of ``v``: (G, n, A).
+    """The reduction of every row of ``v`` (G, n, A, D) over the global rows of ``v``: (G, n, A),
+    or (G, n, A, A) per key view.
 
-    Uses the backend's symmetric path when it has one, else calls it with ``q = k = v``.
+    Uses the backend's symmetric path when it has one, else calls it with ``q = k = v``; a
+    per-key-view reduction (`per_key_view`) then becomes one call per key view m, against the
+    keys of view m alone (``k = v[:, :, m:m+1]``, B = 1): the same work as one call over all
+    keys, but only for a mask that does not look at the key's view (``none``, ``instance``).
     """
     fn = get(backend)
-    symmetric = getattr(fn, "self_rows", None) or functools.partial(fn, v)
-    return symmetric(v, mask=mask, reduction=reduction, axis_name=axis_name, precision=precision)
+    symmetric = getattr(fn, "self_rows", None)
+    if symmetric is not None:
+        return symmetric(
+            v, mask=mask, reduction=reduction, axis_name=axis_name, precision=precision
+        )
+    if reduction.key_views is None:
+        return fn(v, v, mask=mask, reduction=reduction, axis_name=axis_name, precision=precision)
+    return _one_key_view_at_a_time(fn, v, mask, reduction, axis_name, precision)
+
+
+VIEW_BLIND_MASKS: tuple[Mask, ...] = ("none", "instance")
+"""Masks whose keep does not depend on the key's view: a key view's keys alone can stand for it."""
+
+
+def _one_key_view_at_a_time(fn, v, mask, reduction, axis_name, precision):
+    v = jnp.asarray(v)
+    check_key_views(reduction, v.shape[2])
+    if mask not in VIEW_BLIND_MASKS:
+        raise ValueError(
+            f"a backend function of your own reduces per key view one key view at a time, which "
+            f"mask {mask!r} does not allow (only {VIEW_BLIND_MASKS}): use a built-in backend, "
+            "or give your backend a self_rows that reduces per key view (BuiltinBackend)"
+        )
+    plain = dataclasses.replace(reduction, key_views=None)
+    outs = [
+        fn(
+            v,
+            v[:, :, m : m + 1],
+            mask=mask,
+            reduction=plain,
+            axis_name=axis_name,
+            precision=precision,
+        )
+        for m in range(v.shape[2])
+    ]
+    return jnp.stack(outs, axis=-1)
 
 
 __all__ = [
@@ -143,6 +185,7 @@ __all__ = [
     "Mask",
     "PrecisionLike",
     "Reduction",
+    "VIEW_BLIND_MASKS",
     "get",
     "keep",
     "per_key_view",

@@ -94,8 +94,8 @@ def energy(
     The backend sees ``v = u / sqrt(τ)`` as both queries and keys (``v_a · v_b = s(u_a, u_b)``),
     so a symmetric backend path (:func:`mvcl.backends.self_rows`) applies. With ``per_key_view``
     each row is reduced over each view's keys separately: (G, n, A, A), ``[..., a, b]`` the row
-    of view a over the keys of view b (only the built-in backends do this, see
-    :func:`has_per_key_view`).
+    of view a over the keys of view b (a backend function of your own is asked for one key view
+    at a time, which ``mask="instance"`` allows: :func:`mvcl.backends.self_rows`).
     """
     v = u / jnp.sqrt(temperature)
     if reduction == backends.LSE and isinstance(temperature, numbers.Real):
@@ -122,12 +122,6 @@ def other_instance_energy(
         precision=precision,
         per_key_view=per_key_view,
     )[0]
-
-
-def has_per_key_view(backend) -> bool:
-    """Whether ``backend`` reduces per key view (`energy`'s ``per_key_view``): the built-in
-    ones do; a backend function written against the plain signature may not."""
-    return isinstance(backends.get(backend), backends.BuiltinBackend)
 
 
 @jax.custom_jvp

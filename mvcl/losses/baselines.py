@@ -65,7 +65,7 @@ def pwe(
     u, precision = c.prepare(z, loss="pwe", axis_name=axis_name, precision=precision)
     v = u.shape[1]
     a, b = np.triu_indices(v, k=1)
-    if pair_loss == "infonce" and c.has_per_key_view(backend):
+    if pair_loss == "infonce":
         # Row (i, a) of pair {a, b} contrasts with the keys (j, a) and (j, b), j ≠ i: its
         # negatives' LSE is logaddexp(E[i, a, a], E[i, a, b]), E the energies per key view.
         # The mean over pairs a < b of the two rows' terms is the mean over ordered a ≠ b.
@@ -81,25 +81,20 @@ def pwe(
         negatives = jnp.logaddexp(own[:, :, None], energies)
         s = c.view_similarities(u, temperature, precision)
         return c.mean_over_ordered_pairs(jax.nn.softplus(negatives - s), axis_name)
-    if pair_loss == "dhel":
-        # A pair's DHEL energies are its two views' own (LSE_{j≠i} s(u_il, u_jl)), shared by the
-        # V − 1 pairs of each view: computed once per view (V energies, not V(V − 1)). The mean
-        # over pairs of E_a + E_b − s(u_a, u_b) is then (2/V)·Σ_l E_l − mean_{a<b} s(u_a, u_b).
-        energies = c.energy(
-            jnp.swapaxes(u, 0, 1)[:, :, None],
-            temperature,
-            mask="instance",
-            axis_name=axis_name,
-            backend=backend,
-            precision=precision,
-        )[..., 0]  # (V, n)
-        s = c.view_similarities(u, temperature, precision)  # (n, V, V)
-        terms = 2.0 / v * jnp.sum(energies, axis=0) - jnp.mean(s[:, a, b], axis=-1)
-        return c.mean_over_instances(terms, axis_name)
-    pairs = jnp.stack([u[:, a], u[:, b]], axis=2).swapaxes(0, 1)  # (pairs, n, 2, D)
-    return _mean_pair_loss(
-        pairs, temperature, pair_loss, axis_name=axis_name, backend=backend, precision=precision
-    )
+    # "dhel": a pair's DHEL energies are its two views' own (LSE_{j≠i} s(u_il, u_jl)), shared by
+    # the V − 1 pairs of each view: computed once per view (V energies, not V(V − 1)). The mean
+    # over pairs of E_a + E_b − s(u_a, u_b) is then (2/V)·Σ_l E_l − mean_{a<b} s(u_a, u_b).
+    energies = c.energy(
+        jnp.swapaxes(u, 0, 1)[:, :, None],
+        temperature,
+        mask="instance",
+        axis_name=axis_name,
+        backend=backend,
+        precision=precision,
+    )[..., 0]  # (V, n)
+    s = c.view_similarities(u, temperature, precision)  # (n, V, V)
+    terms = 2.0 / v * jnp.sum(energies, axis=0) - jnp.mean(s[:, a, b], axis=-1)
+    return c.mean_over_instances(terms, axis_name)
 
 
 def avg(
