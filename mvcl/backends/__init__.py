@@ -129,9 +129,10 @@ def self_rows(
     """The reduction of every row of ``v`` (G, n, A, D) over the global rows of ``v``: (G, n, A),
     or (G, n, A, A) per key view.
 
-    Uses the backend's symmetric path when it has one, else calls it with ``q = k = v``; a
-    per-key-view reduction (`per_key_view`) then becomes one call per key view m, against the
-    keys of view m alone (``k = v[:, :, m:m+1]``, B = 1): the same work as one call over all
+    Uses the backend's symmetric path when it has one, else calls it with ``q = k = v``. For a
+    backend function of your own (not a :class:`BuiltinBackend`, whose ``rows`` reduce per key
+    view), a per-key-view reduction (`per_key_view`) becomes one call per key view m, against
+    the keys of view m alone (``k = v[:, :, m:m+1]``, B = 1): the same work as one call over all
     keys, but only for a mask that does not look at the key's view (``none``, ``instance``).
     """
     fn = get(backend)
@@ -140,7 +141,7 @@ def self_rows(
         return symmetric(
             v, mask=mask, reduction=reduction, axis_name=axis_name, precision=precision
         )
-    if reduction.key_views is None:
+    if reduction.key_views is None or isinstance(fn, BuiltinBackend):  # its rows reduce per view
         return fn(v, v, mask=mask, reduction=reduction, axis_name=axis_name, precision=precision)
     return _one_key_view_at_a_time(fn, v, mask, reduction, axis_name, precision)
 
