@@ -64,7 +64,6 @@ def pwe(
     c.check_temperature(temperature)
     u, precision = c.prepare(z, loss="pwe", axis_name=axis_name, precision=precision)
     v = u.shape[1]
-    a, b = np.triu_indices(v, k=1)
     if pair_loss == "infonce":
         # Row (i, a) of pair {a, b} contrasts with the keys (j, a) and (j, b), j ≠ i: its
         # negatives' LSE is logaddexp(E[i, a, a], E[i, a, b]), E the energies per key view.
@@ -93,6 +92,7 @@ def pwe(
         precision=precision,
     )[..., 0]  # (V, n)
     s = c.view_similarities(u, temperature, precision)  # (n, V, V)
+    a, b = np.triu_indices(v, k=1)
     terms = 2.0 / v * jnp.sum(energies, axis=0) - jnp.mean(s[:, a, b], axis=-1)
     return c.mean_over_instances(terms, axis_name)
 
