@@ -317,8 +317,9 @@ def markdown(
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
-        "Accuracies are on the test split, of the backbone features (linear probe: L-BFGS logistic "
-        "regression; kNN: weighted, cosine); geometry of V augmented views of test images "
+        "Accuracies are on the test split, of the backbone features (linear probe: logistic "
+        "regression on the standardised features, fitted by minibatch Adam; kNN: weighted, "
+        "cosine; both in `mvcl.train.evaluate`); geometry of V augmented views of test images "
         "(alignment and uniformity of the projections).",
     ]
     pixels = [r for r in means if "pixels/linear_probe" in r]
