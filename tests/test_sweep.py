@@ -487,3 +487,21 @@ def test_paper_sweep_of_an_unknown_dataset_names_the_known_ones():
         grid.load_config_file("sweeps/paper", "dataset=mnist")
     with pytest.raises(ValueError, match="unknown config argument 'dataset'"):
         grid.load_config_file("sweeps/cifar10", "dataset=cifar100")
+
+
+def test_comparisons_judge_the_projections_too_by_default():
+    # The same probes on the projections, with PWE's at V = 4 raised above MV-DHEL's.
+    table = [
+        dict(
+            r, **{"projector/linear_probe": r["backbone/linear_probe"] + (r["loss"] == "pwe") * 0.2}
+        )
+        for r in comparison_table()
+    ]
+    found = report.comparisons(report.seed_means(table))
+    verdicts = {(c["views"], c["loss"], c["metric"]): c["verdict"] for c in found}
+    assert verdicts[(4, "pwe", "backbone/linear_probe")] == "MV-DHEL ahead"
+    assert verdicts[(4, "pwe", "projector/linear_probe")] == "MV-DHEL behind"  # 0.81 vs 0.91
+    assert {c["metric"] for c in found} == {"backbone/linear_probe", "projector/linear_probe"}
+    text = report.markdown(table, title="t")
+    row = "| 256 | 4 | projector/linear_probe | 81.00 ± 1.00 | pwe | 91.00 ± 1.00 | -10.00 "
+    assert row in text

@@ -161,11 +161,20 @@ def claims(
 RESOLVED = ("MV-DHEL ahead", "MV-DHEL behind")
 """The verdicts of `comparisons` that say the seeds resolve the difference."""
 
+COMPARED = (
+    "backbone/linear_probe",
+    "backbone/knn",
+    "projector/linear_probe",
+    "projector/knn",
+)
+"""The accuracies `comparisons` judges by default: those of the backbone features (the usual
+linear evaluation) and of the projections, which the losses act on directly."""
+
 
 def comparisons(
     means: Sequence[Mapping[str, Any]],
     *,
-    metrics: Sequence[str] = ("backbone/linear_probe", "backbone/knn"),
+    metrics: Sequence[str] = COMPARED,
     min_views: int = 4,
 ) -> list[dict[str, Any]]:
     """MV-DHEL against every other loss of the same cell (batch size and V >= ``min_views``), on
