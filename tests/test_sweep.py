@@ -505,3 +505,20 @@ def test_comparisons_judge_the_projections_too_by_default():
     text = report.markdown(table, title="t")
     row = "| 256 | 4 | projector/linear_probe | 81.00 ± 1.00 | pwe | 91.00 ± 1.00 | -10.00 "
     assert row in text
+
+
+def test_view_comparisons_judge_each_loss_against_fewer_views():
+    table = comparison_table()
+    found = report.view_comparisons(report.seed_means(table), metrics=("backbone/linear_probe",))
+    verdicts = {(c["loss"], c["views"]): c["verdict"] for c in found}
+    assert verdicts == {
+        ("mv_dhel", (2, 4)): "more views ahead",  # 0.5 ± 0 -> 0.81 ± 0.01
+        ("mv_dhel", (4, 8)): "tie",  # the same probes
+        ("pwe", (2, 4)): "more views behind",  # 0.9 ± 0 -> 0.71 ± 0.01
+        ("pwe", (4, 8)): "more views ahead",  # 0.71 ± 0.01 -> 0.815 ± 0.015
+    }  # MV-InfoNCE has one V and AVG one V: nothing to compare
+    pwe = next(c for c in found if c["views"] == (4, 8) and c["loss"] == "pwe")
+    assert pwe["delta"] == pytest.approx(0.105) and pwe["more_std"] == pytest.approx(0.015)
+    text = report.markdown(table, title="t")
+    row = "| 256 | pwe | backbone/linear_probe | 2 → 4 | 90.00 ± 0.00 | 71.00 ± 1.00 | -19.00 "
+    assert row in text

@@ -167,8 +167,21 @@ COMPARED = (
     "projector/linear_probe",
     "projector/knn",
 )
-"""The accuracies `comparisons` judges by default: those of the backbone features (the usual
-linear evaluation) and of the projections, which the losses act on directly."""
+"""The accuracies `comparisons` and `view_comparisons` judge by default: those of the backbone
+features (the usual linear evaluation) and of the projections, which the losses act on
+directly."""
+
+
+def _judge(a: Mapping[str, Any], b: Mapping[str, Any], metric: str, labels: tuple[str, str]) -> str:
+    """``labels[0]`` if ``a``'s ``metric`` is above ``b``'s beyond both ±1-standard-deviation
+    intervals, ``labels[1]`` if below, "tie" if the intervals overlap, "one seed" if either side
+    has a single seed (no spread to judge by)."""
+    if min(a["seeds"], b["seeds"]) < 2:
+        return "one seed"
+    delta = a[metric] - b[metric]
+    if abs(delta) > a.get(f"{metric}_std", 0.0) + b.get(f"{metric}_std", 0.0):
+        return labels[0] if delta > 0 else labels[1]
+    return "tie"
 
 
 def comparisons(
@@ -195,13 +208,7 @@ def comparisons(
             if metric not in dhel or metric not in rival:
                 continue
             delta = dhel[metric] - rival[metric]
-            spread = dhel.get(f"{metric}_std", 0.0) + rival.get(f"{metric}_std", 0.0)
-            if min(dhel["seeds"], rival["seeds"]) < 2:
-                verdict = "one seed"
-            elif abs(delta) > spread:
-                verdict = RESOLVED[0] if delta > 0 else RESOLVED[1]
-            else:
-                verdict = "tie"
+            verdict = _judge(dhel, rival, metric, RESOLVED)
             out.append(
                 {
                     "batch_size": batch_size,
@@ -218,6 +225,68 @@ def comparisons(
                 }
             )
     return sorted(out, key=lambda c: (c["batch_size"], c["views"], c["metric"], c["loss"]))
+
+
+MORE_VIEWS = ("more views ahead", "more views behind")
+"""The verdicts of `view_comparisons` that say the seeds resolve the difference."""
+
+
+def view_comparisons(
+    means: Sequence[Mapping[str, Any]], *, metrics: Sequence[str] = COMPARED
+) -> list[dict[str, Any]]:
+    """Each loss at each V against itself at the next smaller V of the grid (same batch size),
+    on a `seed_means` table: does adding views help? One dict per (batch size, loss, metric,
+    pair of view counts) with both means and standard deviations, ``delta`` (more views minus
+    fewer) and a ``verdict`` by the rule of `comparisons` (``MORE_VIEWS``, "tie", "one seed")."""
+    out = []
+    by_loss: dict[tuple, list[Mapping[str, Any]]] = {}
+    for row in sorted(means, key=lambda r: r["views"]):
+        by_loss.setdefault((row["batch_size"], row["loss"]), []).append(row)
+    for (batch_size, loss), cells in by_loss.items():
+        for fewer, more in zip(cells, cells[1:]):
+            for metric in metrics:
+                if metric not in fewer or metric not in more:
+                    continue
+                out.append(
+                    {
+                        "batch_size": batch_size,
+                        "loss": loss,
+                        "metric": metric,
+                        "views": (fewer["views"], more["views"]),
+                        "fewer": fewer[metric],
+                        "fewer_std": fewer.get(f"{metric}_std", 0.0),
+                        "more": more[metric],
+                        "more_std": more.get(f"{metric}_std", 0.0),
+                        "seeds": min(fewer["seeds"], more["seeds"]),
+                        "delta": more[metric] - fewer[metric],
+                        "verdict": _judge(more, fewer, metric, MORE_VIEWS),
+                    }
+                )
+    return sorted(out, key=lambda c: (c["batch_size"], c["loss"], c["metric"], c["views"]))
+
+
+def view_comparison_lines(means: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Markdown lines: the `view_comparisons` table, or nothing if there is none."""
+    found = view_comparisons(means)
+    if not found:
+        return []
+    lines = [
+        "## Each loss with more views",
+        "",
+        "Each V against the next smaller V of the same loss, by the same rule.",
+        "",
+        "| batch | loss | metric | V | fewer views % | more views % | Δ (points) | verdict |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for c in found:
+        lines.append(
+            f"| {c['batch_size']} | {c['loss']} | {c['metric']} "
+            f"| {c['views'][0]} → {c['views'][1]} "
+            f"| {_spread(100 * c['fewer'], 100 * c['fewer_std'], c['seeds'], 2)} "
+            f"| {_spread(100 * c['more'], 100 * c['more_std'], c['seeds'], 2)} "
+            f"| {100 * c['delta']:+.2f} | {c['verdict']} |"
+        )
+    return lines
 
 
 def comparison_lines(means: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -295,7 +364,8 @@ def markdown(
     """The sweep's report: accuracies and geometry per cell (seed means ± sample standard
     deviations), the raw-pixel baseline, the published targets next to the measured values (if
     ``targets``), every seed's accuracies (`seed_lines`, with several seeds), MV-DHEL against
-    the other losses (`comparisons`), and `claims` on the projections (the embeddings the loss
+    the other losses (`comparisons`), each loss with more views (`view_comparisons`), and
+    `claims` on the projections (the embeddings the loss
     sees) and on the backbone features.
 
     ``targets`` (a sweep config's ``targets``) has ``views`` and, per entry besides it, one
@@ -344,9 +414,9 @@ def markdown(
         lines += ["", *target_table(means, targets)]
     if any(row["seeds"] > 1 for row in means):
         lines += ["", *seed_lines(table)]
-    compared = comparison_lines(means)
-    if compared:
-        lines += ["", *compared]
+    for compared in (comparison_lines(means), view_comparison_lines(means)):
+        if compared:
+            lines += ["", *compared]
     checks = claims(means, features="projector") + claims(means, features="backbone")
     if checks:
         lines += ["", "## The paper's geometric headline at this scale", ""]
