@@ -265,52 +265,48 @@ def view_comparisons(
     return sorted(out, key=lambda c: (c["batch_size"], c["loss"], c["metric"], c["views"]))
 
 
+def _verdict_table(title: str, intro: str, columns_: Sequence[str], rows_: list[str]) -> list[str]:
+    """Markdown lines of a verdict section: heading, one sentence, a table; nothing if no rows."""
+    if not rows_:
+        return []
+    header = "| " + " | ".join(columns_) + " |"
+    return [f"## {title}", "", intro, "", header, "|" + "---|" * len(columns_), *rows_]
+
+
 def view_comparison_lines(means: Sequence[Mapping[str, Any]]) -> list[str]:
     """Markdown lines: the `view_comparisons` table, or nothing if there is none."""
-    found = view_comparisons(means)
-    if not found:
-        return []
-    lines = [
-        "## Each loss with more views",
-        "",
-        "Each V against the next smaller V of the same loss, by the same rule.",
-        "",
-        "| batch | loss | metric | V | fewer views % | more views % | Δ (points) | verdict |",
-        "|---|---|---|---|---|---|---|---|",
+    rows_ = [
+        f"| {c['batch_size']} | {c['loss']} | {c['metric']} "
+        f"| {c['views'][0]} → {c['views'][1]} "
+        f"| {_spread(100 * c['fewer'], 100 * c['fewer_std'], c['seeds'], 2)} "
+        f"| {_spread(100 * c['more'], 100 * c['more_std'], c['seeds'], 2)} "
+        f"| {100 * c['delta']:+.2f} | {c['verdict']} |"
+        for c in view_comparisons(means)
     ]
-    for c in found:
-        lines.append(
-            f"| {c['batch_size']} | {c['loss']} | {c['metric']} "
-            f"| {c['views'][0]} → {c['views'][1]} "
-            f"| {_spread(100 * c['fewer'], 100 * c['fewer_std'], c['seeds'], 2)} "
-            f"| {_spread(100 * c['more'], 100 * c['more_std'], c['seeds'], 2)} "
-            f"| {100 * c['delta']:+.2f} | {c['verdict']} |"
-        )
-    return lines
+    return _verdict_table(
+        "Each loss with more views",
+        "Each V against the next smaller V of the same loss, by the same rule.",
+        ("batch", "loss", "metric", "V", "fewer views %", "more views %", "Δ (points)", "verdict"),
+        rows_,
+    )
 
 
 def comparison_lines(means: Sequence[Mapping[str, Any]]) -> list[str]:
     """Markdown lines: the `comparisons` table, or nothing if there is none."""
-    found = comparisons(means)
-    if not found:
-        return []
-    lines = [
-        "## MV-DHEL against the other losses (V >= 4)",
-        "",
+    rows_ = [
+        f"| {c['batch_size']} | {c['views']} | {c['metric']} "
+        f"| {_spread(100 * c['mv_dhel'], 100 * c['mv_dhel_std'], c['seeds'], 2)} | {c['loss']} "
+        f"| {_spread(100 * c['other'], 100 * c['other_std'], c['seeds'], 2)} "
+        f"| {100 * c['delta']:+.2f} | {c['verdict']} |"
+        for c in comparisons(means)
+    ]
+    return _verdict_table(
+        "MV-DHEL against the other losses (V >= 4)",
         "Mean ± sample standard deviation over the seeds; a difference counts as resolved when "
         "the two ±1-standard-deviation intervals do not overlap, and as a tie when they do.",
-        "",
-        "| batch | V | metric | MV-DHEL % | other loss | other % | Δ (points) | verdict |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for c in found:
-        lines.append(
-            f"| {c['batch_size']} | {c['views']} | {c['metric']} "
-            f"| {_spread(100 * c['mv_dhel'], 100 * c['mv_dhel_std'], c['seeds'], 2)} | {c['loss']} "
-            f"| {_spread(100 * c['other'], 100 * c['other_std'], c['seeds'], 2)} "
-            f"| {100 * c['delta']:+.2f} | {c['verdict']} |"
-        )
-    return lines
+        ("batch", "V", "metric", "MV-DHEL %", "other loss", "other %", "Δ (points)", "verdict"),
+        rows_,
+    )
 
 
 def _spread(mean: float, std: float, seeds: int, digits: int) -> str:
