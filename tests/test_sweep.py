@@ -490,7 +490,7 @@ def test_paper_sweep_of_an_unknown_dataset_names_the_known_ones():
 
 
 def test_comparisons_judge_the_projections_too_by_default():
-    # The same probes on the projections, with PWE's at V = 4 raised above MV-DHEL's.
+    # The backbone probes again on the projections, every PWE probe raised by 0.2.
     table = [
         dict(
             r, **{"projector/linear_probe": r["backbone/linear_probe"] + (r["loss"] == "pwe") * 0.2}

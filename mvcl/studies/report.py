@@ -361,8 +361,7 @@ def markdown(
     deviations), the raw-pixel baseline, the published targets next to the measured values (if
     ``targets``), every seed's accuracies (`seed_lines`, with several seeds), MV-DHEL against
     the other losses (`comparisons`), each loss with more views (`view_comparisons`), and
-    `claims` on the projections (the embeddings the loss
-    sees) and on the backbone features.
+    `claims` on the projections (the embeddings the loss sees) and on the backbone features.
 
     ``targets`` (a sweep config's ``targets``) has ``views`` and, per entry besides it, one
     linear-probe accuracy (%) per view count, e.g. ``{"views": (2, 4), "mv_dhel": (87.4, 89.5),
