@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
@@ -147,6 +149,26 @@ def test_training_on_fashion_mnist_reads_config_source_dir(tmp_path):
     config.dataset.source_dir = str(tmp_path / "nowhere")
     with pytest.raises(ValueError, match="config.dataset.name.*nowhere.*dataset-fashion-mnist"):
         trainer.open_sources(config)
+
+
+def test_fashion_mnist_long_setting_has_two_views_and_wide_features_unless_told():
+    from mvcl.train.state import build_model
+
+    get_config = importlib.import_module("mvcl.configs.fashion_mnist").get_config
+    default, long, long4 = get_config(), get_config("long=True"), get_config("views=4,long=True")
+
+    def setting(config):
+        return config.num_views, config.num_epochs, config.model.kwargs.features
+
+    assert setting(default) == (4, 3, 512)
+    assert setting(long) == (2, 20, 2048) and long.name == "fashion_mnist_mv_dhel_v2_long"
+    assert setting(long4) == (4, 20, 2048)
+    images = jax.ShapeDtypeStruct((2, 28, 28, 1), jnp.float32)
+    for config, features in ((default, 512), (long, 2048)):
+        model = build_model(config)
+        variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), images)
+        h, z = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, images)
+        assert h.shape == (2, features) and z.shape == (2, config.model.proj_dim)
 
 
 # --- the importer -------------------------------------------------------------------------------

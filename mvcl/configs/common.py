@@ -80,6 +80,11 @@ def parse_arg(arg: str | None, **defaults: Any) -> config_dict.ConfigDict:
     return config_dict.ConfigDict(args)
 
 
+def given_args(arg: str | None) -> set[str]:
+    """The keys ``arg`` (``"k1=v1,k2=v2"``) sets: for defaults that depend on other arguments."""
+    return {item.partition("=")[0].strip() for item in filter(None, (arg or "").split(","))}
+
+
 def default_data_dir() -> str:
     """``$TFDS_DATA_DIR`` if set, else ``./data`` (relative to the working directory)."""
     return os.environ.get("TFDS_DATA_DIR", "./data")
