@@ -61,13 +61,18 @@ def _cast(key: str, value: str, default: Any) -> Any:
     return value
 
 
+def _items(arg: str | None) -> list[str]:
+    """The ``key=value`` items of ``"k1=v1,k2=v2"`` (None or "": none)."""
+    return [item for item in (arg or "").split(",") if item]
+
+
 def parse_arg(arg: str | None, **defaults: Any) -> config_dict.ConfigDict:
     """Parses ``"k1=v1,k2=v2"`` into a ConfigDict of ``defaults`` updated with typed values.
 
     Only the keys of ``defaults`` are allowed; each value is cast to the type of its default.
     """
     args = dict(defaults)
-    for item in filter(None, (arg or "").split(",")):
+    for item in _items(arg):
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep:
@@ -82,7 +87,7 @@ def parse_arg(arg: str | None, **defaults: Any) -> config_dict.ConfigDict:
 
 def given_args(arg: str | None) -> set[str]:
     """The keys ``arg`` (``"k1=v1,k2=v2"``) sets: for defaults that depend on other arguments."""
-    return {item.partition("=")[0].strip() for item in filter(None, (arg or "").split(","))}
+    return {item.partition("=")[0].strip() for item in _items(arg)}
 
 
 def default_data_dir() -> str:
