@@ -47,8 +47,9 @@ to 2.8 s, an epoch of 234 steps 9 to 11 minutes: the default (``num_epochs = 3``
 on that machine (2.7 s per step, evaluation included:
 ``experiments/results/fashion_mnist_default/result.json``). ``long=True`` (20 epochs, 4,680
 steps of V = 2 with 2048 features) ran its pilot's 702 steps at 1.1 s each, so about 1.5 hours
-with the evaluation. Time scales with V (V = 2 halves it, V = 8 doubles it) and with the load of
-the machine.
+with the evaluation; it took 1 h 46 min and reached 91.34 %
+(``experiments/results/fashion_mnist_long2048/result.json``). Time scales with V (V = 2
+halves it, V = 8 doubles it) and with the load of the machine.
 """
 
 from __future__ import annotations
