@@ -1,7 +1,7 @@
 """Fashion-MNIST (60,000 train / 10,000 test 28x28 grayscale images, 10 kinds of clothing).
 
     mvcl-pretrain --config=fashion_mnist              # ~30 min, CPU
-    mvcl-pretrain --config=fashion_mnist:long=True    # ~1.5 hours: V = 2, 2048 features
+    mvcl-pretrain --config=fashion_mnist:long=True    # < 2 hours: V = 2, 2048 features
     mvcl-pretrain --config=fashion_mnist:loss=pwe,views=8 \
         --config.dataset.source_dir=/path/to/fashion-mnist
 
