@@ -30,12 +30,13 @@ Why this backbone and these augmentations:
 * SGD (momentum 0.9) at lr 0.5, weight decay 1e-5, 5% warmup then cosine; τ = 0.5; 256 images
   per batch; mv_dhel with V = 4 views (``loss=``, ``views=`` as every config).
 * ``long=True``, for the best result: 20 epochs at V = 2 (``views=`` still overrides) with 2048
-  backbone features (``config.model.kwargs.features``; the default has 512). 3-epoch pilots at
-  V = 2, one change each (``experiments/results/fashion_mnist_pilots/``), found the wider last
-  layer worth 1.5 points of linear probe for 1.4 times the time, more than 17 more epochs had
-  given the 512 features at V = 4 (90.31 %, ``experiments/results/fashion_mnist_long/``);
-  temperature, weight decay and crop scale moved it by less than seed noise. The claims sweep
-  found V = 4 no better than V = 2 at a fixed number of epochs, so two views halve the time.
+  backbone features (``config.model.kwargs.features``; the default keeps ConvNet's 512).
+  3-epoch pilots at V = 2, one change each (``experiments/results/fashion_mnist_pilots/``),
+  found the wider last layer worth 1.5 points of linear probe for 1.4 times the time, more than
+  17 more epochs had given the 512 features at V = 4 (90.31 %,
+  ``experiments/results/fashion_mnist_long/``); temperature, weight decay and crop scale moved it
+  by less than seed noise. The claims sweep found V = 4 no better than V = 2 at a fixed number of
+  epochs, so two views halve the time.
 
 Budget. XLA counts 143 GFLOP for one training step at V = 4 (``experiments/bench_step.py
 --config=fashion_mnist --steps=0``), 1.37 times the 105 GFLOP of the digits CNN on
@@ -60,8 +61,7 @@ from mvcl.configs import common
 
 DEFAULT_EPOCHS = 3
 LONG_EPOCHS = 20
-FEATURES = 512  # the backbone's feature dimension: the last 1x1 layer's channels at width 1
-LONG_FEATURES = 2048
+LONG_FEATURES = 2048  # the backbone's last 1x1 layer at width 1 (ConvNet's default: 512)
 LONG_VIEWS = 2  # long=True without views=
 
 
@@ -87,9 +87,9 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.augment.multicrop.small_max_scale = 0.2
 
     config.model.name = "convnet"
-    config.model.kwargs = config_dict.ConfigDict(
-        {"width": 1.0, "features": LONG_FEATURES if args.long else FEATURES}
-    )
+    config.model.kwargs = config_dict.ConfigDict({"width": 1.0})
+    if args.long:  # only then: the default's saved configs stay as they were, and resume
+        config.model.kwargs.features = LONG_FEATURES
 
     config.loss.temperature = 0.5
     config.optim.name = "sgd"
