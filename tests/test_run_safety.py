@@ -293,8 +293,10 @@ def test_ctrl_c_saves_and_exits_130_and_a_second_one_exits_at_once(tmp_path):
     once = start([*run, f"--workdir={tmp_path / 'once'}"], worker=["int", "3"])
     twice = start([*run, f"--workdir={tmp_path / 'twice'}"], worker=["int2", "3"])
     out, err = finish(once, status=130)
-    assert "SIGINT: saved the checkpoint at step 3" in out and "Traceback" not in err
-    assert checkpoint_steps(tmp_path / "once") == [2, 3]
+    # The signal came as step 3 completed; the host runs at most 2 steps ahead (steps_ahead).
+    saved = int(out.split("SIGINT: saved the checkpoint at step ")[1].split()[0])
+    assert 3 <= saved <= 5 and "Traceback" not in err
+    assert checkpoint_steps(tmp_path / "once")[-1] == saved
     out, err = finish(twice, status=130)
     assert err.strip().splitlines()[-1] == (
         "pretrain.py: SIGINT again: exiting without saving (the checkpoints on disk are kept)."
@@ -366,7 +368,11 @@ def test_every_user_error_is_one_line_on_stderr(tmp_path):
     (tmp_path / "a_file").write_text("x")
     (tmp_path / "empty").mkdir()
     cases = {
-        "lr": ([*fake, "--config.optim.lr=-1"], PRETRAIN, "config.optim.lr: must be > 0, got -1"),
+        "lr": (
+            [*fake, "--config.optim.lr=-1"],
+            PRETRAIN,
+            "config.optim.lr: must be a number > 0, got -1.0",
+        ),
         "loss": (
             ["--config=digits:fake=True,loss=nope", f"--workdir={tmp_path}/r"],
             PRETRAIN,
@@ -428,7 +434,7 @@ def test_every_user_error_is_one_line_on_stderr(tmp_path):
     out, _ = finish(helped)
     assert "--allow_config_change" in out and "--[no]verbose" in out
     _, err = finish(verbose, status=1)
-    assert "Traceback" in err and "config.optim.lr: must be > 0" in err
+    assert "Traceback" in err and "config.optim.lr: must be a number > 0" in err
     assert not (tmp_path / "run").exists() and not (tmp_path / "cifar").exists()
 
 
@@ -452,20 +458,29 @@ def assert_same_run(workdir: Path, reference: Path) -> None:
         )
 
 
+def saved_step(out: str) -> int:
+    """The step of "... saved the checkpoint at step N" in a stopped run's output."""
+    return int(out.split("saved the checkpoint at step ")[1].split()[0])
+
+
 @pytest.mark.slow
 def test_a_run_resumes_from_8_devices_on_2_then_on_1(tmp_path):
     # The reference starts as the run does: on 1 device, a discrete event (a ReLU or crop edge
     # hit within rounding) makes step 8 differ by 7e-5 from every multi-device run.
     reference = start([*SHAPE_RUN, f"--workdir={tmp_path / 'reference'}"], devices=8)
     run = [*SHAPE_RUN, f"--workdir={tmp_path / 'run'}"]
-    finish(start(run, devices=8, worker=["term", "4"]))
+    out, _ = finish(start(run, devices=8, worker=["term", "4"]))
+    first = saved_step(out)  # the signal came as step 4 completed: the host's lead is 2 steps
+    assert 4 <= first <= 6
     out, _ = finish(start(run, devices=2, worker=["term", "8"]))
-    assert "Resumed from the checkpoint at step 4" in out and "on 2 device(s)" in out
+    assert f"Resumed from the checkpoint at step {first}" in out and "on 2 device(s)" in out
+    second = saved_step(out)
+    assert 8 <= second <= 10
     out, _ = finish(start(run, devices=1))
-    assert "Resumed from the checkpoint at step 8" in out
+    assert f"Resumed from the checkpoint at step {second}" in out
     finish(reference)
     shapes = [(h["step"], h["devices"]) for h in history(tmp_path / "run")]
-    assert shapes == [(0, 8), (4, 2), (8, 1)]
+    assert shapes == [(0, 8), (first, 2), (second, 1)]
     assert_same_run(tmp_path / "run", tmp_path / "reference")
 
 
@@ -473,20 +488,23 @@ def test_a_run_resumes_from_8_devices_on_2_then_on_1(tmp_path):
 def test_a_run_moves_between_1_and_2_processes_and_sigterm_to_one_stops_both(tmp_path):
     reference = start([*SHAPE_RUN, f"--workdir={tmp_path / 'reference'}"], devices=2)
     run = [*SHAPE_RUN, f"--workdir={tmp_path / 'run'}"]
-    finish(start(run, devices=2, worker=["term", "4"]))
+    out, _ = finish(start(run, devices=2, worker=["term", "4"]))
+    first = saved_step(out)
     two = [
         start(run, devices=1, worker=["term", "8"], env={**env, "MVCL_TEST_SIGNAL_PROCESS": "1"})
         for env in processes(2)
     ]
     (out0, _), (out1, _) = [finish(p) for p in two]  # both exit 0
-    assert "A signal to another process: saved the checkpoint at step 8" in out0
+    second = saved_step(out0)
+    assert 8 <= second <= 10
+    assert f"A signal to another process: saved the checkpoint at step {second}" in out0
     assert "on 2 device(s) in 2 process(es)" in out0
-    assert checkpoint_steps(tmp_path / "run") == [4, 8]
+    assert checkpoint_steps(tmp_path / "run") == [first, second]
     out, _ = finish(start(run, devices=2))
-    assert "Resumed from the checkpoint at step 8" in out
+    assert f"Resumed from the checkpoint at step {second}" in out
     finish(reference)
     shapes = [(h["step"], h["devices"], h["processes"]) for h in history(tmp_path / "run")]
-    assert shapes == [(0, 2, 1), (4, 2, 2), (8, 2, 1)]
+    assert shapes == [(0, 2, 1), (first, 2, 2), (second, 2, 1)]
     assert_same_run(tmp_path / "run", tmp_path / "reference")
 
 

@@ -11,7 +11,11 @@ step), or for ``term-eval`` the start of an evaluation. ACTION:
              runs and nothing is cleaned up, as in a crash or an out-of-memory kill;
   term, int  send this process SIGTERM / SIGINT once (as a scheduler or Ctrl-C would);
   int2       send SIGINT twice in a row (Ctrl-C pressed again);
-  term-eval  send SIGTERM when the evaluation starts (``mvcl.train.evaluate.evaluate``).
+  term-eval  send SIGTERM when the evaluation starts (``mvcl.train.evaluate.evaluate``);
+  pause      sleep ``MVCL_TEST_PAUSE`` seconds (default 20), then go on;
+  fill       wait until the checkpoint of step ``CHECKPOINT_STEP`` is complete, then fill the
+             file system of the workdir (a file ``filler`` beside it) but for
+             ``MVCL_TEST_FILL_LEAVE`` bytes (default 0), as a disk that runs full.
 
 With ``MVCL_TEST_SIGNAL_PROCESS=i`` set, only the process with ``MVCL_PROCESS_ID=i`` of a
 multi-process run acts; the others run undisturbed.
@@ -25,7 +29,7 @@ import time
 
 action, step = sys.argv[1], int(sys.argv[2])
 rest = sys.argv[3:]
-checkpoint_step = int(rest.pop(0)) if action == "kill" else None
+checkpoint_step = int(rest.pop(0)) if action in ("kill", "fill") else None
 assert rest[0] == "--", sys.argv
 script, script_args = rest[1], rest[2:]
 
@@ -37,15 +41,38 @@ target = os.environ.get("MVCL_TEST_SIGNAL_PROCESS")
 acts = target is None or target == os.environ.get("MVCL_PROCESS_ID", "0")
 
 
+def wait_for_checkpoint() -> str:
+    """Waits for the checkpoint of ``checkpoint_step``; returns the workdir."""
+    workdir = next(a.split("=", 1)[1] for a in script_args if a.startswith("--workdir="))
+    checkpoint = os.path.join(workdir, "checkpoints", str(checkpoint_step))
+    deadline = time.time() + 120
+    while not os.path.isdir(checkpoint):
+        assert time.time() < deadline, f"no checkpoint at {checkpoint}"
+        time.sleep(0.05)
+    return workdir
+
+
+def fill_disk(workdir: str) -> None:
+    path = os.path.join(os.path.dirname(os.path.abspath(workdir)), "filler")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        while True:
+            os.write(fd, b"\0" * 65536)
+    except OSError:
+        pass
+    os.close(fd)
+    leave = int(os.environ.get("MVCL_TEST_FILL_LEAVE", "0"))
+    os.truncate(path, max(0, os.path.getsize(path) - leave))
+
+
 def interrupt() -> None:
     if action == "kill":
-        workdir = next(a.split("=", 1)[1] for a in script_args if a.startswith("--workdir="))
-        checkpoint = os.path.join(workdir, "checkpoints", str(checkpoint_step))
-        deadline = time.time() + 120
-        while not os.path.isdir(checkpoint):
-            assert time.time() < deadline, f"no checkpoint at {checkpoint}"
-            time.sleep(0.05)
+        wait_for_checkpoint()
         os.kill(os.getpid(), signal.SIGKILL)
+    elif action == "pause":
+        time.sleep(float(os.environ.get("MVCL_TEST_PAUSE", "20")))
+    elif action == "fill":
+        fill_disk(wait_for_checkpoint())
     elif action in ("term", "term-eval"):
         os.kill(os.getpid(), signal.SIGTERM)
     elif action == "int":

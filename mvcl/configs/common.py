@@ -177,6 +177,12 @@ def base_config() -> config_dict.ConfigDict:
     # encoder holds one chunk's activations whatever batch_size and num_views; None: off. Must
     # divide batch_size / devices. BatchNorm then uses each chunk's statistics.
     config.train.micro_batch = config_dict.placeholder(int)
+    # The divergence guard (mvcl.train.guard): a step with a non-finite loss, gradient or state
+    # is not applied; this many in a row stop the run (exit status 3), saving nothing more.
+    config.train.max_bad_steps = 10
+    # Steps the host may dispatch ahead of the last completed one: signals, the progress line,
+    # the guard and save failures act within this many steps of the devices.
+    config.train.steps_ahead = 2
 
     config.log_every_steps = 50
     config.checkpoint_every_steps = 1000

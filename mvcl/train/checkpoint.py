@@ -10,8 +10,15 @@ into a temporary directory and renames it when complete, so a run killed mid-sav
 previous checkpoints intact. Only the retention policy of successful saves (``max_to_keep``)
 removes checkpoints.
 
+**Only finite states are saved.** `Checkpointer.save` refuses a state with a NaN or infinity
+(`mvcl.train.guard.nonfinite_summary`). A save that fails in the background (a full disk, a lost
+mount) is reported by `Checkpointer.check` (the loop calls it after every step), `wait` or
+`close` as one `CheckpointSaveError` naming the cause, the newest good checkpoint and that the
+same command resumes from it; the failed step's partial directory is removed first. orbax's own
+traceback is logged at INFO (shown with ``--verbose``).
+
 On restore the newest checkpoint is tried first, and a checkpoint that does not restore is one
-of two things:
+of three things:
 
 * **another structure** (its stored tree, shapes or dtypes differ from the target's, read from
   its metadata): the config is not the one the checkpoints were written with. That is the
@@ -21,10 +28,15 @@ of two things:
   moved to ``<directory>/quarantine/<step>/`` with the error in ``quarantine/<step>.error.txt``
   beside it, a warning says so, and the next older checkpoint is tried. A read-only
   checkpointer (evaluation) moves nothing and only falls back.
+* **not finite** (NaN or infinite values, as a diverged run of an mvcl without the guard
+  wrote): quarantined like a corrupt one when training resumes; a read-only checkpointer
+  (evaluation) refuses it with `NonFiniteCheckpointError`, one line.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import shutil
 import time
@@ -37,7 +49,12 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
-from mvcl.train.errors import CheckpointMismatchError
+from mvcl.train.errors import (
+    CheckpointMismatchError,
+    CheckpointSaveError,
+    NonFiniteCheckpointError,
+)
+from mvcl.train.guard import nonfinite_summary
 
 State = TypeVar("State")
 QUARANTINE_DIR = "quarantine"
@@ -85,6 +102,23 @@ def describe_mismatch(stored: LeafSpecs, expected: LeafSpecs, limit: int = 3) ->
     return text + (f" (and {more} more)" if more > 0 else "")
 
 
+def _reason(error: BaseException) -> str:
+    """What went wrong, in a few words: the OS error if there is one in the chain (e.g. "no
+    space left on device"), else the last line of the message."""
+    seen = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno is not None:
+            where = f" ({seen.filename})" if seen.filename else ""
+            return f"{os.strerror(seen.errno).lower()}{where}"
+        seen = seen.__cause__ or seen.__context__
+    text = str(error)
+    for code in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS):
+        if os.strerror(code).lower() in text.lower():
+            return os.strerror(code).lower()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:300] if lines else type(error).__name__
+
+
 class Checkpointer(Generic[State]):
     """The checkpoints of one run in ``directory``, at most ``max_to_keep`` of them.
 
@@ -95,6 +129,7 @@ class Checkpointer(Generic[State]):
         self.directory = os.path.abspath(directory)
         self.read_only = read_only
         self._closed = False
+        self._saving: int | None = None  # the step of the last save started
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
@@ -120,16 +155,68 @@ class Checkpointer(Generic[State]):
         return sorted(self._manager.all_steps())
 
     def save(self, step: int, state: State, data_state: Mapping[str, Any]) -> bool:
-        """Starts saving ``state`` and ``data_state`` as step ``step``; False if already saved."""
+        """Starts saving ``state`` and ``data_state`` as step ``step``; False if already saved.
+
+        Raises:
+          CheckpointSaveError: an earlier asynchronous save failed (`check`), or ``state`` holds
+            NaN or infinite values (a checkpoint is never written from such a state).
+        """
+        self.wait()  # (orbax would wait for the previous save too; its error is that step's)
         if step in self._manager.all_steps():
             return False
-        return self._manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(dict(data_state))
-            ),
-            force=True,
-        )
+        bad = nonfinite_summary(state)
+        if bad is not None:
+            raise CheckpointSaveError(
+                f"refusing to save the checkpoint of step {step} in {self.directory}: {bad}. "
+                f"{self.newest_note()}"
+            )
+        try:
+            started = self._manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(dict(data_state))
+                ),
+                force=True,
+            )
+        except Exception as e:  # (the synchronous part of the save failed)
+            self._failed(step, e)
+        self._saving = step
+        return started
+
+    def check(self) -> None:
+        """Raises `CheckpointSaveError` if an asynchronous save has failed since the last call.
+
+        Cheap (no waiting): the loop calls it after every completed step, so a failed save stops
+        the run at the next step boundary. The step's partial directory is removed, so nothing
+        that looks like a checkpoint is left.
+        """
+        try:
+            self._manager.check_for_errors()
+        except Exception as e:  # (orbax re-raises the save thread's error)
+            self._failed(self._saving, e)
+
+    def newest_note(self, failed: int | None = None) -> str:
+        """``"The newest good checkpoint is step K in <directory>"`` (or that there is none)."""
+        good = [s for s in self._manager.all_steps() if s != failed]
+        if not good:
+            return f"No checkpoint of this run is in {self.directory} yet"
+        return f"The newest good checkpoint is step {max(good)} in {self.directory}"
+
+    def _failed(self, step: int | None, error: BaseException) -> None:
+        """Removes what the failed save of ``step`` left and raises its one-line error."""
+        logging.info("The checkpoint save failed:\n%s", "".join(traceback.format_exception(error)))
+        if step is not None and jax.process_index() == 0:
+            for name in os.listdir(self.directory):
+                if name == str(step) or name.startswith(f"{step}.orbax-checkpoint-tmp"):
+                    shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+        with contextlib.suppress(Exception):
+            self._manager.reload()
+        self._saving = None
+        raise CheckpointSaveError(
+            f"saving the checkpoint of step {step} in {self.directory} failed: "
+            f"{_reason(error)}. {self.newest_note(step)}: free space (or fix the cause) and "
+            "rerun the same command to resume from it"
+        ) from error
 
     def stored_specs(self, step: int) -> LeafSpecs:
         """The arrays of the state saved at ``step`` (from its metadata; no array is read)."""
@@ -173,6 +260,19 @@ class Checkpointer(Generic[State]):
                 data_state = dict(items.data)
             except Exception as e:  # (arrays that do not read: corrupt)
                 self._corrupt(step, e)
+                continue
+            bad = nonfinite_summary(items.state)
+            if bad is not None:
+                error = NonFiniteCheckpointError(
+                    f"the checkpoint at step {step} in {self.directory} holds non-finite values "
+                    f"({bad}): it was written by a run that diverged"
+                )
+                if self.read_only:
+                    raise NonFiniteCheckpointError(
+                        f"{error}; evaluate an earlier run, or resume training (which sets "
+                        "such checkpoints aside) with a lower config.optim.lr"
+                    )
+                self._corrupt(step, error)
                 continue
             return step, items.state, data_state
         return None
@@ -220,11 +320,30 @@ class Checkpointer(Generic[State]):
         )
 
     def wait(self) -> None:
-        """Blocks until every started save is complete on disk."""
-        self._manager.wait_until_finished()
+        """Blocks until every started save is complete on disk.
+
+        Raises:
+          CheckpointSaveError: a save failed.
+        """
+        try:
+            self._manager.wait_until_finished()
+        except Exception as e:
+            self._failed(self._saving, e)
+        self.check()
+        self._saving = None
 
     def close(self) -> None:
-        """Waits for pending saves and releases the manager (again: nothing)."""
-        if not self._closed:
-            self._closed = True
-            self._manager.close()
+        """Waits for pending saves and releases the manager (again: nothing).
+
+        Raises:
+          CheckpointSaveError: a pending save failed (the manager is released all the same).
+        """
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if not self.read_only:
+                self.wait()
+        finally:
+            with contextlib.suppress(Exception):  # (its error, if any, was just reported)
+                self._manager.close()

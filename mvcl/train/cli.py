@@ -17,6 +17,9 @@ closest valid names for a misspelled
 not prepared, unusable workdir, a config that may
 not continue the run, any ``ValueError`` or
 ``OSError``
+the run stopped itself to keep what it had: it       ``<program>: error: <message>``, 3
+diverged (``config.train.max_bad_steps`` non-finite
+steps in a row) or a checkpoint save failed
 SIGTERM: the run saved a checkpoint and stopped       the program's own message, 0
 SIGINT (Ctrl-C) once: the same                        the program's own message, 130
 a second signal: exit at once, without saving         ``<program>: ... exiting without saving``,
@@ -41,7 +44,7 @@ from ml_collections import config_dict
 
 from mvcl import parallel
 from mvcl.train import malloc, noise, run_identity, signals
-from mvcl.train.errors import UserError
+from mvcl.train.errors import RunStoppedError, UserError
 
 __all__ = ["UserError", "allowed_config_changes", "run", "start"]
 
@@ -51,6 +54,7 @@ ALLOW_CONFIG_CHANGE = "allow_config_change"
 HELP_FLAGS = ("help", "helpshort", "helpfull", "helpxml", "?")
 USER_ERRORS = (UserError, app.UsageError, ValueError, OSError)
 USAGE_STATUS = 2
+STOPPED_STATUS = 3
 
 
 def start(argv: Sequence[str]) -> None:
@@ -106,10 +110,10 @@ def _program() -> str:
     return os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "mvcl"
 
 
-def _fail(message: str, *, hint: bool = False) -> None:
+def _fail(message: str, *, hint: bool = False, status: int = USAGE_STATUS) -> None:
     suffix = " (--verbose shows the traceback)" if hint else ""
     print(f"{_program()}: error: {message}{suffix}", file=sys.stderr)
-    sys.exit(USAGE_STATUS)
+    sys.exit(status)
 
 
 def one_line(error: BaseException) -> str:
@@ -229,6 +233,8 @@ def _signal_status(name: str | None) -> int:
 def _guarded(main: Callable[[list[str]], Any]) -> Callable[[list[str]], Any]:
     def guarded(argv: list[str]) -> Any:
         verbose = bool(FLAGS[VERBOSE].value)
+        if not verbose:
+            noise.quiet_save_failures()
         with signals.handling():
             try:
                 status = main(argv)
@@ -249,7 +255,11 @@ def _guarded(main: Callable[[list[str]], Any]) -> Callable[[list[str]], Any]:
             except USER_ERRORS as e:
                 if verbose:
                     raise
-                _fail(one_line(e), hint=not isinstance(e, (UserError, app.UsageError)))
+                _fail(
+                    one_line(e),
+                    hint=not isinstance(e, (UserError, app.UsageError)),
+                    status=STOPPED_STATUS if isinstance(e, RunStoppedError) else USAGE_STATUS,
+                )
             received = signals.received()
         return _signal_status(received) if received is not None else status
 

@@ -8,6 +8,10 @@ before the first step. `num_train_steps` is the run's length.
 
 from __future__ import annotations
 
+import dataclasses
+import math
+from typing import Any
+
 import jax
 from ml_collections import config_dict
 
@@ -17,6 +21,134 @@ from mvcl.train.errors import ConfigError
 
 LOSS_BACKENDS = ("gather", "ring")  # the backends that run inside shard_map over many devices
 DTYPES = ("float32", "bfloat16")
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The values a numeric config field may take: ``lo``..``hi`` (``None``: unbounded; ``open``
+    excludes that end), integers only if ``integer``; ``special`` values (e.g. ``-1``, ``None``)
+    allowed besides, each with what it means."""
+
+    lo: float | None = None
+    hi: float | None = None
+    integer: bool = True
+    lo_open: bool = False
+    hi_open: bool = False
+    special: tuple[tuple[Any, str], ...] = ()
+
+    def holds(self, value: Any) -> bool:
+        if any(value is v or (v is not None and value == v) for v, _ in self.special):
+            return not isinstance(value, bool)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if self.integer and not isinstance(value, int):
+            return False
+        if not math.isfinite(value):
+            return False
+        if self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo):
+            return False
+        return self.hi is None or (value < self.hi if self.hi_open else value <= self.hi)
+
+    def __str__(self) -> str:
+        kind = "an integer" if self.integer else "a number"
+        if self.lo is not None and self.hi is not None:
+            left, right = "(" if self.lo_open else "[", ")" if self.hi_open else "]"
+            text = f"{kind} in {left}{self.lo:g}, {self.hi:g}{right}"
+        elif self.lo is not None:
+            text = f"{kind} {'>' if self.lo_open else '>='} {self.lo:g}"
+        elif self.hi is not None:
+            text = f"{kind} {'<' if self.hi_open else '<='} {self.hi:g}"
+        else:
+            text = kind
+        specials = [f"{'None' if v is None else v} ({meaning})" for v, meaning in self.special]
+        return " or ".join([*specials, text])
+
+
+def _count(lo: int = 1, **kw: Any) -> Range:
+    return Range(lo=lo, **kw)
+
+
+def _fraction(lo_open: bool = False, hi_open: bool = False) -> Range:
+    return Range(0, 1, integer=False, lo_open=lo_open, hi_open=hi_open)
+
+
+_UNSET = ((None, "unset"),)
+_POSITIVE = Range(0, integer=False, lo_open=True)
+_NON_NEGATIVE = Range(0, integer=False)
+
+# Every numeric field of the common config (`mvcl.configs.common.base_config`) and its range;
+# a field absent from a config (one saved by an older mvcl) is not checked. Fields whose range
+# depends on other fields (num_devices, batch_size's divisibility, micro_batch, the multi-crop
+# sizes) are checked again below with those.
+RANGES: dict[str, Range] = {
+    "seed": Range(),
+    "dataset.image_size": _count(special=_UNSET),
+    "dataset.whole_image_size": _count(special=_UNSET),
+    "dataset.fake_num_examples": _count(2),
+    "data.num_workers": _count(0, special=((-1, "one per CPU core"),)),
+    "data.prefetch": _count(1),
+    "num_views": _count(2),
+    "augment.crop_size": _count(1),
+    "augment.min_scale": _fraction(lo_open=True),
+    "augment.jitter_strength": _NON_NEGATIVE,
+    "augment.p_jitter": _fraction(),
+    "augment.p_gray": _fraction(),
+    "augment.p_blur": _fraction(),
+    "augment.multicrop.num_small": _count(0),
+    "augment.multicrop.small_size": _count(1),
+    "augment.multicrop.small_min_scale": _fraction(lo_open=True),
+    "augment.multicrop.small_max_scale": _fraction(lo_open=True),
+    "model.proj_dim": _count(1),
+    "model.proj_hidden_dim": _count(1, special=_UNSET),
+    "model.kwargs.width": _POSITIVE,
+    "loss.temperature": _POSITIVE,  # (not for mvcl.losses.TEMPERATURE_FREE losses)
+    "optim.lr": _POSITIVE,
+    "optim.momentum": _fraction(),
+    "optim.weight_decay": _NON_NEGATIVE,
+    "optim.warmup_fraction": _fraction(hi_open=True),
+    "optim.trust_coefficient": _POSITIVE,
+    "batch_size": _count(2),
+    "num_epochs": _count(1),
+    "num_steps": _count(1, special=((-1, "unset: num_epochs sets the length"),)),
+    "num_devices": _count(1, special=((-1, "all devices"),)),
+    "train.micro_batch": _count(1, special=((None, "off"),)),
+    "train.max_bad_steps": _count(1),
+    "train.steps_ahead": _count(1),
+    "log_every_steps": _count(1),
+    "checkpoint_every_steps": _count(1),
+    "keep_checkpoints": _count(1),
+    "eval.batch_size": _count(1),
+    "eval.train_examples": _count(1, special=((None, "all"),)),
+    "eval.knn_k": _count(1),
+    "eval.knn_temperature": _POSITIVE,
+    "eval.knn_chunk_size": _count(1),
+    "eval.probe_weight_decay": _NON_NEGATIVE,
+    "eval.probe_epochs": _count(1),
+    "eval.probe_batch_size": _count(1),
+    "eval.probe_lr": _POSITIVE,
+    "eval.geometry_examples": _count(2),
+}
+
+
+def _lookup(config: config_dict.ConfigDict, field: str) -> tuple[bool, Any]:
+    node: Any = config
+    for part in field.split("."):
+        if not isinstance(node, (config_dict.ConfigDict, dict)) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def check_ranges(config: config_dict.ConfigDict) -> None:
+    """Raises ``ConfigError("config.<field>: must be <range>, got <value>")`` for the first
+    field of `RANGES` whose value is out of its range or of the wrong type."""
+    free = _lookup(config, "loss.name")[1] in losses.TEMPERATURE_FREE
+    for field, allowed in RANGES.items():
+        if field == "loss.temperature" and free:
+            continue
+        present, value = _lookup(config, field)
+        if present and not allowed.holds(value):
+            raise ConfigError(f"config.{field}: must be {allowed}, got {value!r}")
 
 
 def require(ok: bool, field: str, message: str) -> None:
@@ -38,6 +170,7 @@ def validate_config(
     """
     device_count = jax.device_count() if device_count is None else device_count
     process_count = jax.process_count() if process_count is None else process_count
+    check_ranges(config)
     loss, views = config.loss.name, config.num_views
     require(
         loss in losses.NAMES,
@@ -100,13 +233,6 @@ def validate_config(
         f"{config.batch_size} images do not divide over {devices} devices",
     )
     grad_cache.check_micro_batch(grad_cache.micro_batch_of(config), config.batch_size // devices)
-    require(
-        config.num_steps > 0 or config.num_epochs > 0,
-        "num_epochs",
-        f"set num_epochs > 0 or num_steps > 0, got {config.num_epochs} and {config.num_steps}",
-    )
-    for field in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
-        require(config[field] >= 1, field, f"must be >= 1, got {config[field]}")
 
 
 def _validate_multicrop(config: config_dict.ConfigDict) -> None:

@@ -32,3 +32,21 @@ class WorkdirError(UserError, ValueError):
 
 class NoRunError(UserError, FileNotFoundError):
     """The directory holds no run (no ``config.json``) or no checkpoint that restores."""
+
+
+class RunStoppedError(UserError):
+    """The run stopped itself to keep what it has: it diverged (`mvcl.train.guard`) or a
+    checkpoint could not be saved. The checkpoints on disk are intact; the message says which is
+    the newest and what to do. The command-line programs exit with status 3."""
+
+
+class CheckpointSaveError(RunStoppedError):
+    """A checkpoint could not be written (e.g. no space left on the device)."""
+
+
+class NonFiniteCheckpointError(UserError, ValueError):
+    """A checkpoint holds NaN or infinite values (written by a diverged run of an older mvcl)."""
+
+
+class WorkdirLockedError(WorkdirError):
+    """Another live process holds the workdir's lock (`mvcl.train.lock`)."""

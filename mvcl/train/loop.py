@@ -5,10 +5,26 @@ Progress bar, metrics (TensorBoard + ``metrics.jsonl``, each step once), checkpo
 and at the end. A rerun in the same workdir resumes from the newest checkpoint that restores, if
 its config may continue the run (`mvcl.train.run_identity`: nothing is written before that
 check). Evaluation (`mvcl.train.workdir.evaluate_variables`) follows the last step.
+
+The run watches itself:
+
+* **one run per workdir**: the session holds the workdir's lock (`mvcl.train.lock`);
+* **the host stays close to the devices**: at most ``config.train.steps_ahead`` steps are in
+  flight beyond the last completed one, so a signal, a failed save or a diverging loss acts
+  within that many steps, and the progress line counts completed steps;
+* **divergence**: a step with a non-finite loss, gradient or state is not applied (inside the
+  jitted step), is counted in ``train/bad_steps``, and ``config.train.max_bad_steps`` of them in
+  a row stop the run (`mvcl.train.guard.DivergenceError`, exit status 3) without saving: the
+  checkpoints on disk stay the last good ones, and no periodic checkpoint is written while the
+  last step was bad;
+* **failed saves** (e.g. a full disk) stop the run at the next completed step with one line
+  (`mvcl.train.errors.CheckpointSaveError`, exit status 3): the earlier checkpoints are intact
+  and the same command resumes once the cause is fixed.
 """
 
 from __future__ import annotations
 
+import collections
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -20,7 +36,7 @@ from ml_collections import config_dict
 from tqdm import tqdm
 
 from mvcl import parallel
-from mvcl.train import cli, feed, noise, optim, run_identity, signals
+from mvcl.train import cli, feed, guard, lock, noise, optim, run_identity, signals
 from mvcl.train.checkpoint import Checkpointer
 from mvcl.train.config_checks import num_train_steps, validate_config
 from mvcl.train.processes import agree, announce, should_stop, stop_reason
@@ -30,10 +46,77 @@ from mvcl.train.step import AXIS, make_train_step
 from mvcl.train.workdir import CHECKPOINT_DIR, evaluate_variables
 from mvcl.train.writers import MetricWriter
 
+ADVICE = (
+    "Try a lower config.optim.lr (to resume, add --allow_config_change=optim.lr), and if they "
+    "are set otherwise, config.loss.precision=highest and config.model.dtype=float32"
+)
 
-def _mean_metrics(history: Sequence[Mapping[str, jax.Array]]) -> dict[str, float]:
-    values = jax.device_get(list(history))
-    return {f"train/{k}": float(np.mean([m[k] for m in values])) for k in values[0]}
+
+def _mean_metrics(history: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """``train/<name>``: the mean over the window's steps of each metric, over its finite
+    values only (a window whose values are all non-finite logs none of that metric)."""
+    means = {}
+    for name in history[0]:
+        values = [m[name] for m in history if np.isfinite(m[name])]
+        if values:
+            means[f"train/{name}"] = float(np.mean(values))
+    return means
+
+
+class _Steps:
+    """The host's side of the steps dispatched to the devices.
+
+    `dispatched` queues a step's metrics and waits for the oldest steps until at most
+    ``config.train.steps_ahead`` are in flight. A completed step updates the guard
+    (`mvcl.train.guard.BadSteps`), the progress line (completed steps, so its rate is the rate
+    of steps done), the logs (every ``log_every_steps``-th step and the last one) and checks the
+    asynchronous checkpoint saves.
+    """
+
+    def __init__(self, config, writer, progress, checkpointer, steps_per_epoch):
+        self.config = config
+        self.writer = writer
+        self.progress = progress
+        self.checkpointer = checkpointer
+        self.steps_per_epoch = steps_per_epoch
+        self.ahead = max(1, int(config.train.get("steps_ahead", 2)))
+        self.bad = guard.BadSteps(config.train.get("max_bad_steps", 10))
+        self.pending: collections.deque = collections.deque()
+        self.history: list[dict[str, float]] = []
+        self.last_log = time.perf_counter()
+
+    @property
+    def streak(self) -> str:
+        return f"{self.bad.streak} step(s) in a row were not finite and were skipped"
+
+    def dispatched(self, step: int, metrics: Mapping[str, jax.Array]) -> None:
+        self.pending.append((step, metrics))
+        while len(self.pending) > self.ahead:
+            self._complete(*self.pending.popleft())
+
+    def complete_all(self) -> None:
+        while self.pending:
+            self._complete(*self.pending.popleft())
+
+    def _complete(self, step: int, metrics: Mapping[str, jax.Array]) -> None:
+        values = jax.device_get(dict(metrics))  # waits for the step
+        finite = bool(values.pop("finite"))
+        values = {k: float(v) for k, v in values.items()}
+        self.checkpointer.check()  # a failed save stops the run here
+        self.bad.update(step, finite, values["loss"])
+        self.history.append(values)
+        self.progress.update()
+        if step % self.config.log_every_steps and step != self.progress.total:
+            return
+        scalars = _mean_metrics(self.history)
+        now = time.perf_counter()
+        scalars["train/steps_per_second"] = len(self.history) / (now - self.last_log)
+        scalars["train/epoch"] = step / self.steps_per_epoch
+        scalars["train/bad_steps"] = self.bad.take_window()
+        self.writer.write_scalars(step, scalars)
+        if "train/loss" in scalars:
+            self.progress.set_postfix(loss=f"{scalars['train/loss']:.4f}")
+        self.history, self.last_log = [], now
 
 
 def _latest_step_on_disk(workdir: str) -> int | None:
@@ -112,107 +195,123 @@ def _train_and_evaluate(
     channels = np.asarray(source[0]["image"]).shape[-1]
     state = create_train_state(config, model, tx, mesh, channels)
 
-    # The first writes: nothing above touched the workdir.
-    if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        if resume.new_run:
+    # The first writes: nothing above touched the workdir. One run per workdir (mvcl.train.lock).
+    with lock.holding(workdir):
+        if jax.process_index() == 0 and resume.new_run:
             run_identity.start_run(workdir, config)
-    checkpointer = Checkpointer(
-        os.path.join(workdir, CHECKPOINT_DIR), max_to_keep=config.keep_checkpoints
+        checkpointer = Checkpointer(
+            os.path.join(workdir, CHECKPOINT_DIR), max_to_keep=config.keep_checkpoints
+        )
+        writer = None
+        try:  # a forced exit (second signal) or an error still ends pending saves and the logs
+            restored = checkpointer.restore_latest(state)
+            if restored is not None:
+                _, state, data_state = restored
+                iterator.set_state(data_state)
+            start = int(state.step)
+            run_identity.check_target(workdir, start, num_steps)
+            _record_session(config, workdir, resume, start, num_steps, mesh.size)
+            if restored is not None:
+                announce(f"Resumed from the checkpoint at step {start} in {workdir}.")
+            writer = MetricWriter(workdir, enabled=jax.process_index() == 0, resume_step=start)
+            try:
+                return _train(
+                    config,
+                    workdir,
+                    state,
+                    iterator,
+                    checkpointer,
+                    writer,
+                    start,
+                    make_train_step(config, model, tx, schedule, mesh),
+                    num_steps,
+                    mesh,
+                )
+            except guard.DivergenceError as e:
+                raise guard.DivergenceError(
+                    f"{e}. {checkpointer.newest_note()} (no state that was not finite was "
+                    f"saved). {ADVICE}."
+                ) from None
+        finally:
+            iterator.close()
+            try:
+                checkpointer.close()
+            finally:
+                if writer is not None:
+                    writer.close()
+
+
+def _train(
+    config, workdir, state, iterator, checkpointer, writer, start, train_step, num_steps, mesh
+):
+    """Steps ``start + 1 ... num_steps``, the saves, then the evaluation (`train_and_evaluate`)."""
+    small = config.augment.multicrop.num_small
+    views = f"V={config.num_views}" + (f"+{small} small crops" if small else "")
+    announce(
+        f"{config.name}: {config.loss.name}, {views}, batch {config.batch_size} on "
+        f"{mesh.size} device(s) in {jax.process_count()} process(es), "
+        f"steps {start}->{num_steps}"
     )
-    writer = None
-    try:  # a forced exit (second signal) or an error still ends pending saves and the logs
-        restored = checkpointer.restore_latest(state)
-        if restored is not None:
-            _, state, data_state = restored
-            iterator.set_state(data_state)
-        start = int(state.step)
-        run_identity.check_target(workdir, start, num_steps)
-        _record_session(config, workdir, resume, start, num_steps, mesh.size)
-        if restored is not None:
-            announce(f"Resumed from the checkpoint at step {start} in {workdir}.")
-
-        writer = MetricWriter(workdir, enabled=jax.process_index() == 0, resume_step=start)
-        train_step = make_train_step(config, model, tx, schedule, mesh)
-        small = config.augment.multicrop.num_small
-        views = f"V={config.num_views}" + (f"+{small} small crops" if small else "")
-        announce(
-            f"{config.name}: {config.loss.name}, {views}, batch {config.batch_size} on "
-            f"{mesh.size} device(s) in {jax.process_count()} process(es), "
-            f"steps {start}->{num_steps}"
-        )
-
-        step, preempted, history = start, False, []
-        progress = tqdm(
-            total=num_steps,
-            initial=start,
-            desc=config.name,
-            unit="step",
-            disable=not config.progress_bar or jax.process_index() != 0,
-        )
-        last_log = time.perf_counter()
-        for step in range(start + 1, num_steps + 1):
-            images = next(iterator)  # the next step's batch is already on its way
-            state, metrics = train_step(state, images)
-            history.append(metrics)
-            progress.update()
-            if step % config.log_every_steps == 0 or step == num_steps:
-                scalars = _mean_metrics(history)
-                now = time.perf_counter()
-                scalars["train/steps_per_second"] = len(history) / (now - last_log)
-                scalars["train/epoch"] = step / iterator.steps_per_epoch
-                writer.write_scalars(step, scalars)
-                progress.set_postfix(loss=f"{scalars['train/loss']:.4f}")
-                history, last_log = [], now
-            if should_stop(step, every=config.log_every_steps):
-                preempted = True
-                break
-            if step % config.checkpoint_every_steps == 0:
+    progress = tqdm(
+        total=num_steps,
+        initial=start,
+        desc=config.name,
+        unit="step",
+        disable=not config.progress_bar or jax.process_index() != 0,
+    )
+    steps = _Steps(config, writer, progress, checkpointer, iterator.steps_per_epoch)
+    step, preempted = start, False
+    for step in range(start + 1, num_steps + 1):
+        images = next(iterator)  # the next step's batch is already on its way
+        state, metrics = train_step(state, images)
+        # At most `steps_ahead` steps run ahead of the host: signals, the progress line, the
+        # guard and save failures act on what the devices have done.
+        steps.dispatched(step, metrics)
+        if should_stop(step, every=config.log_every_steps):
+            preempted = True
+            break
+        if step % config.checkpoint_every_steps == 0:
+            steps.complete_all()
+            if steps.bad.streak:  # the state is the one before the streak: keep the good ones
+                announce(f"Note: not saving the checkpoint of step {step}: {steps.streak}.")
+            else:
                 checkpointer.save(step, state, iterator.get_state())
-        progress.close()
-        iterator.close()  # stops the input workers
-        checkpoints = checkpointer.directory
-        if preempted:
-            second = (
-                " (a second Ctrl-C exits without saving)" if signals.received() == "SIGINT" else ""
-            )
-            announce(f"{stop_reason()}: saving the checkpoint of step {step}{second}...")
-        checkpointer.save(step, state, iterator.get_state())
-        checkpointer.close()
-        writer.flush()
-        if preempted or signals.received() is not None:
-            writer.close()
+    steps.complete_all()
+    progress.close()
+    iterator.close()  # stops the input workers
+    checkpoints = checkpointer.directory
+    if preempted:
+        second = " (a second Ctrl-C exits without saving)" if signals.received() == "SIGINT" else ""
+        announce(f"{stop_reason()}: saving the checkpoint of step {step}{second}...")
+    checkpointer.save(step, state, iterator.get_state())
+    checkpointer.wait()
+    writer.flush()
+    if preempted or signals.received() is not None:
+        announce(
+            f"{stop_reason()}: saved the checkpoint at step {step} in {checkpoints}; exiting"
+            f"{'' if preempted else ' before evaluation'}. Rerun the same command to resume."
+        )
+        return {"step": step, "preempted": True, "state": state, "eval": {}}
+
+    results = {}
+    if config.eval.enabled:
+        try:
+            with signals.immediate():
+                results = evaluate_variables(
+                    config, jax.device_get(state.variables()), writer, step
+                )
+        except signals.Interrupted as e:
             announce(
-                f"{stop_reason()}: saved the checkpoint at step {step} in {checkpoints}; exiting"
-                f"{'' if preempted else ' before evaluation'}. Rerun the same command to resume."
+                f"{e.signame} during evaluation: stopped it; the checkpoint of step {step} is "
+                f"saved in {checkpoints}. Rerun the same command (or mvcl-evaluate "
+                f"--workdir={workdir}) to evaluate."
             )
             return {"step": step, "preempted": True, "state": state, "eval": {}}
-
-        results = {}
-        if config.eval.enabled:
-            try:
-                with signals.immediate():
-                    results = evaluate_variables(
-                        config, jax.device_get(state.variables()), writer, step
-                    )
-            except signals.Interrupted as e:
-                writer.close()
-                announce(
-                    f"{e.signame} during evaluation: stopped it; the checkpoint of step {step} is "
-                    f"saved in {checkpoints}. Rerun the same command (or experiments/evaluate.py "
-                    f"--workdir={workdir}) to evaluate."
-                )
-                return {"step": step, "preempted": True, "state": state, "eval": {}}
-        writer.close()
-        announce(
-            f"Checkpoints: {checkpoints}\nMetrics: {writer.jsonl_path} and TensorBoard events "
-            f"(tensorboard --logdir {workdir})"
-        )
-        return {"step": step, "preempted": False, "state": state, "eval": results}
-    finally:
-        checkpointer.close()
-        if writer is not None:
-            writer.close()
+    announce(
+        f"Checkpoints: {checkpoints}\nMetrics: {writer.jsonl_path} and TensorBoard events "
+        f"(tensorboard --logdir {workdir})"
+    )
+    return {"step": step, "preempted": False, "state": state, "eval": results}
 
 
 def _record_session(

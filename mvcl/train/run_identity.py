@@ -14,7 +14,8 @@ Each field is in one of three classes:
   not what it computes. Accepted, and recorded in the history:
 
   - ``name``; ``progress_bar``, ``log_every_steps``, ``checkpoint_every_steps``,
-    ``keep_checkpoints``: what is shown and kept, not what is computed;
+    ``keep_checkpoints``, ``train.max_bad_steps``, ``train.steps_ahead``: what is shown, kept
+    and watched, not what is computed;
   - ``eval.*``, ``dataset.test_split``: evaluation happens after training and reads only the
     final encoder;
   - ``dataset.data_dir``, ``dataset.source_dir``: where the same data set is read (or first
@@ -84,6 +85,8 @@ FREE_FIELDS = (
     "log_every_steps",
     "checkpoint_every_steps",
     "keep_checkpoints",
+    "train.max_bad_steps",
+    "train.steps_ahead",
     "eval.*",
     "dataset.test_split",
     "dataset.data_dir",
@@ -185,6 +188,8 @@ class Change:
 
     def __str__(self) -> str:
         def show(value: Any) -> str:
+            if self.field == "num_steps" and isinstance(value, int) and value <= 0:
+                return "unset"  # (-1: num_epochs sets the length)
             return "<absent>" if value is ABSENT else json.dumps(value)
 
         return f"{self.field} {show(self.old)} -> {show(self.new)}"
@@ -383,7 +388,7 @@ def check_resume(
         else:
             refused.append(change)
     if identity or refused:
-        raise RunIdentityError(_refusal(workdir, identity, refused))
+        raise RunIdentityError(_refusal(workdir, identity, refused, (old_total, new_total)))
     return Resume(
         new_run=False,
         changes=accepted,
@@ -404,7 +409,12 @@ def _check_allow_names(allow: Sequence[str], fields: Iterable[str]) -> None:
             )
 
 
-def _refusal(workdir: Path, identity: list[Change], refused: list[Change]) -> str:
+def _refusal(
+    workdir: Path,
+    identity: list[Change],
+    refused: list[Change],
+    totals: tuple[int, int] | None = None,
+) -> str:
     parts = []
     if identity:
         parts.append(
@@ -414,10 +424,17 @@ def _refusal(workdir: Path, identity: list[Change], refused: list[Change]) -> st
         )
     if refused:
         names = ",".join(c.field for c in refused)
-        schedule = any(c.field in SCHEDULE_FIELDS for c in refused)
+        schedule = ""
+        if any(c.field in SCHEDULE_FIELDS for c in refused):
+            schedule = " (a new schedule length moves the learning rate)"
+            if totals is not None:
+                schedule = (
+                    f" (the run trains for {totals[0]} steps, this config for {totals[1]}: a new "
+                    "schedule length moves the learning rate)"
+                )
         parts.append(
             "these fields change the run's course from its last checkpoint on"
-            f"{' (a new schedule length moves the learning rate)' if schedule else ''}: "
+            f"{schedule}: "
             f"{', '.join(map(str, refused))} (to continue with them, rerun with "
             f"--allow_config_change={names})"
         )
@@ -457,7 +474,7 @@ def check_target(workdir: str | os.PathLike, restored_step: int, total_steps: in
         raise RunIdentityError(
             f"the run in {workdir} is at step {restored_step}, past the {total_steps} steps this "
             "config trains for (num_steps / num_epochs); a run cannot go back. Evaluate it with "
-            "experiments/evaluate.py, or start a new run with another --workdir"
+            f"mvcl-evaluate --workdir={workdir}, or start a new run with another --workdir"
         )
 
 

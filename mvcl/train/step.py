@@ -23,6 +23,7 @@ from ml_collections import config_dict
 
 from mvcl import data, losses, models, parallel
 from mvcl.train import feed, grad_cache
+from mvcl.train.guard import all_finite, keep_if
 from mvcl.train.state import TrainState
 
 AXIS = parallel.DEFAULT_AXIS
@@ -56,7 +57,15 @@ def make_train_step(
 
     ``images`` is the uint8 (B, H, W, C) global batch sharded over ``AXIS`` (whole-image layout:
     ``{"image": ..., "valid": int32 (B, 2)}``, see `mvcl.train.feed`); ``model`` must have
-    ``axis_name=AXIS``. Metrics: ``loss`` (before the update), ``learning_rate``, ``grad_norm``.
+    ``axis_name=AXIS``. Metrics: ``loss`` (before the update), ``learning_rate``, ``grad_norm``
+    and ``finite`` (bool).
+
+    **Divergence guard.** A step whose loss, gradients or updated state (parameters, BatchNorm
+    statistics, optimiser state) holds a NaN or infinity is not applied: the returned state is
+    the input state with only ``step`` advanced (the batch is skipped), and ``finite`` is False.
+    The values are global (replicated over the mesh), so every device and process takes the same
+    decision, with or without gradient caching. The loop stops the run after
+    ``config.train.max_bad_steps`` such steps in a row (`mvcl.train.loop`).
 
     Views come in groups of one resolution (`mvcl.data.view_groups`): the V views, or with
     multi-crop the V large and the K small crops, each group from its own part of the instance's
@@ -130,16 +139,21 @@ def make_train_step(
             state.params, state.batch_stats, images, state.rng, state.step
         )
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        # The divergence guard: a step whose loss, gradients or updated state is not finite is
+        # not applied (the step counter still advances: its batch is skipped).
+        ok = all_finite((loss, grads, params, batch_stats, opt_state))
         new_state = state.replace(
             step=state.step + 1,
-            params=optax.apply_updates(state.params, updates),
-            batch_stats=batch_stats,
-            opt_state=opt_state,
+            params=keep_if(ok, params, state.params),
+            batch_stats=keep_if(ok, batch_stats, state.batch_stats),
+            opt_state=keep_if(ok, opt_state, state.opt_state),
         )
         metrics = {
             "loss": loss,
             "learning_rate": schedule(state.step),
             "grad_norm": optax.tree.norm(grads),
+            "finite": ok,
         }
         return new_state, metrics
 

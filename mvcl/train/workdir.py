@@ -17,7 +17,7 @@ import numpy as np
 from ml_collections import config_dict
 
 from mvcl import models, parallel
-from mvcl.train import cli, evaluate, multimodal, noise, optim, run_identity, signals
+from mvcl.train import cli, evaluate, lock, multimodal, noise, optim, run_identity, signals
 from mvcl.train.checkpoint import Checkpointer
 from mvcl.train.errors import NoRunError
 from mvcl.train.processes import announce
@@ -112,10 +112,13 @@ def evaluate_workdir(
     (`mvcl.train.run_identity`: evaluation settings, data directory, ...) would log results under
     other settings: it is refused unless the fields are in ``allow_config_change`` (None: the
     ``--allow_config_change`` flag of the command-line program running). A signal stops the
-    evaluation at once (`mvcl.train.signals.Interrupted`); nothing is written then.
+    evaluation at once (`mvcl.train.signals.Interrupted`); nothing is written then. The
+    evaluation holds the workdir's lock (`mvcl.train.lock`): not while the run trains.
 
     Raises:
       NoRunError: ``workdir`` holds no run, or no checkpoint that restores.
+      NonFiniteCheckpointError: the newest checkpoint holds NaN or infinite values.
+      WorkdirLockedError: another process works in ``workdir``.
       RunIdentityError: ``config`` differs from the run's (see above).
     """
     noise.install()
@@ -127,7 +130,7 @@ def evaluate_workdir(
         if allow_config_change is None:
             allow_config_change = cli.allowed_config_changes()
         run_identity.check_evaluation(run_config, config, workdir, allow=allow_config_change)
-    with signals.handling(), signals.immediate():
+    with signals.handling(), signals.immediate(), lock.holding(workdir):
         step, variables = restore_variables(workdir, config)
         writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
         try:

@@ -9,8 +9,10 @@ when resumed. A writer opened with ``resume_step=r`` (the restored checkpoint's 
 first removes from both logs every value logged at a step after ``r``; and a value written at a
 step and name already logged by an earlier session (evaluating the same checkpoint again)
 replaces the old one. The logs of a resumed run hold every (step, name) once, as an
-uninterrupted run's do. Only files of earlier sessions are rewritten, each into a temporary file
-renamed over the old one (a crash leaves the old or the new file, never half of one); the
+uninterrupted run's do; a ``metrics.jsonl`` that holds a (step, name) twice (two processes wrote
+it before runs locked their workdir, `mvcl.train.lock`) keeps its last value when it is opened.
+Only files of earlier sessions are rewritten, each into a temporary file renamed over the old one (a
+crash leaves the old or the new file, never half of one); the
 TensorBoard files rewritten are the ``events.out.tfevents.*`` directly in the workdir.
 
 TensorBoard files are written with tensorboard's own framework-free ``tensorboard.summary.Writer``:
@@ -53,9 +55,14 @@ class _EarlierLogs:
         self.event_files = sorted(logdir.glob(EVENTS_GLOB))
         self.logged: dict[int, set[str]] = {}
         if self.jsonl.is_file():
+            repeated = False
             for record in self._records():
                 if isinstance(record, dict):
-                    self.logged.setdefault(int(record["step"]), set()).update(_names(record))
+                    names = self.logged.setdefault(int(record["step"]), set())
+                    repeated = repeated or bool(names & _names(record))
+                    names.update(_names(record))
+            if repeated:  # (written by an mvcl without the workdir lock: keep the last values)
+                self._drop_repeats()
 
     def _records(self) -> list[dict | str]:
         """Parsed lines; a line that does not parse is kept as its text."""
@@ -67,6 +74,23 @@ class _EarlierLogs:
             except json.JSONDecodeError:
                 records.append(line)
         return records
+
+    def _drop_repeats(self) -> None:
+        """Keeps only the last value of every (step, name) logged more than once in the JSONL."""
+        records = self._records()
+        seen: set[tuple[int, str]] = set()
+        kept: list[dict | str] = []
+        for record in reversed(records):
+            if isinstance(record, dict):
+                step = int(record["step"])
+                fresh = {k for k in _names(record) if (step, k) not in seen}
+                seen.update((step, k) for k in fresh)
+                record = {k: v for k, v in record.items() if k in ("step", "time") or k in fresh}
+                if not _names(record):
+                    continue
+            kept.append(record)
+        text = "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in reversed(kept))
+        _replace_atomically(self.jsonl, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
     def drop_after(self, step: int) -> None:
         """Removes every value logged at a step after ``step``."""
