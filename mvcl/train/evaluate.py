@@ -30,7 +30,12 @@ streams: no split is ever held as images.
   views (the training augmentation; with multi-crop, the V large crops) of the first
   ``config.eval.geometry_examples`` test images, a bounded subset (the pairwise metrics hold
   (M, M) matrices): alignment, uniformity, effective rank, covariance rank, Wasserstein
-  uniformity.
+  uniformity. The views are made from the whole subset at once and the encoder runs on them
+  sharded over the mesh (`view_embeddings`), so they are the same on any number of devices.
+
+The jitted encoder passes take the variables as arguments and are compiled once per model,
+mesh and shape, so repeated evaluations (`mvcl.train.online_eval`, every few training steps)
+do not compile again.
 
 `evaluate` does all of it from a config and the encoder's variables; `format_report` prints it.
 """
