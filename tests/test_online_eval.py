@@ -12,13 +12,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from ml_collections import config_dict
 from online_eval_worker import case
 
 from mvcl import configs, data, parallel
 from mvcl.configs import digits as digits_config
 from mvcl.configs import fashion_mnist as fashion_config
 from mvcl.data import digits, fashion_mnist
-from mvcl.train import evaluate, online_eval, optim, sources, trainer
+from mvcl.train import ConfigError, evaluate, online_eval, optim, sources, trainer
 
 HERE = Path(__file__).parent
 
@@ -238,3 +239,25 @@ def test_two_processes_give_the_one_device_metrics(tmp_path):
         assert result.keys() == expected.keys()
         for key, value in expected.items():
             assert result[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("every_steps", -1),
+        ("every_steps", 2.5),
+        ("online_train_examples", 0),
+        ("online_test_examples", None),
+        ("collapse_check", "yes"),
+        ("collapse_rank_fraction", 1.5),
+        ("collapse_std", -0.1),
+    ],
+)
+def test_invalid_online_fields_name_the_field(field, value):
+    config = case()
+    online_eval.check_settings(config)  # the valid config passes
+    fields = config.to_dict()
+    fields["eval"][field] = value  # any type: a config read from JSON is not type-checked
+    config = config_dict.ConfigDict(fields)
+    with pytest.raises(ConfigError, match=f"config.eval.{field}:"):
+        online_eval.check_settings(config)

@@ -51,8 +51,18 @@ from ml_collections import config_dict
 from mvcl import data, metrics, models, numerics
 from mvcl.data import input_pipeline
 from mvcl.train import evaluate, sources
+from mvcl.train.config_checks import require
 from mvcl.train.errors import ConfigError
 
+SETTINGS = (
+    "every_steps",
+    "online_train_examples",
+    "online_test_examples",
+    "collapse_check",
+    "collapse_rank_fraction",
+    "collapse_std",
+)
+"""The ``config.eval`` fields of the online evaluation (defaults: `evaluate.EVAL_DEFAULTS`)."""
 PREFIX = "online/"
 GEOMETRY_VIEWS = 2  # views per test image for the geometry metrics (see the module docstring)
 # evaluate.train_subset's default seed: the final evaluation's subset when the sizes are equal
@@ -74,6 +84,34 @@ KEYS = tuple(
     )
 )
 """The keys of `OnlineEvaluator.evaluate`'s results, in order."""
+
+
+def check_settings(config: config_dict.ConfigDict) -> None:
+    """Raises ``ConfigError("config.eval.<field>: ...")`` for an invalid online-evaluation field
+    (for `mvcl.train.config_checks.validate_config`; `OnlineEvaluator` checks them too)."""
+    ev = {name: config.eval.get(name, evaluate.EVAL_DEFAULTS[name]) for name in SETTINGS}
+
+    def count(name: str, low: int) -> None:
+        value = ev[name]
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
+        require(ok, f"eval.{name}", f"must be an integer >= {low}, got {value!r}")
+
+    count("every_steps", 0)
+    count("online_train_examples", 1)
+    count("online_test_examples", 1)
+    require(
+        isinstance(ev["collapse_check"], bool),
+        "eval.collapse_check",
+        f"must be True or False, got {ev['collapse_check']!r}",
+    )
+    for name, meaning in (("collapse_rank_fraction", "of D"), ("collapse_std", "of 1/sqrt(D)")):
+        value = ev[name]
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        require(
+            number and 0 <= value <= 1,
+            f"eval.{name}",
+            f"must be in [0, 1] (a fraction {meaning}; 0: off), got {value!r}",
+        )
 
 
 def _subset(source: evaluate.Source, size: int | None, seed: int, image_size: int | None):
@@ -119,6 +157,7 @@ class OnlineEvaluator:
                 "config.eval.every_steps: the online evaluation does not support per-view "
                 "(config.model.per_view) models; set it to 0"
             )
+        check_settings(config)
         self.config, self.model, self.mesh = config, model, mesh
         self.settings = evaluate.eval_settings(config)
         ds = config.dataset
@@ -243,23 +282,23 @@ def collapse_warning(
     with D = ``proj_dim``, the projections' dimension. A threshold of 0 turns its test off.
     """
     ev = evaluate.eval_settings(config)
-    if not ev.collapse_check:
+    if not ev["collapse_check"]:
         return None
     reasons = []
     rank = results[f"{PREFIX}effective_rank_projector"]
-    rank_floor = ev.collapse_rank_fraction * proj_dim
+    rank_floor = ev["collapse_rank_fraction"] * proj_dim
     if rank < rank_floor:
         reasons.append(
             f"effective rank of the projections {rank:.3g} < {rank_floor:.3g} "
-            f"(config.eval.collapse_rank_fraction = {ev.collapse_rank_fraction:g} of D = "
+            f"(config.eval.collapse_rank_fraction = {ev['collapse_rank_fraction']:g} of D = "
             f"{proj_dim})"
         )
     std = results[f"{PREFIX}projector_std_mean"]
-    std_floor = ev.collapse_std / math.sqrt(proj_dim)
+    std_floor = ev["collapse_std"] / math.sqrt(proj_dim)
     if std < std_floor:
         reasons.append(
             f"mean per-dimension std of the normalised projections {std:.3g} < {std_floor:.3g} "
-            f"(config.eval.collapse_std = {ev.collapse_std:g} of 1/sqrt(D))"
+            f"(config.eval.collapse_std = {ev['collapse_std']:g} of 1/sqrt(D))"
         )
     if not reasons:
         return None
