@@ -177,6 +177,18 @@ def test_collapse_alarm_on_a_run_whose_projection_head_maps_everything_to_one_po
     assert results["online/knn_backbone"] > 0  # the backbone is untouched
 
 
+def test_a_diverged_encoder_gets_nan_metrics_and_no_alarm():
+    config = case()
+    model, mesh, variables = build(config)
+    evaluator = online_eval.OnlineEvaluator(config, model, mesh)
+    kernel = variables["params"]["backbone"]["Conv_0"]["kernel"]
+    variables["params"]["backbone"]["Conv_0"]["kernel"] = np.full_like(kernel, np.nan)
+    results = evaluator.evaluate(variables)
+    assert tuple(results) == online_eval.KEYS and all(np.isnan(v) for v in results.values())
+    assert evaluator.collapse_warning(results) is None  # no dimension seen yet
+    assert online_eval.collapse_warning(results, config, proj_dim=16) is None
+
+
 def test_digits_and_fashion_mnist_evaluate_every_10_epochs_and_every_epoch():
     assert configs.load("digits").eval.every_steps == 10 * (1437 // 256) == 50
     assert configs.load("digits:fake=True").eval.every_steps == 50

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -160,8 +161,11 @@ def _to_bank_dtype(x: np.ndarray, dtype: np.dtype, name: str) -> np.ndarray:
         out = x.astype(dtype)
     if not np.all(np.isfinite(out)):
         what = "non-finite values" if not np.all(np.isfinite(x)) else f"values beyond {dtype}"
+        with warnings.catch_warnings():  # all NaN: the largest magnitude is NaN, say no more
+            warnings.simplefilter("ignore", RuntimeWarning)
+            largest = np.nanmax(np.abs(x))
         raise ValueError(
-            f"the {name} features hold {what} (largest magnitude {np.nanmax(np.abs(x)):.3g}); "
+            f"the {name} features hold {what} (largest magnitude {largest:.3g}); "
             f"set config.eval.feature_dtype='float32' or check the checkpoint"
         )
     return out

@@ -15,7 +15,9 @@ they are on the mesh: no copy to the host) returns, with the functions of
 * ``online/knn_backbone``, ``online/knn_projector``: test accuracy in [0, 1] of the weighted kNN
   (``config.eval.knn_k`` neighbours, cosine similarity, weights exp(s / ``knn_temperature``)) of
   the centre views' features of the test subset against those of the train subset
-  (`extract_features`, `knn_accuracy`; host bank in ``config.eval.feature_dtype``).
+  (`extract_features`, `knn_accuracy`; a float32 host bank, whatever
+  ``config.eval.feature_dtype``: the subsets are small, and float16 could overflow while the
+  encoder trains).
 * geometry of two random views of every test-subset image (the first view group of the training
   augmentation, from a fixed key: `view_embeddings`), M = 2 x test examples rows:
   ``online/effective_rank_{backbone,projector}`` (RankMe), ``online/alignment_{...}``,
@@ -29,6 +31,9 @@ they are on the mesh: no copy to the host) returns, with the functions of
   and make runs of different V comparable (a sweep's learning curves). Views rather than centre
   crops: alignment is a property of augmented pairs, and the rank and spread of the embeddings
   are those of the inputs the loss sees.
+
+An encoder whose features are not finite (a diverged run) gets NaN for every metric rather than
+an error: the training loop's divergence guard deals with it.
 
 `collapse_warning` turns the results into one line when the projections look collapsed (see its
 docstring); the training loop warns once and logs ``online/collapse``.
@@ -199,7 +204,7 @@ class OnlineEvaluator:
                 mesh=self.mesh,
                 crop_size=self.config.augment.crop_size,
                 batch_size=ev.batch_size,
-                dtype=ev.feature_dtype,
+                dtype="float32",  # small banks; float16 could overflow mid-training
             )
             banks.append(bank)
         return banks[0], banks[1]
@@ -218,9 +223,15 @@ class OnlineEvaluator:
 
     def evaluate(self, variables: Mapping[str, Any]) -> dict[str, float]:
         """The metrics of the module docstring (keys `KEYS`) of the encoder ``variables``
-        (``{"params", "batch_stats"}``), the same on every process."""
+        (``{"params", "batch_stats"}``), the same on every process; all NaN if the encoder's
+        features are not finite (a diverged run)."""
         ev = self.settings
-        train_bank, test_bank = self.features(variables)
+        try:
+            train_bank, test_bank = self.features(variables)
+        except ValueError as e:  # a diverged encoder: NaN, for the loop's divergence guard
+            if "non-finite" not in str(e):
+                raise
+            return {key: math.nan for key in KEYS}
         results = {}
         for part in ("backbone", "projector"):
             results[f"{PREFIX}knn_{part}"] = evaluate.knn_accuracy(
@@ -240,9 +251,10 @@ class OnlineEvaluator:
         return {key: results[key] for key in KEYS}
 
     def collapse_warning(self, results: Mapping[str, float]) -> str | None:
-        """`collapse_warning` with this run's config and projection dimension."""
+        """`collapse_warning` with this run's config and projection dimension (None before an
+        evaluation with finite features has shown the dimension)."""
         if self.proj_dim is None:
-            raise ValueError("collapse_warning needs the results of an evaluation first")
+            return None
         return collapse_warning(results, self.config, proj_dim=self.proj_dim)
 
 
