@@ -98,6 +98,10 @@ def test_online_metrics_match_float64_numpy_on_a_tiny_run():
     assert results["online/projector_std_mean"] == pytest.approx(ref["std"].mean(), rel=1e-4)
     assert evaluator.proj_dim == 16
 
+    line = online_eval.summary_line(results)
+    assert line.startswith(f"knn_backbone={100 * results['online/knn_backbone']:.1f}% ")
+    assert f"rank_projector={results['online/effective_rank_projector']:.1f}" in line
+
     # a second call (nothing recompiled, nothing drawn anew) gives the same numbers
     assert evaluator.evaluate(variables) == results
 
