@@ -2,6 +2,7 @@
 plots, skip done cells, resume an interrupted one; every sweep config builds valid cells."""
 
 import csv
+import dataclasses
 import json
 import os
 import re
@@ -522,3 +523,66 @@ def test_view_comparisons_judge_each_loss_against_fewer_views():
     text = report.markdown(table, title="t")
     row = "| 256 | pwe | backbone/linear_probe | 2 → 4 | 90.00 ± 0.00 | 71.00 ± 1.00 | -19.00 "
     assert row in text
+
+
+def write_metrics(directory, lines):
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / "metrics.jsonl", "w", encoding="utf-8") as f:
+        for line in lines:
+            f.write((line if isinstance(line, str) else json.dumps(line)) + "\n")
+
+
+def test_learning_curves_average_seeds_of_each_cell_and_skip_cells_without_online_metrics(
+    tmp_path,
+):
+    sweep = tiny_sweep(a=(("mv_dhel", "pwe"), (2,)))
+    sweep.grid.a.seeds = (0, 1)
+    work = tmp_path / "work"
+    knn = {0: [0.2, 0.5, 0.6], 1: [0.4, 0.7, 0.7]}  # mv_dhel's two seeds at steps 5, 10, 15
+    results = []
+    for loss in ("mv_dhel", "pwe"):
+        for seed in (0, 1):
+            cell = grid.Cell(loss=loss, views=2, batch_size=8, seed=seed)
+            results.append({"cell": dataclasses.asdict(cell)})
+            if loss == "pwe":  # an old cell: training losses only
+                write_metrics(runner.cell_dir(work, cell), [{"step": 5, "train/loss": 1.0}])
+                continue
+            lines = [{"step": 1, "train/loss": 2.0}]
+            for step, value in zip((5, 10, 15), knn[seed]):
+                lines.append({"step": step, "online/knn_backbone": value, "time": 0.0})
+                lines.append({"step": step, "online/effective_rank_projector": 10.0 + seed})
+            if seed == 1:
+                lines.append({"step": 20, "online/knn_backbone": 0.9})  # seed 0 has no step 20
+                lines.append('{"step": 25, "online/knn_ba')  # a line cut by a crash
+            write_metrics(runner.cell_dir(work, cell), lines)
+
+    curves = outputs.cell_curves(results, work)
+    assert [(c["loss"], c["metric"]) for c in curves] == [
+        ("mv_dhel", "online/knn_backbone"),
+        ("mv_dhel", "online/effective_rank_projector"),
+    ]
+    knn_curve, rank_curve = curves
+    assert knn_curve["steps"] == [5, 10, 15] and knn_curve["seeds"] == 2
+    np.testing.assert_allclose(knn_curve["mean"], [0.3, 0.6, 0.65])
+    np.testing.assert_allclose(knn_curve["std"], np.std([knn[0], knn[1]], axis=0, ddof=1))
+    np.testing.assert_allclose(rank_curve["mean"], [10.5] * 3)
+
+    fig = plots.learning_curves(curves, "t")
+    drawn = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(drawn) == 2 and all(len(ax.get_lines()) == 1 for ax in drawn)
+    assert drawn[0].get_lines()[0].get_ydata().tolist() == pytest.approx([30.0, 60.0, 65.0])
+    assert all(ax.collections for ax in drawn)  # the seed-spread bands
+
+    written = studies.write_outputs(sweep, results_with_eval(results), work, tmp_path / "out")
+    assert {"learning_curves.png", "learning_curves.json"} <= {p.name for p in written}
+    saved = json.loads((tmp_path / "out" / "learning_curves.json").read_text())
+    assert saved == curves
+
+    assert outputs.cell_curves(results[2:], work) == []  # only old cells: no curves, no error
+    assert plots.learning_curves([]) is None
+    assert report.read_curve(tmp_path / "missing" / "metrics.jsonl") == {}
+
+
+def results_with_eval(results):
+    """`result.json`-like dicts of the cells (what write_outputs tabulates)."""
+    return [{**r, "step": 15, "seconds": 1.0, "train_loss": 1.0, "eval": {}} for r in results]

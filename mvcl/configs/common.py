@@ -204,6 +204,16 @@ def base_config() -> config_dict.ConfigDict:
     config.eval.probe_lr = 0.01
     config.eval.pixel_baseline = True  # also probe raw pixels (off for large images)
     config.eval.geometry_examples = 512  # test images whose views give the geometry metrics
+    # Online evaluation during training (mvcl.train.online_eval), every every_steps steps; 0: off.
+    config.eval.every_steps = 0
+    config.eval.online_train_examples = 1000  # fixed random subset of the train split (kNN bank)
+    config.eval.online_test_examples = 500  # fixed random subset of the test split (queries, views)
+    # Collapse alarm of the online evaluation: the projections' effective rank below
+    # collapse_rank_fraction x their dimension D, or the mean per-dimension standard deviation of
+    # the L2-normalised projections below collapse_std / sqrt(D) (uniform on the sphere: 1/sqrt(D)).
+    config.eval.collapse_check = True
+    config.eval.collapse_rank_fraction = 0.02
+    config.eval.collapse_std = 0.01
     return config
 
 

@@ -15,6 +15,9 @@ from ml_collections import config_dict
 
 from mvcl.configs import common
 
+TRAIN_EXAMPLES = 1437  # the bundled train split (mvcl.data.digits)
+ONLINE_EVAL_EPOCHS = 10  # epochs between online evaluations (config.eval.every_steps)
+
 
 def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     args = common.parse_arg(arg, **common.common_args(views=4))
@@ -48,4 +51,8 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.checkpoint_every_steps = 100
     config.eval.batch_size = 512
     config.eval.probe_batch_size = 128  # 11 minibatches of the 1,437 train images per epoch
+    # Online evaluation every ONLINE_EVAL_EPOCHS epochs (50 steps at batch 256; follows
+    # --config.batch_size): an epoch is only 5 steps, and one evaluation costs about as much as
+    # a few of them (experiments/results/online_eval/README.md).
+    config.eval.every_steps = ONLINE_EVAL_EPOCHS * (TRAIN_EXAMPLES // config.get_ref("batch_size"))
     return common.apply_args(config, args)

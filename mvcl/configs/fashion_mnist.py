@@ -63,6 +63,7 @@ DEFAULT_EPOCHS = 3
 LONG_EPOCHS = 20
 LONG_FEATURES = 2048  # the backbone's last 1x1 layer at width 1 (ConvNet's default: 512)
 LONG_VIEWS = 2  # long=True without views=
+TRAIN_EXAMPLES = 60000  # the train split (mvcl.data.fashion_mnist.SIZES)
 
 
 def get_config(arg: str | None = None) -> config_dict.ConfigDict:
@@ -102,6 +103,8 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.log_every_steps = 20
     config.checkpoint_every_steps = 100
     config.eval.batch_size = 1000
+    # Online evaluation once an epoch (234 steps at batch 256; follows --config.batch_size).
+    config.eval.every_steps = TRAIN_EXAMPLES // config.get_ref("batch_size")
     config = common.apply_args(config, args)
     if args.long:
         config.name += "_long"

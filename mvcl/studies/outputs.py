@@ -6,6 +6,9 @@ accuracy_vs_views.png         linear probe and kNN against V, per loss
 effective_rank_vs_views.png   effective rank of backbone and projector against V, per loss
 accuracy_vs_batch_size.png    accuracies against the batch size
 kernel_cost.png, kernel_cost.json   loss forward+backward time and memory against N·V
+learning_curves.png, learning_curves.json   online kNN and effective rank against the step, per
+                              cell (seed mean ± std), from the cells' metrics.jsonl; only when a
+                              cell logged them (`mvcl.train.online_eval`)
 embeddings.npz                test-set features of every cell (float16), for notebooks
 """
 
@@ -22,6 +25,7 @@ from ml_collections import config_dict
 
 from mvcl._deprecation import renamed
 from mvcl.studies import grid, loss_cost, plots, report, runner
+from mvcl.train.writers import METRICS_FILE
 
 LOSS_COST_FILE = "kernel_cost.json"  # the file name of earlier releases, kept
 
@@ -69,6 +73,20 @@ def collect_embeddings(
     return bool(arrays)
 
 
+def cell_curves(
+    results: Sequence[Mapping[str, Any]], workdir: str | os.PathLike
+) -> list[dict[str, Any]]:
+    """`report.learning_curves` of the cells' ``metrics.jsonl`` in ``workdir``; cells without
+    one (archived only) or without online values are skipped."""
+    cells = []
+    for result in results:
+        cell = grid.Cell(**result["cell"])
+        curve = report.read_curve(runner.cell_dir(workdir, cell) / METRICS_FILE)
+        if curve:
+            cells.append((result["cell"], curve))
+    return report.learning_curves(cells)
+
+
 def write_outputs(
     sweep: config_dict.ConfigDict,
     results: Sequence[Mapping[str, Any]],
@@ -103,6 +121,11 @@ def write_outputs(
         (outdir / LOSS_COST_FILE).write_text(json.dumps(rows, indent=1), encoding="utf-8")
         written.append(outdir / LOSS_COST_FILE)
         figures["kernel_cost.png"] = plots.loss_cost(rows, f"{title}: loss cost")
+    curves = cell_curves(results, workdir)
+    if curves:
+        (outdir / "learning_curves.json").write_text(json.dumps(curves, indent=1), "utf-8")
+        written.append(outdir / "learning_curves.json")
+        figures["learning_curves.png"] = plots.learning_curves(curves, f"{title}: learning curves")
     for name, fig in figures.items():
         plots.save(fig, outdir / name)
         written.append(outdir / name)

@@ -1,7 +1,8 @@
 """Plots of a sweep (PNG, matplotlib without pyplot: no global state, no display needed).
 
-Each function takes a `mvcl.studies.report.seed_means` table (or loss-cost rows), draws one
-figure and returns it; `save` writes it. Error bars are the standard deviation over seeds.
+Each function takes a `mvcl.studies.report.seed_means` table (or loss-cost rows, or learning
+curves), draws one figure and returns it; `save` writes it. Error bars and bands are the
+standard deviation over seeds.
 """
 
 from __future__ import annotations
@@ -161,6 +162,42 @@ def loss_cost(rows: Table, title: str = "") -> Figure:
         if ax.lines:
             ax.legend(fontsize=6, ncol=2)
     return fig
+
+
+def learning_curves(curves: Table, title: str = "") -> Figure | None:
+    """One panel per metric of `mvcl.studies.report.learning_curves` rows: the seed mean
+    against the step, one line per (loss, V, batch size), coloured by loss, with a band of ±1
+    standard deviation over the seeds (kNN accuracies in %). None if there are no curves."""
+    metrics = list(dict.fromkeys(c["metric"] for c in curves))
+    if not metrics:
+        return None
+    columns = min(2, len(metrics))
+    rows = -(-len(metrics) // columns)
+    fig = Figure(figsize=(5.5 * columns, 4 * rows))
+    axes = fig.subplots(rows, columns, squeeze=False).ravel()
+    styles = ("-", "--", ":", "-.")
+    views = sorted({c["views"] for c in curves})
+    batch_sizes = {c["batch_size"] for c in curves}
+    for ax, metric in zip(axes, metrics):
+        scale = 100.0 if "knn" in metric else 1.0
+        for c in (c for c in curves if c["metric"] == metric):
+            mean = [scale * m for m in c["mean"]]
+            std = [scale * s for s in c["std"]]
+            label = f"{c['loss']}, V={c['views']}"
+            if len(batch_sizes) > 1:
+                label += f", batch {c['batch_size']}"
+            style = styles[views.index(c["views"]) % len(styles)]
+            ax.plot(c["steps"], mean, color=color(c["loss"]), linestyle=style, label=label)
+            if c["seeds"] > 1:
+                low = [m - s for m, s in zip(mean, std)]
+                high = [m + s for m, s in zip(mean, std)]
+                ax.fill_between(c["steps"], low, high, color=color(c["loss"]), alpha=0.15)
+        name = metric.removeprefix("online/")
+        ylabel = "kNN accuracy (%)" if "knn" in metric else "effective rank"
+        ax.set(xlabel="step", ylabel=ylabel, title=name)
+    for ax in axes[len(metrics) :]:
+        ax.set_visible(False)
+    return _finish(fig, title)
 
 
 def save(fig: Figure, path: str | os.PathLike) -> None:

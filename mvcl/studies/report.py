@@ -3,11 +3,17 @@
 A row holds the cell (``loss``, ``views``, ``batch_size``, ``seed``), the run (``step``,
 ``seconds``, ``train_loss``) and every evaluation value (``backbone/linear_probe``,
 ``projector/effective_rank``, ... as in `mvcl.train.evaluate.evaluate`; none for fake data).
+
+Learning curves (`read_curve`, `learning_curves`): the online evaluation's values
+(`mvcl.train.online_eval`, ``online/*`` in each cell's ``metrics.jsonl``) against the step,
+averaged over the seeds of each (loss, views, batch_size).
 """
 
 from __future__ import annotations
 
 import csv
+import json
+import math
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -449,3 +455,76 @@ def target_table(means: Sequence[Mapping[str, Any]], targets: Mapping[str, Any])
         "| best other loss (measured) | " + " | ".join(measured(v, False) for v in views) + " |"
     )
     return lines
+
+
+CURVE_METRICS = (
+    "online/knn_backbone",
+    "online/knn_projector",
+    "online/effective_rank_backbone",
+    "online/effective_rank_projector",
+)
+"""The online-evaluation values a sweep's learning curves show (`mvcl.train.online_eval`)."""
+
+
+def read_curve(
+    path: str | os.PathLike, metrics: Sequence[str] = CURVE_METRICS
+) -> dict[str, dict[int, float]]:
+    """``{metric: {step: value}}`` of the ``metrics`` a run's ``metrics.jsonl`` holds.
+
+    Empty for a missing file or a run without online evaluation (a sweep from before it, or with
+    ``config.eval.every_steps = 0``); lines that are not JSON objects with a step (a line cut by
+    a crash) are skipped; a step logged twice keeps its last value.
+    """
+    curve: dict[str, dict[int, float]] = {}
+    if not os.path.isfile(path):
+        return curve
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if not isinstance(record, dict) or "step" not in record:
+                continue
+            for name in metrics:
+                value = record.get(name)
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    curve.setdefault(name, {})[int(record["step"])] = float(value)
+    return curve
+
+
+def learning_curves(
+    cells: Iterable[tuple[Mapping[str, Any], Mapping[str, Mapping[int, float]]]],
+    metrics: Sequence[str] = CURVE_METRICS,
+) -> list[dict[str, Any]]:
+    """Seed means of learning curves: one dict per (loss, views, batch_size) and metric.
+
+    ``cells``: ``(cell, curve)`` pairs, ``cell`` with the `KEYS` and ``seed``, ``curve`` as
+    `read_curve` returns; cells without the metric are left out. Each dict holds the `KEYS`,
+    ``metric``, ``steps`` (those every seed of the group logged, increasing), ``mean`` and
+    ``std`` at each step (sample standard deviation over the seeds, ``ddof=1``; 0 for one seed)
+    and ``seeds``. First-seen order of the groups.
+    """
+    groups: dict[tuple, list[Mapping[str, Mapping[int, float]]]] = {}
+    for cell, curve in cells:
+        groups.setdefault(tuple(cell[k] for k in KEYS), []).append(curve)
+    out = []
+    for key, curves in groups.items():
+        for metric in metrics:
+            members = [c[metric] for c in curves if c.get(metric)]
+            if not members:
+                continue
+            steps = sorted(set.intersection(*(set(m) for m in members)))
+            values = np.array([[m[s] for s in steps] for m in members], dtype=np.float64)
+            std = values.std(axis=0, ddof=1) if len(members) > 1 else np.zeros(len(steps))
+            out.append(
+                {
+                    **dict(zip(KEYS, key)),
+                    "metric": metric,
+                    "steps": steps,
+                    "mean": values.mean(axis=0).tolist(),
+                    "std": std.tolist(),
+                    "seeds": len(members),
+                }
+            )
+    return out

@@ -41,13 +41,21 @@ from mvcl.train import summary
 CELLS_DIR = "cells"
 RESULT_FILE = "result.json"
 EMBEDDINGS_FILE = "embeddings.npz"
-# Fields that may change between a cell's runs without changing its result.
+# Fields that may change between a cell's runs without changing its result. The online
+# evaluation's (mvcl.train.online_eval) only add online/* values to the cell's metrics.jsonl:
+# cells done before they existed stay done.
 RERUN_SAFE_FIELDS = (
     "dataset.data_dir",
     "progress_bar",
     "log_every_steps",
     "checkpoint_every_steps",
     "keep_checkpoints",
+    "eval.every_steps",
+    "eval.online_train_examples",
+    "eval.online_test_examples",
+    "eval.collapse_check",
+    "eval.collapse_rank_fraction",
+    "eval.collapse_std",
 )
 
 TrainFn = Callable[[config_dict.ConfigDict, str], Mapping[str, Any]]

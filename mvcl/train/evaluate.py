@@ -30,7 +30,12 @@ streams: no split is ever held as images.
   views (the training augmentation; with multi-crop, the V large crops) of the first
   ``config.eval.geometry_examples`` test images, a bounded subset (the pairwise metrics hold
   (M, M) matrices): alignment, uniformity, effective rank, covariance rank, Wasserstein
-  uniformity.
+  uniformity. The views are made from the whole subset at once and the encoder runs on them
+  sharded over the mesh (`view_embeddings`), so they are the same on any number of devices.
+
+The jitted encoder passes take the variables as arguments and are compiled once per model,
+mesh and shape, so repeated evaluations (`mvcl.train.online_eval`, every few training steps)
+do not compile again.
 
 `evaluate` does all of it from a config and the encoder's variables; `format_report` prints it.
 """
@@ -39,6 +44,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -133,14 +139,33 @@ def pixels(images: np.ndarray, *, crop_size: int) -> np.ndarray:
     return np.asarray(views).reshape(len(images), -1)
 
 
+@functools.lru_cache(maxsize=8)
+def _sharded_forward(model: nn.Module, mesh: jax.sharding.Mesh, crop_size: int, with_pixels: bool):
+    """The jitted ``(variables, images) -> {"backbone", "projector"[, "pixels"]}`` of the centre
+    views, replicated on ``mesh``: one compilation per (model, mesh, crop, batch shape), shared
+    by every call of `extract_features` (repeated evaluations, e.g. `mvcl.train.online_eval`)."""
+
+    def forward(variables, images):
+        h, z = model.apply(variables, data.center_view(images, crop_size=crop_size), train=False)
+        out = {"backbone": h, "projector": z}
+        if with_pixels:
+            out["pixels"] = data.center_view(images, crop_size=crop_size).reshape(len(images), -1)
+        return out
+
+    return jax.jit(forward, out_shardings=NamedSharding(mesh, P()))
+
+
 def _to_bank_dtype(x: np.ndarray, dtype: np.dtype, name: str) -> np.ndarray:
     """``x`` cast for the host bank; a ValueError instead of inf where float16 overflows."""
     with np.errstate(over="ignore"):  # reported below
         out = x.astype(dtype)
     if not np.all(np.isfinite(out)):
         what = "non-finite values" if not np.all(np.isfinite(x)) else f"values beyond {dtype}"
+        with warnings.catch_warnings():  # all NaN: the largest magnitude is NaN, say no more
+            warnings.simplefilter("ignore", RuntimeWarning)
+            largest = np.nanmax(np.abs(x))
         raise ValueError(
-            f"the {name} features hold {what} (largest magnitude {np.nanmax(np.abs(x)):.3g}); "
+            f"the {name} features hold {what} (largest magnitude {largest:.3g}); "
             f"set config.eval.feature_dtype='float32' or check the checkpoint"
         )
     return out
@@ -193,16 +218,8 @@ def extract_features(
     batch_size = _round_up(min(batch_size, max(len(indices), 1)), mesh.size)
     sharding = NamedSharding(mesh, P(AXIS))
     lo, hi = _local_rows(sharding, batch_size)
-    variables = jax.device_put(variables, NamedSharding(mesh, P()))
-
-    def forward(images):
-        h, z = model.apply(variables, data.center_view(images, crop_size=crop_size), train=False)
-        out = {"backbone": h, "projector": z}
-        if with_pixels:
-            out["pixels"] = data.center_view(images, crop_size=crop_size).reshape(len(images), -1)
-        return out
-
-    run = jax.jit(forward, out_shardings=NamedSharding(mesh, P()))
+    variables = jax.device_put(variables, NamedSharding(mesh, P()))  # no copy if already there
+    run = functools.partial(_sharded_forward(model, mesh, crop_size, with_pixels), variables)
 
     def read(start: int) -> tuple[np.ndarray, np.ndarray]:
         """This process's rows [lo, hi) of the global batch at ``start``, zero-padded."""
@@ -434,6 +451,18 @@ def _knn_vote(top_sim, top_label, *, num_classes: int, temperature: float):
     return jnp.argmax(votes.sum(axis=1), axis=-1)
 
 
+@functools.lru_cache(maxsize=8)
+def _knn_voter(mesh: jax.sharding.Mesh, num_classes: int):
+    """`_knn_vote` with its predictions replicated on ``mesh``, compiled once per mesh, class
+    count and shape (not once per `knn_accuracy` call)."""
+    return jax.jit(
+        lambda top_sim, top_label, temperature: _knn_vote(
+            top_sim, top_label, num_classes=num_classes, temperature=temperature
+        ),
+        out_shardings=NamedSharding(mesh, P()),
+    )
+
+
 def knn_accuracy(
     train_x: np.ndarray,
     train_y: np.ndarray,
@@ -483,14 +512,64 @@ def knn_accuracy(
             _global_array(mesh, valid, replicated),
             k=k,
         )
-    predicted = jax.jit(
-        functools.partial(_knn_vote, num_classes=num_classes, temperature=temperature),
-        out_shardings=NamedSharding(mesh, replicated),
-    )(top_sim, top_label)
+    predicted = _knn_voter(mesh, num_classes)(top_sim, top_label, temperature)
     return float(np.mean(_host(predicted)[: len(test_x)] == test_y))
 
 
 # --- geometry -----------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=8)
+def _view_forward(model: nn.Module, mesh: jax.sharding.Mesh, num_views: int, augment_items: tuple):
+    """The jitted ``(variables, images) -> (h, z)`` of `view_embeddings`, replicated on ``mesh``."""
+    augment = dict(augment_items)
+
+    def forward(variables, images):
+        # The views are made from the whole (replicated) batch, so they do not depend on the mesh.
+        views = data.make_views(jax.random.key(_GEOMETRY_SEED), images, num_views, **augment)
+        n = views.shape[0]
+        rows = views.reshape(n * num_views, *views.shape[2:])
+        pad = _round_up(len(rows), mesh.size) - len(rows)
+        rows = jnp.concatenate([rows, jnp.zeros((pad, *rows.shape[1:]), rows.dtype)])
+        rows = jax.lax.with_sharding_constraint(rows, NamedSharding(mesh, P(AXIS)))
+        h, z = model.apply(variables, rows, train=False)
+        return (
+            h[: n * num_views].reshape(n, num_views, -1),
+            z[: n * num_views].reshape(n, num_views, -1),
+        )
+
+    return jax.jit(forward, out_shardings=NamedSharding(mesh, P()))
+
+
+def view_embeddings(
+    model: nn.Module,
+    variables: Mapping[str, Any],
+    images: np.ndarray,
+    *,
+    num_views: int,
+    augment: Mapping[str, Any],
+    mesh: jax.sharding.Mesh | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Backbone features (N, V, F) and projections (N, V, D) of ``num_views`` random views of
+    each uint8 image, as float32 on the host of every process.
+
+    The views are made with the training augmentation ``augment`` (the keyword arguments of
+    `mvcl.data.make_views`) from a fixed key, from the whole batch ``images`` (the same on every
+    process), so they are the same on any mesh; the encoder then runs on the N·V views sharded
+    over ``mesh`` (default: every device). ``variables`` may already be replicated on ``mesh``
+    (a train state's): they are not copied then.
+    """
+    mesh = parallel.make_mesh() if mesh is None else mesh
+    replicated = NamedSharding(mesh, P())
+    variables = jax.device_put(variables, replicated)
+    forward = _view_forward(model, mesh, num_views, tuple(sorted(augment.items())))
+    h, z = forward(variables, _global_array(mesh, np.asarray(images), P()))
+    return _host(h).astype(np.float32), _host(z).astype(np.float32)
+
+
+@jax.jit
+def _all_metrics(h, z):
+    return {"backbone": metrics.all_metrics(h), "projector": metrics.all_metrics(z)}
 
 
 def view_geometry(
@@ -500,25 +579,19 @@ def view_geometry(
     *,
     num_views: int,
     augment: Mapping[str, Any],
+    mesh: jax.sharding.Mesh | None = None,
 ) -> dict[str, float]:
     """``mvcl.metrics.all_metrics`` of backbone features and projections of random views.
 
     Every image gets ``num_views`` views made with the training augmentation ``augment`` (the
-    keyword arguments of `mvcl.data.make_views`) from a fixed key. Keys are
+    keyword arguments of `mvcl.data.make_views`) from a fixed key; the encoder runs sharded over
+    ``mesh`` (`view_embeddings`), the metrics on each process's default device. Keys are
     ``"backbone/<metric>"`` and ``"projector/<metric>"``.
     """
-
-    @jax.jit
-    def geometry(x):
-        views = data.make_views(jax.random.key(_GEOMETRY_SEED), x, num_views, **augment)
-        n = views.shape[0]
-        h, z = model.apply(variables, views.reshape(n * num_views, *views.shape[2:]), train=False)
-        return {
-            "backbone": metrics.all_metrics(h.reshape(n, num_views, -1)),
-            "projector": metrics.all_metrics(z.reshape(n, num_views, -1)),
-        }
-
-    results = jax.device_get(geometry(jnp.asarray(images)))
+    h, z = view_embeddings(
+        model, variables, images, num_views=num_views, augment=augment, mesh=mesh
+    )
+    results = jax.device_get(_all_metrics(h, z))
     return {
         f"{part}/{name}": float(v) for part, values in results.items() for name, v in values.items()
     }
@@ -535,6 +608,13 @@ EVAL_DEFAULTS = {
     "probe_epochs": 100,
     "probe_batch_size": 256,
     "probe_lr": 0.01,
+    # the online evaluation (mvcl.train.online_eval)
+    "every_steps": 0,
+    "online_train_examples": 1000,
+    "online_test_examples": 500,
+    "collapse_check": True,
+    "collapse_rank_fraction": 0.02,
+    "collapse_std": 0.01,
 }
 
 
@@ -545,11 +625,11 @@ def eval_settings(config: config_dict.ConfigDict) -> config_dict.ConfigDict:
     return settings
 
 
-def train_subset(size: int, train_examples: int | None) -> np.ndarray:
+def train_subset(size: int, train_examples: int | None, *, seed: int = _SUBSET_SEED) -> np.ndarray:
     """Record ids of the train split the evaluation uses: all, or a fixed random subset.
 
-    ``train_examples`` images drawn without replacement by ``default_rng(0)`` (the same subset
-    for every evaluation of the split), in increasing order.
+    ``train_examples`` images drawn without replacement by ``default_rng(seed)`` (default 0: the
+    same subset for every evaluation of the split), in increasing order.
     """
     if train_examples is None:
         return np.arange(size)
@@ -558,7 +638,7 @@ def train_subset(size: int, train_examples: int | None) -> np.ndarray:
             f"config.eval.train_examples must be None (all) or in [1, {size}] (the size of the "
             f"train split), got {train_examples}"
         )
-    rng = np.random.default_rng(_SUBSET_SEED)
+    rng = np.random.default_rng(seed)
     return np.sort(rng.choice(size, train_examples, replace=False))
 
 
@@ -641,7 +721,9 @@ def evaluate(
         "image"
     ]
     results.update(
-        view_geometry(model, variables, geometry_images, num_views=num_views, augment=augment)
+        view_geometry(
+            model, variables, geometry_images, num_views=num_views, augment=augment, mesh=mesh
+        )
     )
     return results
 
