@@ -345,8 +345,8 @@ class _Progress:
     def update(self):
         self.n += 1
 
-    def set_postfix(self, **kwargs):
-        pass
+    def set_postfix_str(self, text):
+        self.postfix = text
 
 
 class _Checkpointer:

@@ -127,6 +127,11 @@ RANGES: dict[str, Range] = {
     "eval.probe_batch_size": _count(1),
     "eval.probe_lr": _POSITIVE,
     "eval.geometry_examples": _count(2),
+    "eval.every_steps": _count(1, special=((0, "off"),)),
+    "eval.online_train_examples": _count(1),
+    "eval.online_test_examples": _count(1),
+    "eval.collapse_rank_fraction": Range(0, 1, integer=False),  # of D; 0: off
+    "eval.collapse_std": Range(0, 1, integer=False),  # of 1/sqrt(D); 0: off
 }
 
 
@@ -171,6 +176,12 @@ def validate_config(
     device_count = jax.device_count() if device_count is None else device_count
     process_count = jax.process_count() if process_count is None else process_count
     check_ranges(config)
+    collapse_check = config.eval.get("collapse_check", True)
+    require(
+        isinstance(collapse_check, bool),
+        "eval.collapse_check",
+        f"must be True or False, got {collapse_check!r}",
+    )
     loss, views = config.loss.name, config.num_views
     require(
         loss in losses.NAMES,

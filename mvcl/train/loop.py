@@ -17,6 +17,10 @@ The run watches itself:
   a row stop the run (`mvcl.train.guard.DivergenceError`, exit status 3) without saving: the
   checkpoints on disk stay the last good ones, and no periodic checkpoint is written while the
   last step was bad;
+* **online evaluation** every ``config.eval.every_steps`` (`mvcl.train.online_eval`): kNN,
+  effective rank, alignment and uniformity of a fixed subset, logged as ``online/*`` and shown on
+  the progress line; the first sign of collapse (``config.eval.collapse_*``) is announced once
+  and logged as ``online/collapse = 1``;
 * **failed saves** (e.g. a full disk) stop the run at the next completed step with one line
   (`mvcl.train.errors.CheckpointSaveError`, exit status 3): the earlier checkpoints are intact
   and the same command resumes once the cause is fixed.
@@ -35,8 +39,18 @@ import numpy as np
 from ml_collections import config_dict
 from tqdm import tqdm
 
-from mvcl import parallel
-from mvcl.train import cli, feed, guard, lock, noise, optim, run_identity, signals
+from mvcl import models, parallel
+from mvcl.train import (
+    cli,
+    feed,
+    guard,
+    lock,
+    noise,
+    online_eval,
+    optim,
+    run_identity,
+    signals,
+)
 from mvcl.train.checkpoint import Checkpointer
 from mvcl.train.config_checks import num_train_steps, validate_config
 from mvcl.train.processes import agree, announce, should_stop, stop_reason
@@ -84,6 +98,11 @@ class _Steps:
         self.pending: collections.deque = collections.deque()
         self.history: list[dict[str, float]] = []
         self.last_log = time.perf_counter()
+        self.loss = ""  # the progress line's last training loss ...
+        self.online = ""  # ... and last online evaluation
+
+    def show(self) -> None:
+        self.progress.set_postfix_str(" ".join(t for t in (self.loss, self.online) if t))
 
     @property
     def streak(self) -> str:
@@ -115,7 +134,8 @@ class _Steps:
         scalars["train/bad_steps"] = self.bad.take_window()
         self.writer.write_scalars(step, scalars)
         if "train/loss" in scalars:
-            self.progress.set_postfix(loss=f"{scalars['train/loss']:.4f}")
+            self.loss = f"loss={scalars['train/loss']:.4f}"
+        self.show()
         self.history, self.last_log = [], now
 
 
@@ -217,6 +237,7 @@ def _train_and_evaluate(
             try:
                 return _train(
                     config,
+                    model,
                     workdir,
                     state,
                     iterator,
@@ -241,10 +262,33 @@ def _train_and_evaluate(
                     writer.close()
 
 
+def _online_evaluator(config, model, mesh) -> online_eval.OnlineEvaluator | None:
+    """The run's online evaluation, if ``config.eval.every_steps`` asks for one it can do."""
+    every = config.eval.get("every_steps", 0)
+    if not every or not config.eval.enabled:
+        return None
+    if isinstance(model, models.PerViewModel):
+        announce("Note: no online evaluation for a per-view model (config.eval.every_steps).")
+        return None
+    return online_eval.OnlineEvaluator(config, model, mesh)
+
+
 def _train(
-    config, workdir, state, iterator, checkpointer, writer, start, train_step, num_steps, mesh
+    config,
+    model,
+    workdir,
+    state,
+    iterator,
+    checkpointer,
+    writer,
+    start,
+    train_step,
+    num_steps,
+    mesh,
 ):
     """Steps ``start + 1 ... num_steps``, the saves, then the evaluation (`train_and_evaluate`)."""
+    evaluator = _online_evaluator(config, model, mesh)
+    alarmed = False
     small = config.augment.multicrop.num_small
     views = f"V={config.num_views}" + (f"+{small} small crops" if small else "")
     announce(
@@ -270,6 +314,17 @@ def _train(
         if should_stop(step, every=config.log_every_steps):
             preempted = True
             break
+        if evaluator is not None and step % config.eval.every_steps == 0:
+            steps.complete_all()
+            results = evaluator.evaluate(state.variables())
+            warning = None if alarmed else evaluator.collapse_warning(results)
+            if warning is not None:  # once per session
+                alarmed = True
+                announce(f"Warning at step {step}: {warning}")
+                results[f"{online_eval.PREFIX}collapse"] = 1.0
+            writer.write_scalars(step, results)
+            steps.online = online_eval.summary_line(results)
+            steps.show()
         if step % config.checkpoint_every_steps == 0:
             steps.complete_all()
             if steps.bad.streak:  # the state is the one before the streak: keep the good ones

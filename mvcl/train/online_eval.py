@@ -55,7 +55,7 @@ from ml_collections import config_dict
 
 from mvcl import data, metrics, models, numerics
 from mvcl.data import input_pipeline
-from mvcl.train import evaluate, sources
+from mvcl.train import config_checks, evaluate, sources
 from mvcl.train.config_checks import require
 from mvcl.train.errors import ConfigError
 
@@ -93,30 +93,18 @@ KEYS = tuple(
 
 def check_settings(config: config_dict.ConfigDict) -> None:
     """Raises ``ConfigError("config.eval.<field>: ...")`` for an invalid online-evaluation field
-    (for `mvcl.train.config_checks.validate_config`; `OnlineEvaluator` checks them too)."""
+    (its numeric ranges are those of `mvcl.train.config_checks.RANGES`, which
+    `validate_config` checks; `OnlineEvaluator` checks them too)."""
     ev = {name: config.eval.get(name, evaluate.EVAL_DEFAULTS[name]) for name in SETTINGS}
-
-    def count(name: str, low: int) -> None:
-        value = ev[name]
-        ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
-        require(ok, f"eval.{name}", f"must be an integer >= {low}, got {value!r}")
-
-    count("every_steps", 0)
-    count("online_train_examples", 1)
-    count("online_test_examples", 1)
+    for name, value in ev.items():
+        allowed = config_checks.RANGES.get(f"eval.{name}")
+        if allowed is not None:
+            require(allowed.holds(value), f"eval.{name}", f"must be {allowed}, got {value!r}")
     require(
         isinstance(ev["collapse_check"], bool),
         "eval.collapse_check",
         f"must be True or False, got {ev['collapse_check']!r}",
     )
-    for name, meaning in (("collapse_rank_fraction", "of D"), ("collapse_std", "of 1/sqrt(D)")):
-        value = ev[name]
-        number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        require(
-            number and 0 <= value <= 1,
-            f"eval.{name}",
-            f"must be in [0, 1] (a fraction {meaning}; 0: off), got {value!r}",
-        )
 
 
 def _subset(source: evaluate.Source, size: int | None, seed: int, image_size: int | None):
