@@ -1,12 +1,11 @@
-"""The streaming backends' default tiling by platform (`mvcl.backends.streaming.TILE_DEFAULTS`)
-and the matmul-rate helper of `mvcl.timing`."""
+"""The streaming backends' default tiling by platform (`mvcl.backends.streaming.TILE_DEFAULTS`)."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mvcl import losses, timing
+from mvcl import losses
 from mvcl.backends import streaming
 
 
@@ -68,16 +67,3 @@ def test_the_platform_rule_reaches_the_kernel(monkeypatch):
         assert has_loop == looped, platform
         np.testing.assert_allclose(value, dense[0], rtol=2e-6)
         np.testing.assert_allclose(grad, dense[1], rtol=2e-4, atol=2e-8)
-
-
-def test_matmul_rate_and_time_calls():
-    rates = timing.matmul_rate(repeats=2, shapes=("square_2048",), calls=2)
-    assert set(rates) == {"square_2048", "gflops"}
-    assert 0 < rates["gflops"] == rates["square_2048"] < 1e7
-    highest = timing.matmul_rate(
-        repeats=1, shapes=("rows_8192_d128",), precision=jax.lax.Precision.HIGHEST
-    )
-    assert highest["gflops"] > 0
-    assert timing.time_calls(lambda: jnp.ones(3), calls=3) > 0
-    with pytest.raises(ValueError, match="calls must be >= 1"):
-        timing.time_calls(lambda: None, calls=0)
