@@ -58,12 +58,15 @@ def time_value_and_grad(
     repeats: int = 3,
     budget_s: float | None = None,
     warmup: bool = True,
+    calls: int = 1,
 ) -> Timing:
     """Compiles ``jax.jit(jax.value_and_grad(fn))`` for ``z`` and times calls of it.
 
     The first call is the warm-up; then ``repeats`` calls are timed, or with ``budget_s`` as many
     as fit in that many seconds at the speed of the first timed one (at least one, at most
-    ``repeats``). ``warmup=False`` times the first call only (for calls of minutes).
+    ``repeats``). ``warmup=False`` times the first call only (for calls of minutes). With
+    ``calls > 1`` each timed value is the time per call of ``calls`` calls dispatched back to back
+    (:func:`time_calls`, for kernels shorter than a dispatch on an accelerator).
     """
     start = time.perf_counter()
     compiled = jax.jit(jax.value_and_grad(fn)).lower(z).compile()
@@ -71,11 +74,11 @@ def time_value_and_grad(
     stats = compiled.memory_analysis()
     first = timed_call(compiled, z)
     if warmup:
-        times = [timed_call(compiled, z)]
+        times = [time_calls(compiled, z, calls=calls)]
         count = repeats
         if budget_s is not None:
-            count = int(min(repeats, max(1, budget_s // max(times[0], 1e-3))))
-        times += [timed_call(compiled, z) for _ in range(count - 1)]
+            count = int(min(repeats, max(1, budget_s // max(times[0] * calls, 1e-3))))
+        times += [time_calls(compiled, z, calls=calls) for _ in range(count - 1)]
     else:
         times = [first]
     return Timing(
@@ -100,6 +103,7 @@ def time_calls(fn: Callable[..., Any], *args: Any, calls: int = 1) -> float:
 
 
 MATMUL_SHAPES = {
+    "square_1024": (1024, 1024, 1024),
     "square_2048": (2048, 2048, 2048),
     "rows_8192_d128": (8192, 128, 8192),
     "square_8192": (8192, 8192, 8192),
