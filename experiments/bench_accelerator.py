@@ -534,8 +534,8 @@ def relative_errors(value, grad, ref_value, ref_grad) -> dict:
     value, grad = float(value), np.asarray(grad, np.float64)
     ref_grad = np.asarray(ref_grad, np.float64)
     return {
-        "loss": value,
-        "loss_f64": float(ref_value),
+        "value": value,
+        "value_f64": float(ref_value),
         # relative above 1, absolute below (docs/losses.md, "Float32")
         "loss_rel_err": abs(value - ref_value) / max(abs(ref_value), 1.0),
         "grad_rel_err": float(np.linalg.norm(grad - ref_grad) / np.linalg.norm(ref_grad)),
@@ -808,6 +808,16 @@ def train_config(plan: Plan, views: int, batch: int, micro_batch: int | None = N
     return config
 
 
+def step_row(config, steps: int) -> dict:
+    """`mvcl.train.step_timing.time_train_step`, its last loss as ``loss_value``."""
+    from mvcl.train.step_timing import time_train_step
+
+    row = time_train_step(config, steps=steps)
+    if "loss" in row:
+        row["loss_value"] = row.pop("loss")
+    return row
+
+
 def bf16_peak(kind: str) -> float | None:
     for key, tflops in BF16_PEAK_TFLOPS:
         if key.lower() in kind.lower():
@@ -816,8 +826,6 @@ def bf16_peak(kind: str) -> float | None:
 
 
 def train_step_section(section: Section, plan: Plan, rates: dict, kind: str, torch_out: dict):
-    from mvcl.train.step_timing import time_train_step
-
     peak = bf16_peak(kind)
     measured_peak = rates["bfloat16"]["gflops"] * 1e9
     for v in plan.train_views:
@@ -827,10 +835,11 @@ def train_step_section(section: Section, plan: Plan, rates: dict, kind: str, tor
             continue
         with guard(row):
             config = train_config(plan, v, plan.train_batch)
-            row.update(config=config.name, model=config.model.name, dtype=config.model.dtype)
+            row.update(config="imagenet1k", run_name=config.name, model=config.model.name)
+            row["dtype"] = config.model.dtype
             row.update(loss=config.loss.name, backend=config.loss.backend)
             row["crop_size"] = config.augment.crop_size
-            row.update(time_train_step(config, steps=plan.train_steps))
+            row.update(step_row(config, plan.train_steps))
             per_step = row["median_step_s"]
             row["images_per_s"] = plan.train_batch / per_step
             row["view_images_per_s"] = plan.train_batch * v / per_step
@@ -898,7 +907,7 @@ def grad_cache_section(section: Section, plan: Plan, report: dict) -> dict:
             row["skipped"] = "time budget"
             return {"estimate": estimate}
         with guard(row):
-            row.update(time_train_step(train_config(plan, v, b), steps=plan.cache_steps))
+            row.update(step_row(train_config(plan, v, b), plan.cache_steps))
         if "error" not in row:
             break
     else:
@@ -913,7 +922,7 @@ def grad_cache_section(section: Section, plan: Plan, report: dict) -> dict:
         row["skipped"] = "time budget"
     else:
         with guard(row):
-            row.update(time_train_step(train_config(plan, v, 4 * b, micro), steps=plan.cache_steps))
+            row.update(step_row(train_config(plan, v, 4 * b, micro), plan.cache_steps))
     for r in section.rows:
         if "median_step_s" in r:
             r["images_per_s"] = r["batch_size"] / r["median_step_s"]

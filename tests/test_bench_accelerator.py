@@ -71,7 +71,7 @@ def test_quick_exactness_every_case_within_goal(quick):
     for r in default:  # float32 at HIGHEST against float64: far below the 1e-5 goal on the CPU
         assert r["finite"], r
         assert 0 <= r["loss_rel_err"] < 1e-5 and 0 < r["grad_rel_err"] < 1e-5, r
-        assert r["loss_f64"] == pytest.approx(r["loss"], rel=1e-5, abs=1e-5)
+        assert r["value_f64"] == pytest.approx(r["value"], rel=1e-5, abs=1e-5)
     assert any(r["tile"] for r in default)  # several tiles per group
     assert {r["loss"] for r in rows if r["precision"] == "default"} == {"mv_infonce", "mv_dhel"}
     assert section["goal_met"] is True
@@ -141,7 +141,8 @@ def test_quick_train_step_and_grad_cache(quick):
     mine = [r for r in rows if r["framework"].startswith("mvcl")]
     assert [r["views"] for r in mine] == list(plan["train_views"])
     for r in mine:
-        assert r["config"].startswith("imagenet1k") and r["dtype"] == "bfloat16"
+        assert r["config"] == "imagenet1k" and r["dtype"] == "bfloat16"
+        assert r["loss"] == "mv_dhel" and isinstance(r["loss_value"], float)
         assert r["batch_size"] == plan["train_batch"] and r["xla_flops"] > 0
         assert r["images_per_s"] == pytest.approx(r["batch_size"] / r["median_step_s"])
         assert r["view_images_per_s"] == pytest.approx(r["images_per_s"] * r["views"])
