@@ -847,10 +847,11 @@ def train_step_section(section: Section, plan: Plan, rates: dict, kind: str, tor
             row["xla_tflops_per_s"] = flops_s / 1e12
             row["mfu_datasheet"] = flops_s / peak if peak else None
             row["mfu_measured_bf16_matmul"] = flops_s / measured_peak
-    torch_rows = torch_out.get("train_rows", [])
+    torch_rows = [
+        dict(r, framework="torchvision (PyTorch)") for r in torch_out.get("train_rows", [])
+    ]
     skipped = torch_out.get("train_skipped") or torch_out.get("skipped") or torch_out.get("error")
-    for r in torch_rows:
-        section.rows.append(dict(r, framework="torchvision (PyTorch)"))
+    section.rows += torch_rows
     if not torch_rows:
         section.rows.append({"framework": "torchvision (PyTorch)", "skipped": skipped})
     jax_rows = {r["views"]: r for r in section.rows if r["framework"].startswith("mvcl")}

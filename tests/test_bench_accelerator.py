@@ -207,3 +207,63 @@ def test_device_file_names_and_render():
     text = bench.tables(report)
     assert "| mv_dhel | 32,768 | dense |" in text and "too big" in text
     assert "| 0.5 | 0.25 | 2.00 | 1 |" in text
+
+
+FAKE_TORCHVISION = '''
+"""A stand-in for torchvision: models.resnet50 is a tiny convnet with an ``fc`` (the test's)."""
+import torch
+
+__version__ = "0.0-test"
+
+
+class _Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, stride=2)
+        self.pool = torch.nn.AdaptiveAvgPool2d(1)
+        self.fc = torch.nn.Linear(8, 1000)
+
+    def forward(self, x):
+        return self.fc(self.pool(torch.relu(self.conv(x))).flatten(1))
+
+
+class models:
+    @staticmethod
+    def resnet50(weights=None):
+        assert weights is None
+        return _Net()
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _torch_available(), reason="torch is not installed")
+def test_quick_torchvision_step_runs_beside_the_jax_step(tmp_path):
+    """The torchvision part of the train-step section (the device has torchvision, CI may not):
+    its step (projection head, channels_last, bf16 autocast, SGD, the PyTorch loss) runs on a
+    stand-in ResNet-50, and its images/s is set beside mvcl's."""
+    (tmp_path / "fake").mkdir()
+    (tmp_path / "fake" / "torchvision.py").write_text(FAKE_TORCHVISION)
+    out = tmp_path / "train.json"
+    env = dict(_env(), PYTHONPATH=f"{ROOT}{os.pathsep}{tmp_path / 'fake'}")
+    command = [sys.executable, str(SCRIPT), "--quick", "--sections", "train_step"]
+    done = subprocess.run(
+        command + ["--budget", "1500", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=1800,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert set(report["sections"]) == {"train_step"}
+    rows = report["sections"]["train_step"]["rows"]
+    theirs = [r for r in rows if r["framework"].startswith("torchvision")]
+    mine = {r["views"]: r for r in rows if r["framework"].startswith("mvcl")}
+    assert [r["views"] for r in theirs] == report["plan"]["train_views"]
+    for r in theirs:
+        assert "error" not in r, r
+        assert r["images_per_s"] == pytest.approx(r["batch_size"] / r["median_step_s"])
+        assert r["view_images_per_s"] == pytest.approx(r["images_per_s"] * r["views"])
+        ratio = mine[r["views"]]["images_per_s"] / r["images_per_s"]
+        assert r["mvcl_images_per_s_ratio"] == pytest.approx(ratio)
