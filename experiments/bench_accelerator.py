@@ -222,8 +222,12 @@ class Section:
         self.notes.append(f"skipped for the time budget: {what}")
         return True
 
+    save = staticmethod(lambda: None)
+    """Called before each new row: writes the report so far (a run killed mid-section keeps it)."""
+
     def row(self, **fields: Any) -> dict:
         """Appends a row; `guard` fills in its error if its body raises."""
+        self.save()
         self.rows.append(fields)
         return fields
 
@@ -237,11 +241,16 @@ def guard(row: dict):
         row["error"] = f"{type(e).__name__}: {e}"[:600]
 
 
-def run_section(report: dict, name: str, deadline: float, body, *args) -> None:
-    """Runs ``body(section, *args)`` until ``deadline`` (a ``time.perf_counter()`` value)."""
+def run_section(report: dict, name: str, deadline: float, body, *args, out=None) -> None:
+    """Runs ``body(section, *args)`` until ``deadline`` (a ``time.perf_counter()`` value); with
+    ``out``, the report is written there before every row and at the end."""
     section = Section(name, deadline)
     start = time.perf_counter()
-    entry: dict[str, Any] = {"status": "ok"}
+    entry: dict[str, Any] = {"status": "running", "rows": section.rows}
+    report["sections"][name] = entry
+    if out is not None:
+        section.save = lambda: write_report(report, out)
+    entry["status"] = "ok"
     try:
         extra = body(section, *args) or {}
         entry.update(extra)
@@ -257,6 +266,7 @@ def run_section(report: dict, name: str, deadline: float, body, *args) -> None:
     if any("error" in r for r in section.rows) and entry["status"] == "ok":
         entry["status"] = "partial"
     report["sections"][name] = entry
+    section.save()
     print(f"[{name}] {entry['status']} in {entry['seconds']:.1f} s", file=sys.stderr, flush=True)
 
 
@@ -1127,9 +1137,8 @@ def tables(report: dict) -> str:
         sec = report["sections"].get(name)
         if sec is None:
             continue
-        lines.append(
-            f"\n## {name}: {sec['status']} ({sec['seconds']:.0f} s of {sec.get('budget_s', 0):.0f})"
-        )
+        spent, share = sec.get("seconds", 0), sec.get("budget_s", 0)
+        lines.append(f"\n## {name}: {sec['status']} ({spent:.0f} s of {share:.0f})")
         if sec.get("error"):
             lines.append(f"error: {sec['error']}")
         lines += [f"note: {note}" for note in sec.get("notes", [])[:5]]
@@ -1270,44 +1279,19 @@ def main(argv=None) -> None:
     if "torch_reference" in args.sections:
         # the float64 check of its smallest rows: a few seconds past the child's share at most
         deadline = max(torch_deadline, time.perf_counter() + 30)
-        run_section(report, "torch_reference", deadline, torch_reference_section, torch_out, report)
-        write_report(report, out)
-    if "exactness" in args.sections:
         run_section(
-            report, "exactness", budget.section_deadline("exactness"), exactness_section, plan, mesh
+            report, "torch_reference", deadline, torch_reference_section, torch_out, report, out=out
         )
         write_report(report, out)
-    if "loss_speed" in args.sections:
-        run_section(
-            report,
-            "loss_speed",
-            budget.section_deadline("loss_speed"),
-            loss_speed_section,
-            plan,
-            rates,
-        )
-        write_report(report, out)
-    if "train_step" in args.sections:
-        run_section(
-            report,
-            "train_step",
-            budget.section_deadline("train_step"),
-            train_step_section,
-            plan,
-            rates,
-            kind,
-            torch_out,
-        )
-        write_report(report, out)
-    if "grad_cache" in args.sections:
-        run_section(
-            report,
-            "grad_cache",
-            budget.section_deadline("grad_cache"),
-            grad_cache_section,
-            plan,
-            report,
-        )
+    jobs = {
+        "exactness": (exactness_section, plan, mesh),
+        "loss_speed": (loss_speed_section, plan, rates),
+        "train_step": (train_step_section, plan, rates, kind, torch_out),
+        "grad_cache": (grad_cache_section, plan, report),
+    }
+    for name, (body, *body_args) in jobs.items():
+        if name in args.sections:
+            run_section(report, name, budget.section_deadline(name), body, *body_args, out=out)
     report["headline"] = headline(report)
     report["wall_s"] = time.perf_counter() - budget.start
     write_report(report, out)

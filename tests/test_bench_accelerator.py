@@ -207,6 +207,9 @@ def test_device_file_names_and_render():
     text = bench.tables(report)
     assert "| mv_dhel | 32,768 | dense |" in text and "too big" in text
     assert "| 0.5 | 0.25 | 2.00 | 1 |" in text
+    # a run killed mid-section left it "running", without its seconds: it still renders
+    report["sections"]["loss_speed"] = {"status": "running", "rows": []}
+    assert "## loss_speed: running (0 s of 0)" in bench.tables(report)
 
 
 FAKE_TORCHVISION = '''
