@@ -9,7 +9,7 @@
 #   bash experiments/accelerator/run_device.sh [benchmark arguments]
 #
 # LIMIT (seconds, default 540) bounds the benchmark; its own budget is 420 s (--budget), and it
-# rewrites the JSON after every section, so a run stopped at LIMIT keeps what it measured.
+# rewrites the JSON before every row, so a run stopped at LIMIT keeps what it measured.
 set -uo pipefail
 WHEELS=${WHEELS:-.whl}
 SITE=${SITE:-/tmp/site}
