@@ -873,6 +873,24 @@ def train_step_section(section: Section, plan: Plan, rates: dict, kind: str, tor
     }
 
 
+def one_pass_batch(probe: dict, limit: int | None, fallback: int) -> tuple[int, dict]:
+    """The largest one-pass batch, a multiple of 32, whose compiled memory fits 92 % of ``limit``,
+    from one compiled step (``probe``: its batch and ``memory_analysis()`` bytes): the state's
+    arguments and outputs stay, the temporaries grow in proportion to the batch. Without a
+    limit (the CPU reports none), ``fallback``. Returns it and the estimate's figures."""
+    fixed = probe["argument_bytes"] + probe["output_bytes"] - probe["alias_bytes"]
+    per_image = probe["temp_bytes"] / probe["batch_size"]
+    fit = {"probe_batch": probe["batch_size"], "fixed_bytes": fixed}
+    fit["temp_bytes_per_image"] = per_image
+    if limit:
+        batch = max(0, int((0.92 * limit - fixed) // per_image) // 32 * 32)
+    else:
+        batch = fallback
+        fit["note"] = "no device memory limit reported: the plan's batch"
+    fit["one_pass_batch"] = batch
+    return batch, fit
+
+
 def grad_cache_section(section: Section, plan: Plan, report: dict) -> dict:
     from mvcl.train.step_timing import time_train_step
 
@@ -890,33 +908,24 @@ def grad_cache_section(section: Section, plan: Plan, report: dict) -> dict:
     if probe is None:  # no V = 4 train step measured: compile one (no run) for the estimate
         probe = time_train_step(train_config(plan, v, plan.train_batch), steps=0)
         probe["batch_size"] = plan.train_batch
-    fixed = probe["argument_bytes"] + probe["output_bytes"] - probe["alias_bytes"]
-    per_image = probe["temp_bytes"] / probe["batch_size"]
-    estimate.update(
-        probe_batch=probe["batch_size"], fixed_bytes=fixed, temp_bytes_per_image=per_image
-    )
-    if limit:
-        batch = int((0.92 * limit - fixed) // per_image) // 32 * 32
-    else:
-        batch = plan.cache_cpu_batch
-        estimate["note"] = "no device memory limit reported: the plan's batch"
-    estimate["one_pass_batch"] = batch
+    batch, fit = one_pass_batch(probe, limit, plan.cache_cpu_batch)
+    estimate.update(fit)
     tries = [batch, int(batch * 0.8) // 32 * 32] if limit else [batch]
+    one = None
     for b in tries:
         if b < 2:
+            section.notes.append(f"no one-pass batch: the estimate gave {b}")
             break
         row = section.row(mode="one pass", views=v, batch_size=b, micro_batch=None)
         if section.out_of_time(f"one pass at batch {b}", reserve=10.0):
             row["skipped"] = "time budget"
-            return {"estimate": estimate}
+            break
         with guard(row):
             row.update(step_row(train_config(plan, v, b), plan.cache_steps))
         if "error" not in row:
+            one = row
             break
-    else:
-        return {"estimate": estimate, "note": "no one-pass batch ran"}
-    one = section.rows[-1]
-    if "error" in one:
+    if one is None:
         return {"estimate": estimate}
     b = one["batch_size"]
     micro = max(1, 4 * b // plan.cache_chunks)

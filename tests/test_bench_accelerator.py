@@ -271,3 +271,16 @@ def test_quick_torchvision_step_runs_beside_the_jax_step(tmp_path):
         assert r["view_images_per_s"] == pytest.approx(r["images_per_s"] * r["views"])
         ratio = mine[r["views"]]["images_per_s"] / r["images_per_s"]
         assert r["mvcl_images_per_s_ratio"] == pytest.approx(ratio)
+
+
+def test_one_pass_batch_estimate():
+    bench = _module()
+    gib = 2**30
+    probe = dict(
+        batch_size=256, argument_bytes=gib, output_bytes=gib, alias_bytes=gib, temp_bytes=64 * gib
+    )  # 1 GiB of state, 0.25 GiB of temporaries per image
+    batch, fit = bench.one_pass_batch(probe, 80 * gib, fallback=4)
+    assert fit["fixed_bytes"] == gib and fit["temp_bytes_per_image"] == gib / 4
+    assert batch == 288 == fit["one_pass_batch"]  # (0.92 * 80 - 1) * 4 = 290.4 -> 288
+    assert bench.one_pass_batch(probe, None, fallback=4)[0] == 4
+    assert bench.one_pass_batch(probe, gib // 2, fallback=4)[0] == 0  # not even the state fits
