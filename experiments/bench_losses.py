@@ -99,34 +99,13 @@ def matrix_bytes(loss: str, n: int, v: int, devices: int) -> int:
 # Measurements (run inside the worker processes and, for the matmul rate, in the parent).
 
 
-def _timed(fn, *args):
-    from mvcl.timing import timed_call
-
-    return timed_call(fn, *args)
-
-
-SHAPES = {"square_2048": (2048, 2048, 2048), "rows_8192_d128": (8192, 128, 8192)}
-
-
-def matmul_rate(repeats: int = 9, shapes=tuple(SHAPES)) -> dict:
+def matmul_rate(repeats: int = 9, shapes=("square_2048", "rows_8192_d128")) -> dict:
     """float32 matmul GFLOP/s (median of repeats) of a 2048³ product and of a loss-shaped
-    (8192×128)·(128×8192) one; ``gflops`` is the faster (the stricter floor)."""
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
+    (8192×128)·(128×8192) one; ``gflops`` is the faster (the stricter floor):
+    :func:`mvcl.timing.matmul_rate` at the platform's default precision."""
+    from mvcl.timing import matmul_rate as rate
 
-    rng = np.random.default_rng(0)
-    shapes = {name: SHAPES[name] for name in shapes}
-    rates = {}
-    for name, (m, k, n) in shapes.items():
-        a = jnp.asarray(rng.standard_normal((m, k)), jnp.float32)
-        b = jnp.asarray(rng.standard_normal((k, n)), jnp.float32)
-        f = jax.jit(jnp.matmul)
-        _timed(f, a, b)
-        seconds = float(np.median([_timed(f, a, b) for _ in range(repeats)]))
-        rates[name] = 2 * m * k * n / seconds / 1e9
-    rates["gflops"] = max(rates.values())  # the faster shape: the stricter floor
-    return rates
+    return rate(repeats, tuple(shapes))
 
 
 def _reset_peak_rss() -> bool:

@@ -5,28 +5,27 @@ r"""Time the training step of a config (random images of its shape), to size a r
         --out=experiments/results/bench_step_fashion_mnist.json
 
 Builds the model, optimiser and jitted step of ``--config`` exactly as a run does, feeds random
-uint8 images of ``config.dataset.fake_shape`` (the data set is not read), compiles once, then
-times ``--steps`` steps (each waited for). Prints a table (compile time, median and min seconds
-per step, the implied minutes per epoch of ``--epoch_size`` images and for the config's steps)
-and appends the row to ``--out`` as JSON. On a shared machine take the median of several runs.
-Like the commands, it first tells glibc's malloc to keep freed memory (`mvcl.train.malloc`);
-``MVCL_SYSTEM_MALLOC=1`` measures with glibc's defaults (the row's ``malloc`` field says which).
+uint8 images of ``config.dataset.fake_shape`` (the data set is not read), compiles once, runs one
+warm-up step, then times ``--steps`` steps (each waited for): `mvcl.train.step_timing`. Prints a
+table (compile time, median and min seconds per step, the implied minutes per epoch of
+``--epoch_size`` images and for the config's steps) and appends the row to ``--out`` as JSON.
+On a shared machine take the median of several runs. Like the commands, it first tells glibc's
+malloc to keep freed memory (`mvcl.train.malloc`); ``MVCL_SYSTEM_MALLOC=1`` measures with
+glibc's defaults (the row's ``malloc`` field says which).
 """
 
 import json
 import os
-import time
 
 from mvcl.train import malloc
 
 KEPT = malloc.keep_freed_memory()  # before jax starts its backend, as the commands do
 
-import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from mvcl import configs, parallel  # noqa: E402
-from mvcl.train import optim, trainer  # noqa: E402
+from mvcl import configs  # noqa: E402
+from mvcl.train import step_timing, trainer  # noqa: E402
 
 _CONFIG = configs.define_flag(
     "config", None, "Config name[:args], e.g. fashion_mnist:views=8 (mvcl.configs), or a .py file."
@@ -43,37 +42,13 @@ def main(argv):
     del argv
     print(f"malloc: {'keeps freed memory (mvcl.train.malloc)' if KEPT else 'system defaults'}")
     config = _CONFIG.value
-    mesh = parallel.make_mesh(None if config.num_devices == -1 else config.num_devices)
     steps_per_epoch = _EPOCH.value // config.batch_size
     num_steps = trainer.num_train_steps(config, steps_per_epoch)
-    tx = optim.make_optimizer(config, num_steps)
-    schedule = optim.learning_rate_schedule(config, num_steps)
-    model = trainer.build_model(config, axis_name=trainer.AXIS)
-    shape = tuple(config.dataset.fake_shape)
-    state = trainer.create_train_state(config, model, tx, mesh, shape[-1])
-    step = trainer.make_train_step(config, model, tx, schedule, mesh)
-    sharding = parallel.batch_sharding(mesh, trainer.AXIS)
-    rng = np.random.default_rng(0)
-
-    def batch():
-        images = rng.integers(0, 256, (config.batch_size, *shape), dtype=np.uint8)
-        return trainer.global_batch(images, sharding, config.batch_size)
-
-    first = batch()
-    cost = step.lower(state, first).compile().cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
-    start = time.perf_counter()
-    state, metrics = step(state, first)
-    jax.block_until_ready(metrics)
-    compile_s = time.perf_counter() - start
-    times = []
-    for _ in range(_STEPS.value):
-        images = batch()
-        start = time.perf_counter()
-        state, metrics = step(state, images)
-        jax.block_until_ready(metrics)
-        times.append(time.perf_counter() - start)
+    timing = step_timing.time_train_step(
+        config, steps=_STEPS.value, steps_per_epoch=steps_per_epoch
+    )
+    compile_s, flops = timing["compile_s"], timing["xla_flops"]
+    times = timing.get("step_s", [])
     median = float(np.median(times)) if times else float("nan")
     fastest = min(times, default=float("nan"))
     row = {
@@ -84,8 +59,9 @@ def main(argv):
         "views": config.num_views,
         "batch_size": config.batch_size,
         "crop_size": config.augment.crop_size,
-        "devices": mesh.size,
+        "devices": timing["devices"],
         "compile_s": compile_s,
+        "first_step_s": timing.get("first_step_s"),
         "xla_gflops_per_step": flops / 1e9,
         "step_s": times,
         "median_step_s": median,

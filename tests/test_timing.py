@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from mvcl import losses, timing
 
@@ -44,3 +45,16 @@ def test_loss_benchmark_keeps_each_rows_fastest_pass():
     assert best["pwe"]["round_times_s"] == [2.0, 1.5]
     assert best["avg"]["time_s"] == 1.0 and best["avg"]["round_times_s"] == [1.0, 3.0]
     assert best["dcl"]["error"] == "boom" and "time_s" not in best["dcl"]
+
+
+def test_matmul_rate_and_time_calls():
+    rates = timing.matmul_rate(repeats=2, shapes=("square_2048",), calls=2)
+    assert set(rates) == {"square_2048", "gflops"}
+    assert 0 < rates["gflops"] == rates["square_2048"] < 1e7
+    highest = timing.matmul_rate(
+        repeats=1, shapes=("rows_8192_d128",), precision=jax.lax.Precision.HIGHEST
+    )
+    assert highest["gflops"] > 0
+    assert timing.time_calls(lambda: jnp.ones(3), calls=3) > 0
+    with pytest.raises(ValueError, match="calls must be >= 1"):
+        timing.time_calls(lambda: None, calls=0)

@@ -31,6 +31,7 @@ kernel, a ring of one device being the single-device case. The maths is in docs/
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -77,8 +78,9 @@ with 53 MiB instead of 15 (one-off timings in one process)."""
 
 
 def _unroll(tiling) -> bool:
-    """Whether a loop over ``tiling``'s tiles is unrolled: up to `UNROLL_TILES` tiles."""
-    return tiling.count <= UNROLL_TILES
+    """Whether a loop over ``tiling``'s tiles is unrolled: up to the platform's `unroll_tiles`
+    (`UNROLL_TILES` on the CPU, see `TILE_DEFAULTS`)."""
+    return tiling.count <= tile_defaults().unroll_tiles
 
 
 RING_TILE = 512
@@ -92,12 +94,71 @@ CPU). On one device 512 rows were no faster than 384 (within ±5 % for MV-DHEL, 
 V = 4 and 8)."""
 
 
-def default_tile(groups: int, ring: bool = False) -> int:
-    """Rows per tile when none is given: on one device ``sqrt(TILE_ELEMENTS / G)``, at least
-    ``MIN_TILE`` (512 for one group, 384 for two or more); on the ring ``RING_TILE``."""
+@dataclasses.dataclass(frozen=True)
+class TileDefaults:
+    """The default tiling of one platform (see `TILE_DEFAULTS`).
+
+    Attributes:
+      tile_elements: similarity entries of one tile of all G groups on one device: tiles of
+        ``sqrt(tile_elements / G)`` rows (rounded down to a multiple of 8),
+      min_tile: but at least this many rows;
+      ring_tile: rows per tile on the ring, whatever G;
+      unroll_tiles: loops over at most this many tiles are unrolled (`UNROLL_TILES`).
+    """
+
+    tile_elements: int
+    min_tile: int
+    ring_tile: int
+    unroll_tiles: int
+
+
+ACCELERATOR_TILES = TileDefaults(
+    tile_elements=8192 * 8192, min_tile=2048, ring_tile=8192, unroll_tiles=4
+)
+"""GPU and TPU defaults, PROVISIONAL: chosen by reasoning, not yet measured on an accelerator
+(``experiments/bench_accelerator.py`` measures tiles of 1,024 to 16,384 rows; see
+``experiments/results/accelerator/README.md``). Each trip of a tile loop costs a handful of
+kernel launches and, for a rolled loop, a loop-condition round trip: some 10-50 µs on a GPU. A
+512-row tile at D = 128 is 67 MFLOP (about 1 µs of an H100 in float32, 0.15 µs as TF32), so the
+CPU's tiles would leave the GPU idle; an 8,192-row tile is 17 GFLOP (about 0.3 ms in float32,
+35 µs as TF32), so the overhead is a few per cent at most. Its similarities take 256 MiB of
+float32 per tile, and an unrolled loop may hold up to ``unroll_tiles²`` tiles (4 GiB: the whole
+matrix of 32,768 rows), small next to an accelerator's 16-141 GiB; from 5 tiles on (N·V > 32,768
+for one group) the loops stay rolled and memory stays linear in N·V."""
+
+TILE_DEFAULTS: dict[str, TileDefaults] = {
+    "cpu": TileDefaults(TILE_ELEMENTS, MIN_TILE, RING_TILE, UNROLL_TILES),
+    "gpu": ACCELERATOR_TILES,
+    "tpu": ACCELERATOR_TILES,
+}
+"""The default tiling by platform (``jax.default_backend()``: where ``jit`` runs a computation
+unless told otherwise). The rule: tiles as large as keep the per-trip overhead of a tile loop
+small next to a tile's matmuls, but not larger, so that memory stays linear in N·V.
+
+* ``cpu``: the figures above, measured on a 2-core CPU (`TILE_ELEMENTS`, `MIN_TILE`,
+  `RING_TILE`, `UNROLL_TILES`): there a trip costs little, and tiles that stay in the cache pay.
+* ``gpu``, ``tpu`` and any other platform: `ACCELERATOR_TILES` (provisional).
+
+A ``tile=`` given to the backend (``mvcl.backends.get("blockwise", tile=...)``) overrides it."""
+
+
+def tile_defaults(platform: str | None = None) -> TileDefaults:
+    """The default tiling of ``platform`` (default: ``jax.default_backend()``); a platform not in
+    `TILE_DEFAULTS` gets the accelerators'."""
+    platform = jax.default_backend() if platform is None else platform
+    return TILE_DEFAULTS.get(platform.lower(), ACCELERATOR_TILES)
+
+
+def default_tile(groups: int, ring: bool = False, platform: str | None = None) -> int:
+    """Rows per tile when none is given, by the platform's `TileDefaults` (`TILE_DEFAULTS`): on
+    one device ``sqrt(tile_elements / G)``, at least ``min_tile``; on the ring ``ring_tile``.
+    On the CPU: 512 rows for one group, 384 for two or more, 512 on the ring; on a GPU or TPU
+    (provisional): 8,192 rows for one group, 4,096 for 4 groups, at least 2,048, 8,192 on the
+    ring."""
+    d = tile_defaults(platform)
     if ring:
-        return RING_TILE
-    return max(MIN_TILE, math.isqrt(TILE_ELEMENTS // groups) // 8 * 8)
+        return d.ring_tile
+    return max(d.min_tile, math.isqrt(d.tile_elements // groups) // 8 * 8)
 
 
 def _check_tile(tile: int | None, x: jax.Array, axis_name: AxisName | None) -> int:
