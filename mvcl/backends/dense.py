@@ -75,7 +75,27 @@ def dense(
     axis_name: AxisName | None = None,
     precision: PrecisionLike = None,
 ) -> jax.Array:
-    """Row reductions of ``q`` (G, n, A, D) over ``k`` (G, n, B, D), one device: (G, n, A)."""
+    """Row reductions of ``q`` (G, n, A, D) over ``k`` (G, n, B, D), one device: (G, n, A).
+
+        out[g, i, a] = LSE_{(j, b) kept by mask} q_gia · k_gjb   (or Σ fn(q_gia · k_gjb) for sum_of)
+
+    over the global key instances j and their views b (docs/losses.md, "Backends"); the
+    (nA) × (nB) similarity matrix of each group is computed whole.
+
+    Examples:
+      >>> import jax
+      >>> from mvcl import backends
+      >>> v = jax.random.normal(jax.random.key(0), (1, 8, 4, 16)) / 2  # G = 1, n = 8, A = 4
+      >>> from mvcl.backends import dense
+      >>> out = dense.dense(v, v, mask="self", reduction=backends.LSE)
+      >>> out.shape
+      (1, 8, 4)
+      >>> print(f"{out[0, 0, 0]:.4f}")  # log Σ_{k ≠ (0, 0)} exp(v_00 · v_k)
+      4.0330
+
+    References:
+      docs/losses.md, "Backends".
+    """
     q, k = jnp.asarray(q), jnp.asarray(k)
     _single_device(axis_name)
     reductions.check_key_views(reduction, k.shape[2])
@@ -208,7 +228,25 @@ def gather(
     axis_name: AxisName | None = None,
     precision: PrecisionLike = None,
 ) -> jax.Array:
-    """Row reductions of ``q`` (G, n, A, D) over all devices' ``k`` (``all_gather``): (G, n, A)."""
+    """Row reductions of ``q`` (G, n, A, D) over all devices' ``k`` (``all_gather``): (G, n, A).
+
+        out[g, i, a] = LSE_{(j, b) kept by mask} q_gia · k_gjb   (or Σ fn(q_gia · k_gjb) for sum_of)
+
+    over the global key instances j and their views b (docs/losses.md, "Backends"); each
+    device computes its local rows against the gathered keys, (nA) × (NB) per group.
+
+    Examples:
+      >>> import jax
+      >>> from mvcl import backends
+      >>> v = jax.random.normal(jax.random.key(0), (1, 8, 4, 16)) / 2  # G = 1, n = 8, A = 4
+      >>> from mvcl.backends import dense
+      >>> out = dense.gather(v, v, mask="self", reduction=backends.LSE)  # no axis_name: one device
+      >>> bool(jax.numpy.allclose(out, dense.dense(v, v, mask="self", reduction=backends.LSE)))
+      True
+
+    References:
+      docs/losses.md, "Backends".
+    """
     q, k = jnp.asarray(q), jnp.asarray(k)
     reductions.check_key_views(reduction, k.shape[2])
     if axis_name is None:

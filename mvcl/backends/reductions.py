@@ -41,6 +41,15 @@ def keep(mask: Mask, same_instance: jax.Array, same_view: jax.Array) -> jax.Arra
     * ``"instance"``: keys of other instances only.
     * ``"view"``: keys of other views only (of every instance, the query's own included).
     * ``"instance_and_view"``: keys of another instance and another view.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from mvcl import backends
+      >>> same_instance = jnp.array([[True], [False]])  # two keys: the query's instance, another
+      >>> same_view = jnp.array([[True, False]])  # two key views: the query's view, another
+      >>> backends.keep("instance", same_instance, same_view)
+      Array([[False, False],
+             [ True,  True]], dtype=bool)
     """
     if mask == "none":
         return jnp.ones(jnp.broadcast_shapes(same_instance.shape, same_view.shape), bool)
@@ -274,6 +283,15 @@ def per_key_view(reduction: Reduction, views: int, precision: Any = "highest") -
 
     ``precision``: of the one-hot matmuls that spread per-view values over a tile (the losses
     pass their own; by default exact).
+
+    Examples:
+      >>> import jax
+      >>> from mvcl import backends
+      >>> v = jax.random.normal(jax.random.key(0), (1, 8, 4, 16)) / 2  # G = 1, n = 8, A = 4
+      >>> per_view = backends.per_key_view(backends.LSE, 4)
+      >>> out = backends.self_rows("dense", v, mask="instance", reduction=per_view)
+      >>> out.shape  # (G, n, A, key views)
+      (1, 8, 4, 4)
     """
     if not (isinstance(views, int) and views >= 1):
         raise ValueError(f"views must be a positive int, got {views!r}")
@@ -290,7 +308,18 @@ def check_key_views(reduction: Reduction, b: int) -> None:
 
 
 def sum_of(fn: Callable[[jax.Array], jax.Array]) -> Reduction:
-    """The reduction ``Σ_keys fn(s)``; ``fn`` must be elementwise and differentiable."""
+    """The reduction ``Σ_keys fn(s)``; ``fn`` must be elementwise and differentiable.
+
+    Examples:
+      >>> import jax
+      >>> from mvcl import backends
+      >>> v = jax.random.normal(jax.random.key(0), (1, 8, 4, 16)) / 2  # G = 1, n = 8, A = 4
+      >>> import jax.numpy as jnp
+      >>> sums = backends.self_rows("dense", v, mask="self", reduction=backends.sum_of(jnp.exp))
+      >>> lse = backends.self_rows("dense", v, mask="self", reduction=backends.LSE)
+      >>> bool(jnp.allclose(jnp.log(sums), lse))
+      True
+    """
     return Reduction("sum", fn)
 
 

@@ -118,7 +118,26 @@ def streaming(
     precision: PrecisionLike = None,
     tile: int | None = None,
 ) -> jax.Array:
-    """Row reductions of ``q`` (G, n, A, D) over global keys ``k`` (G, n, B, D): (G, n, A)."""
+    """Row reductions of ``q`` (G, n, A, D) over global keys ``k`` (G, n, B, D): (G, n, A).
+
+        out[g, i, a] = LSE_{(j, b) kept by mask} q_gia · k_gjb   (or Σ fn(q_gia · k_gjb) for sum_of)
+
+    over the global key instances j and their views b (docs/losses.md, "Backends"); the
+    similarities are formed a (query tile, key tile) pair at a time and folded into a running
+    carry, the key blocks passed round the ring with ``axis_name`` (``blockwise`` without).
+
+    Examples:
+      >>> import jax
+      >>> from mvcl import backends
+      >>> v = jax.random.normal(jax.random.key(0), (1, 8, 4, 16)) / 2  # G = 1, n = 8, A = 4
+      >>> from mvcl.backends import dense, streaming
+      >>> out = streaming.streaming(v, v, mask="self", reduction=backends.LSE, tile=8)  # 4 tiles
+      >>> bool(jax.numpy.allclose(out, dense.dense(v, v, mask="self", reduction=backends.LSE)))
+      True
+
+    References:
+      docs/losses.md, "Backends".
+    """
     q, k = jnp.asarray(q), jnp.asarray(k)
     reductions.check_key_views(reduction, k.shape[2])
     tile = _check_tile(tile, q, axis_name)
@@ -306,7 +325,17 @@ def streaming_self(
     precision: PrecisionLike = None,
     tile: int | None = None,
 ) -> jax.Array:
-    """Row reductions of ``v`` (G, n, A, D) over the global rows of ``v`` themselves: (G, n, A)."""
+    """Row reductions of ``v`` (G, n, A, D) over the global rows of ``v`` themselves: (G, n, A).
+
+    Examples:
+      >>> import jax
+      >>> from mvcl import backends
+      >>> v = jax.random.normal(jax.random.key(0), (1, 8, 4, 16)) / 2  # G = 1, n = 8, A = 4
+      >>> from mvcl.backends import dense, streaming
+      >>> out = streaming.streaming_self(v, mask="self", reduction=backends.LSE, tile=8)
+      >>> bool(jax.numpy.allclose(out, dense.dense(v, v, mask="self", reduction=backends.LSE)))
+      True
+    """
     v = jnp.asarray(v)
     reductions.check_key_views(reduction, v.shape[2])
     tile = _check_tile(tile, v, axis_name)

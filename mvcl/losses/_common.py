@@ -177,6 +177,16 @@ def check_finite(z: jax.Array, name: str = "z") -> jax.Array:
 
     Eagerly this raises ``ValueError``. Under ``jax.jit`` it adds a ``checkify`` check: wrap the
     jitted function with ``jax.experimental.checkify.checkify`` and call ``err.throw()``.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from mvcl import losses
+      >>> losses.check_finite(jnp.ones((4, 2, 8))).shape
+      (4, 2, 8)
+      >>> losses.check_finite(jnp.array([1.0, jnp.nan]))
+      Traceback (most recent call last):
+      ...
+      ValueError: z has 1 non-finite values (NaN or inf)
     """
     finite = jnp.all(jnp.isfinite(z))
     if isinstance(finite, jax.core.Tracer):
