@@ -254,7 +254,7 @@ def wasserstein_uniformity(z: ArrayLike, *, num_grid: int = 4096, eps: float = 1
 
     Returns:
       Scalar in the compute dtype. Memory O(M²), time O(M² log M) (one sort of M² + num_grid
-      keys: about 2.5 s for M = 2048 on a 2-core CPU).
+      keys): evaluate it on a subsample when M is large.
 
     Examples:
       >>> import jax

@@ -150,13 +150,11 @@ def _self_matrix(v, mask, reduction, precision, keys=None, offset=0):
     The matrix is S = v kᵀ, or, for a log-sum-exp with a fixed shift (`Reduction.fixed_shift`),
     ``P = exp(S - bound)`` with the masked entries 0: then the weights of the backward pass are
     ``P`` times a per-row factor, and no exponential is computed twice. It is computed and
-    reduced whole and kept for the backward pass. (Computing it a chunk of 512 rows at a time
-    in a loop, as this backend once did, took 1.04-1.19x the time on the 2-core CPU for every
-    loss measured, one-off timings, with the same temporaries but for KCL's kernel sums: whole,
-    XLA holds one more matrix of them, 384 MiB of temporaries instead of 260 at N = 4096,
-    V = 2, for 0.89x the time.) For a log-sum-exp whose mask leaves out few pairs (self,
-    instance) those entries of S are set to -inf instead (exp(-inf) = 0), so that nothing
-    downstream needs a select over the whole matrix.
+    reduced whole and kept for the backward pass (rather than a chunk of rows at a time in a
+    loop, as this backend once did: the timings behind that choice are in
+    ``experiments/results/loss_benchmarks/README.md``). For a log-sum-exp whose mask leaves out
+    few pairs (self, instance) those entries of S are set to -inf instead (exp(-inf) = 0), so
+    that nothing downstream needs a select over the whole matrix.
     """
     rows = _flat(v)
     key_rows = rows if keys is None else _flat(keys)

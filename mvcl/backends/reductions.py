@@ -127,8 +127,8 @@ class Reduction:
         (..., K, B).
 
         With ``key_views``, a sum over the keys is by default a matmul with the one-hot
-        (keys × views) matrix: a strided sum (every B-th key) is slow on the CPU, 2.6 ms against
-        0.9 for 512 × 8192 exponentials at B = 2 (one-off timing; the plain row sum: 0.6). The
+        (keys × views) matrix: a strided sum (every B-th key) is slow on the CPU (timings in
+        ``experiments/results/loss_benchmarks/README.md``). The
         matmul materialises ``x``; ``matmul=False`` sums in place, for an ``x`` that is a whole
         similarity matrix (dense's backward pass: a second matrix would be 1.5x its memory).
         """
@@ -149,8 +149,8 @@ class Reduction:
         entered)."""
         if self.key_views is None:
             return jnp.expand_dims(x, axis)
-        # A matmul with the one-hot (keys × views) matrix: PWE at N = 4096 on the 2-core CPU
-        # took 0.7-0.75x the time of a broadcast and reshape (one-off timings, V = 2 and 8).
+        # A matmul with the one-hot (keys × views) matrix, faster on the CPU than a broadcast
+        # and reshape (timings: experiments/results/loss_benchmarks/README.md).
         size = shape[-1] if axis == -1 else shape[-2]
         one_hot = np.arange(size)[:, None] % self.key_views == np.arange(self.key_views)
         one_hot = jnp.asarray(one_hot, x.dtype)

@@ -132,8 +132,8 @@ def logsumexp_last(x: jax.Array) -> jax.Array:
     is a plain product with a softmax computed once in the forward pass. jax's own rule builds the
     cotangent from selects over ``x``, and XLA on the CPU fuses that chain into whatever
     consumes it; when ``x`` are the energies of a dense kernel, that consumer is the elementwise
-    pass over the whole (NV)² similarity matrix, which then recomputes it for every entry (2x the
-    time of MV-InfoNCE's dense backward at N = 2048, V = 4).
+    pass over the whole (NV)² similarity matrix, which then recomputes it for every entry (the
+    timing is in ``experiments/results/loss_benchmarks/README.md``).
     """
     return jax.nn.logsumexp(x, axis=-1)
 
