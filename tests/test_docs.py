@@ -1,12 +1,23 @@
-"""The documentation runs: the docstring examples (doctests) of the public modules."""
+"""The documentation runs: the docstring examples (doctests) of the public modules, and every
+```python block of README.md and docs/**/*.md.
+
+A block runs unless the line before its opening fence is ``<!-- skip: reason -->`` (for the few
+that need several processes or an accelerator); the blocks of one file run in order in one
+namespace, as a reader would paste them. Snippets that build a training stack import the
+``train`` extra, which the test extra installs.
+"""
 
 from __future__ import annotations
 
 import doctest
 import importlib
 import re
+from pathlib import Path
 
+import jax
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
 
 DOCTEST_MODULES = (
     "mvcl.losses._common",
@@ -69,3 +80,60 @@ def test_losses_document_formula_and_references(name):
     doc = getattr(importlib.import_module("mvcl.losses"), name).__doc__
     assert "References:" in doc, name
     assert re.search(r"^\s+L = ", doc, re.M), f"{name}: no formula `L = ...` in the docstring"
+
+
+# --- the Markdown snippets ------------------------------------------------------------------
+
+_FENCE = re.compile(r"^```python\n(.*?)^```$", re.M | re.S)
+_SKIP = re.compile(r"<!--\s*skip:\s*(.+?)\s*-->\s*$")
+
+
+def markdown_files() -> list[Path]:
+    return [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+
+
+def python_blocks(path: Path) -> list[tuple[int, str, str | None]]:
+    """(line, code, skip reason) of every ```python block of ``path``."""
+    text = path.read_text()
+    blocks = []
+    for match in _FENCE.finditer(text):
+        line = text.count("\n", 0, match.start()) + 1
+        before = text[: match.start()].rstrip("\n").rsplit("\n", 1)[-1]
+        skip = _SKIP.search(before)
+        blocks.append((line, match.group(1), skip.group(1) if skip else None))
+    return blocks
+
+
+def test_snippet_extraction_sees_blocks_and_skips():
+    counts = {p.relative_to(ROOT).as_posix(): len(python_blocks(p)) for p in markdown_files()}
+    assert counts["README.md"] >= 2, counts
+    skipped = [
+        (p.name, line, reason)
+        for p in markdown_files()
+        for line, _, reason in python_blocks(p)
+        if reason
+    ]
+    assert len(skipped) <= 3, f"keep skipped snippets few: {skipped}"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [p for p in markdown_files() if python_blocks(p)],
+    ids=lambda p: p.relative_to(ROOT).as_posix(),
+)
+def test_markdown_python_blocks_run(path, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # snippets that write files write them here
+    namespace: dict = {"__name__": "__snippet__"}
+    ran = 0
+    for line, code, skip in python_blocks(path):
+        if skip:
+            continue
+        try:
+            exec(compile(code, f"{path.name}:{line}", "exec"), namespace)
+        except Exception as error:  # name the block that failed
+            raise AssertionError(
+                f"the python block at {path.name}:{line} raised {error!r}"
+            ) from error
+        ran += 1
+    assert ran, path
+    jax.clear_caches()
