@@ -68,7 +68,9 @@ def pwe(
       z: (N, V, D) embeddings (the local shard under ``axis_name``).
       temperature: τ > 0.
       pair_loss: ``"infonce"`` or ``"dhel"``.
-      axis_name, backend, precision: as in :func:`mvcl.losses.mv_infonce`.
+      axis_name: as in :func:`mvcl.losses.mv_infonce`.
+      backend: as in :func:`mvcl.losses.mv_infonce`.
+      precision: as in :func:`mvcl.losses.mv_infonce`.
 
     Examples:
       >>> import jax

@@ -241,7 +241,9 @@ def kcl(
       kernel: one of :data:`KERNELS`.
       t: the kernel parameter (non-zero for riesz).
       gamma: weight of the uniformity term.
-      axis_name, backend, precision: as in :func:`infonce`.
+      axis_name: as in :func:`infonce`.
+      backend: as in :func:`infonce`.
+      precision: as in :func:`infonce`.
 
     Examples:
       >>> import jax
