@@ -137,3 +137,10 @@ def test_markdown_python_blocks_run(path, tmp_path, monkeypatch):
         ran += 1
     assert ran, path
     jax.clear_caches()
+
+
+def test_readme_is_short():
+    # The README is read in five minutes; guides and measurements live in docs/ and
+    # experiments/results/.
+    size = (ROOT / "README.md").stat().st_size
+    assert size <= 15 * 1024, f"README.md is {size} bytes, over 15 KiB"
