@@ -69,6 +69,17 @@ class BuiltinBackend:
     (``q = k = v``), which every loss here needs (it passes ``u / sqrt(τ)``, so that
     ``v_a · v_b = s(u_a, u_b)``). The similarity matrix is then symmetric and the backward pass is
     ``dv = (W + Wᵀ) v``: one matmul per tile instead of ``dq = W k`` and ``dk = Wᵀ q``.
+
+    Examples:
+      >>> import jax
+      >>> from mvcl import backends
+      >>> v = jax.random.normal(jax.random.key(0), (1, 8, 4, 16)) / 2  # G = 1, n = 8, A = 4
+      >>> dense = backends.get("dense")
+      >>> isinstance(dense, backends.BuiltinBackend)
+      True
+      >>> out = dense(v, v, mask="self", reduction=backends.LSE)  # general keys: q = k = v here
+      >>> bool(jax.numpy.allclose(out, dense.self_rows(v, mask="self", reduction=backends.LSE)))
+      True
     """
 
     rows: Backend
@@ -109,6 +120,17 @@ def get(backend: BackendLike, **options: Any) -> Backend:
     """The backend function for a name (``options`` such as ``tile=`` go to its constructor).
 
     A callable is returned unchanged, so losses accept either a name or a backend function.
+
+    Examples:
+      >>> import jax
+      >>> from mvcl import losses
+      >>> z = jax.random.normal(jax.random.key(0), (8, 4, 16))  # N = 8, V = 4, D = 16
+      >>> from mvcl import backends
+      >>> blockwise = backends.get("blockwise", tile=8)  # 8 rows per tile
+      >>> print(f"{losses.mv_dhel(z, temperature=0.5, backend=blockwise):.4f}")
+      6.0199
+      >>> print(f"{losses.mv_dhel(z, temperature=0.5, backend='dense'):.4f}")
+      6.0199
     """
     if callable(backend):
         return backend
@@ -134,6 +156,16 @@ def self_rows(
     view), a per-key-view reduction (`per_key_view`) becomes one call per key view m, against
     the keys of view m alone (``k = v[:, :, m:m+1]``, B = 1): the same work as one call over all
     keys, but only for a mask that does not look at the key's view (``none``, ``instance``).
+
+    Examples:
+      >>> import jax
+      >>> from mvcl import backends
+      >>> v = jax.random.normal(jax.random.key(0), (1, 8, 4, 16)) / 2  # G = 1, n = 8, A = 4
+      >>> backends.self_rows("dense", v, mask="self", reduction=backends.LSE).shape
+      (1, 8, 4)
+      >>> per_view = backends.per_key_view(backends.LSE, 4)  # one output per key view
+      >>> backends.self_rows("gather", v, mask="instance", reduction=per_view).shape
+      (1, 8, 4, 4)
     """
     fn = get(backend)
     symmetric = getattr(fn, "self_rows", None)

@@ -75,7 +75,27 @@ def dense(
     axis_name: AxisName | None = None,
     precision: PrecisionLike = None,
 ) -> jax.Array:
-    """Row reductions of ``q`` (G, n, A, D) over ``k`` (G, n, B, D), one device: (G, n, A)."""
+    """Row reductions of ``q`` (G, n, A, D) over ``k`` (G, n, B, D), one device: (G, n, A).
+
+        out[g, i, a] = LSE_{(j, b) kept by mask} q_gia · k_gjb   (or Σ fn(q_gia · k_gjb) for sum_of)
+
+    over the global key instances j and their views b (docs/losses.md, "Backends"); the
+    (nA) × (nB) similarity matrix of each group is computed whole.
+
+    Examples:
+      >>> import jax
+      >>> from mvcl import backends
+      >>> v = jax.random.normal(jax.random.key(0), (1, 8, 4, 16)) / 2  # G = 1, n = 8, A = 4
+      >>> from mvcl.backends import dense
+      >>> out = dense.dense(v, v, mask="self", reduction=backends.LSE)
+      >>> out.shape
+      (1, 8, 4)
+      >>> print(f"{out[0, 0, 0]:.4f}")  # log Σ_{k ≠ (0, 0)} exp(v_00 · v_k)
+      4.0330
+
+    References:
+      docs/losses.md, "Backends".
+    """
     q, k = jnp.asarray(q), jnp.asarray(k)
     _single_device(axis_name)
     reductions.check_key_views(reduction, k.shape[2])
@@ -130,13 +150,11 @@ def _self_matrix(v, mask, reduction, precision, keys=None, offset=0):
     The matrix is S = v kᵀ, or, for a log-sum-exp with a fixed shift (`Reduction.fixed_shift`),
     ``P = exp(S - bound)`` with the masked entries 0: then the weights of the backward pass are
     ``P`` times a per-row factor, and no exponential is computed twice. It is computed and
-    reduced whole and kept for the backward pass. (Computing it a chunk of 512 rows at a time
-    in a loop, as this backend once did, took 1.04-1.19x the time on the 2-core CPU for every
-    loss measured, one-off timings, with the same temporaries but for KCL's kernel sums: whole,
-    XLA holds one more matrix of them, 384 MiB of temporaries instead of 260 at N = 4096,
-    V = 2, for 0.89x the time.) For a log-sum-exp whose mask leaves out few pairs (self,
-    instance) those entries of S are set to -inf instead (exp(-inf) = 0), so that nothing
-    downstream needs a select over the whole matrix.
+    reduced whole and kept for the backward pass (rather than a chunk of rows at a time in a
+    loop, as this backend once did: the timings behind that choice are in
+    ``experiments/results/loss_benchmarks/README.md``). For a log-sum-exp whose mask leaves out
+    few pairs (self, instance) those entries of S are set to -inf instead (exp(-inf) = 0), so
+    that nothing downstream needs a select over the whole matrix.
     """
     rows = _flat(v)
     key_rows = rows if keys is None else _flat(keys)
@@ -208,7 +226,25 @@ def gather(
     axis_name: AxisName | None = None,
     precision: PrecisionLike = None,
 ) -> jax.Array:
-    """Row reductions of ``q`` (G, n, A, D) over all devices' ``k`` (``all_gather``): (G, n, A)."""
+    """Row reductions of ``q`` (G, n, A, D) over all devices' ``k`` (``all_gather``): (G, n, A).
+
+        out[g, i, a] = LSE_{(j, b) kept by mask} q_gia · k_gjb   (or Σ fn(q_gia · k_gjb) for sum_of)
+
+    over the global key instances j and their views b (docs/losses.md, "Backends"); each
+    device computes its local rows against the gathered keys, (nA) × (NB) per group.
+
+    Examples:
+      >>> import jax
+      >>> from mvcl import backends
+      >>> v = jax.random.normal(jax.random.key(0), (1, 8, 4, 16)) / 2  # G = 1, n = 8, A = 4
+      >>> from mvcl.backends import dense
+      >>> out = dense.gather(v, v, mask="self", reduction=backends.LSE)  # no axis_name: one device
+      >>> bool(jax.numpy.allclose(out, dense.dense(v, v, mask="self", reduction=backends.LSE)))
+      True
+
+    References:
+      docs/losses.md, "Backends".
+    """
     q, k = jnp.asarray(q), jnp.asarray(k)
     reductions.check_key_views(reduction, k.shape[2])
     if axis_name is None:

@@ -41,6 +41,15 @@ def keep(mask: Mask, same_instance: jax.Array, same_view: jax.Array) -> jax.Arra
     * ``"instance"``: keys of other instances only.
     * ``"view"``: keys of other views only (of every instance, the query's own included).
     * ``"instance_and_view"``: keys of another instance and another view.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from mvcl import backends
+      >>> same_instance = jnp.array([[True], [False]])  # two keys: the query's instance, another
+      >>> same_view = jnp.array([[True, False]])  # two key views: the query's view, another
+      >>> backends.keep("instance", same_instance, same_view)
+      Array([[False, False],
+             [ True,  True]], dtype=bool)
     """
     if mask == "none":
         return jnp.ones(jnp.broadcast_shapes(same_instance.shape, same_view.shape), bool)
@@ -118,8 +127,8 @@ class Reduction:
         (..., K, B).
 
         With ``key_views``, a sum over the keys is by default a matmul with the one-hot
-        (keys × views) matrix: a strided sum (every B-th key) is slow on the CPU, 2.6 ms against
-        0.9 for 512 × 8192 exponentials at B = 2 (one-off timing; the plain row sum: 0.6). The
+        (keys × views) matrix: a strided sum (every B-th key) is slow on the CPU (timings in
+        ``experiments/results/loss_benchmarks/README.md``). The
         matmul materialises ``x``; ``matmul=False`` sums in place, for an ``x`` that is a whole
         similarity matrix (dense's backward pass: a second matrix would be 1.5x its memory).
         """
@@ -140,8 +149,8 @@ class Reduction:
         entered)."""
         if self.key_views is None:
             return jnp.expand_dims(x, axis)
-        # A matmul with the one-hot (keys × views) matrix: PWE at N = 4096 on the 2-core CPU
-        # took 0.7-0.75x the time of a broadcast and reshape (one-off timings, V = 2 and 8).
+        # A matmul with the one-hot (keys × views) matrix, faster on the CPU than a broadcast
+        # and reshape (timings: experiments/results/loss_benchmarks/README.md).
         size = shape[-1] if axis == -1 else shape[-2]
         one_hot = np.arange(size)[:, None] % self.key_views == np.arange(self.key_views)
         one_hot = jnp.asarray(one_hot, x.dtype)
@@ -274,6 +283,15 @@ def per_key_view(reduction: Reduction, views: int, precision: Any = "highest") -
 
     ``precision``: of the one-hot matmuls that spread per-view values over a tile (the losses
     pass their own; by default exact).
+
+    Examples:
+      >>> import jax
+      >>> from mvcl import backends
+      >>> v = jax.random.normal(jax.random.key(0), (1, 8, 4, 16)) / 2  # G = 1, n = 8, A = 4
+      >>> per_view = backends.per_key_view(backends.LSE, 4)
+      >>> out = backends.self_rows("dense", v, mask="instance", reduction=per_view)
+      >>> out.shape  # (G, n, A, key views)
+      (1, 8, 4, 4)
     """
     if not (isinstance(views, int) and views >= 1):
         raise ValueError(f"views must be a positive int, got {views!r}")
@@ -290,7 +308,18 @@ def check_key_views(reduction: Reduction, b: int) -> None:
 
 
 def sum_of(fn: Callable[[jax.Array], jax.Array]) -> Reduction:
-    """The reduction ``Σ_keys fn(s)``; ``fn`` must be elementwise and differentiable."""
+    """The reduction ``Σ_keys fn(s)``; ``fn`` must be elementwise and differentiable.
+
+    Examples:
+      >>> import jax
+      >>> from mvcl import backends
+      >>> v = jax.random.normal(jax.random.key(0), (1, 8, 4, 16)) / 2  # G = 1, n = 8, A = 4
+      >>> import jax.numpy as jnp
+      >>> sums = backends.self_rows("dense", v, mask="self", reduction=backends.sum_of(jnp.exp))
+      >>> lse = backends.self_rows("dense", v, mask="self", reduction=backends.LSE)
+      >>> bool(jnp.allclose(jnp.log(sums), lse))
+      True
+    """
     return Reduction("sum", fn)
 
 

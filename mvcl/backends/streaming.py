@@ -49,10 +49,8 @@ TILE_ELEMENTS = 512 * 512
 MIN_TILE = 384
 """Fewest rows per tile and group by default. Many groups (PWE's V(V−1)/2, MV-DHEL's V) once
 shared ``TILE_ELEMENTS`` (tiles of 96-181 rows at V = 4 and 8); the per-tile work around the
-small matmuls then cost more than the cache saved (on a 2-core CPU at N = 4096, one-off timings
-in one process put 384-row tiles at 0.65-0.85x the time for MV-DHEL, PWE and AVG at V = 4 and 8;
-`experiments/results/bench_losses.json` holds the timings with 384, and its previous version in
-git history those with the shared size)."""
+small matmuls then cost more than the cache saved (the timings:
+``experiments/results/loss_benchmarks/README.md``)."""
 
 
 UNROLL_TILES = 4
@@ -60,21 +58,12 @@ UNROLL_TILES = 4
 straight-line code. XLA then slices tiles statically (no copy) and may run independent tiles at
 once; it may also keep several tiles' similarities alive at once, so temporary memory can reach
 ``UNROLL_TILES²`` tiles (the whole similarity matrix of at most ``UNROLL_TILES · tile`` rows).
-
-On the 2-core CPU (`experiments/results/bench_losses.json`, and its version before the
-unrolling in git history) MV-DHEL at N = 1024, V = 8 (three tiles of 344 rows per group) took
-15 ms instead of 23, with 48 MiB of temporaries instead of 20, and MV-InfoNCE at N = 1024, V = 2
-(four tiles) 1.27x its floor instead of 1.60x. With every loop unrolled whatever the count,
-MV-InfoNCE at N = 2048, V = 4 (16 tiles) kept the whole matrix (261 MiB instead of 18) for no
-gain in time (one-off run): hence the bound.
+Unrolling every loop whatever the count kept the whole matrix for no gain in time: hence the
+bound, which does not grow with N.
 
 On the ring only the loop over a key block's tiles is unrolled (`_unroll`), the loop over the
-query tiles stays rolled: on 2 simulated devices at N = 2048, V = 4 that took MV-DHEL (two key
-tiles per group) 37.4 ms instead of 39.1, with 23 MiB of temporaries instead of 19. MV-InfoNCE
-there has eight key tiles: unrolled by a factor of 4 they took the same time (18 MiB instead
-of 14), unrolled whole 7 % less time with 24 MiB, a memory that grows with the block, hence
-the bound. With both loops unrolled (and 384-row tiles) MV-DHEL at N = 2048 took the same time
-with 53 MiB instead of 15 (one-off timings in one process)."""
+query tiles stays rolled: unrolling more held memory that grows with the block. The timings
+behind these choices are in ``experiments/results/loss_benchmarks/README.md``."""
 
 
 def _unroll(tiling) -> bool:
@@ -86,12 +75,8 @@ def _unroll(tiling) -> bool:
 RING_TILE = 512
 """Rows per tile by default on the ring (an ``axis_name`` given), whatever the number of groups.
 The ring's loop over its query tiles stays rolled (`UNROLL_TILES`), and each trip costs its
-dynamic slices and carry updates, so fewer, larger tiles pay: MV-DHEL (V = 4 groups) on 2
-simulated devices took 40.7 ms with 512-row tiles against 47.3 ms with `MIN_TILE`'s 384 at
-N = 2048 (19 MiB of temporaries instead of 15) and 153 against 164 ms at N = 4096 (28 MiB instead
-of 27); MV-InfoNCE (one group) tiles at 512 either way (one-off timings in one process, 2-core
-CPU). On one device 512 rows were no faster than 384 (within ±5 % for MV-DHEL, PWE and AVG at
-V = 4 and 8)."""
+dynamic slices and carry updates, so fewer, larger tiles pay; on one device 512 rows were no
+faster than 384 (the timings: ``experiments/results/loss_benchmarks/README.md``)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,7 +164,26 @@ def streaming(
     precision: PrecisionLike = None,
     tile: int | None = None,
 ) -> jax.Array:
-    """Row reductions of ``q`` (G, n, A, D) over global keys ``k`` (G, n, B, D): (G, n, A)."""
+    """Row reductions of ``q`` (G, n, A, D) over global keys ``k`` (G, n, B, D): (G, n, A).
+
+        out[g, i, a] = LSE_{(j, b) kept by mask} q_gia · k_gjb   (or Σ fn(q_gia · k_gjb) for sum_of)
+
+    over the global key instances j and their views b (docs/losses.md, "Backends"); the
+    similarities are formed a (query tile, key tile) pair at a time and folded into a running
+    carry, the key blocks passed round the ring with ``axis_name`` (``blockwise`` without).
+
+    Examples:
+      >>> import jax
+      >>> from mvcl import backends
+      >>> v = jax.random.normal(jax.random.key(0), (1, 8, 4, 16)) / 2  # G = 1, n = 8, A = 4
+      >>> from mvcl.backends import dense, streaming
+      >>> out = streaming.streaming(v, v, mask="self", reduction=backends.LSE, tile=8)  # 4 tiles
+      >>> bool(jax.numpy.allclose(out, dense.dense(v, v, mask="self", reduction=backends.LSE)))
+      True
+
+    References:
+      docs/losses.md, "Backends".
+    """
     q, k = jnp.asarray(q), jnp.asarray(k)
     reductions.check_key_views(reduction, k.shape[2])
     tile = _check_tile(tile, q, axis_name)
@@ -367,7 +371,17 @@ def streaming_self(
     precision: PrecisionLike = None,
     tile: int | None = None,
 ) -> jax.Array:
-    """Row reductions of ``v`` (G, n, A, D) over the global rows of ``v`` themselves: (G, n, A)."""
+    """Row reductions of ``v`` (G, n, A, D) over the global rows of ``v`` themselves: (G, n, A).
+
+    Examples:
+      >>> import jax
+      >>> from mvcl import backends
+      >>> v = jax.random.normal(jax.random.key(0), (1, 8, 4, 16)) / 2  # G = 1, n = 8, A = 4
+      >>> from mvcl.backends import dense, streaming
+      >>> out = streaming.streaming_self(v, mask="self", reduction=backends.LSE, tile=8)
+      >>> bool(jax.numpy.allclose(out, dense.dense(v, v, mask="self", reduction=backends.LSE)))
+      True
+    """
     v = jnp.asarray(v)
     reductions.check_key_views(reduction, v.shape[2])
     tile = _check_tile(tile, v, axis_name)
@@ -454,8 +468,7 @@ def _half_backward(v, out, g, mask, reduction, tile, precision):
 
     def diagonal(i, acc):
         # S_II and its mask are symmetric: W + Wᵀ from rows and columns alike, with no transpose
-        # (with w + swapaxes(w), MV-DHEL's energies at N = 1024, V = 8 took 25 ms instead of 20
-        # forward and backward, 29 instead of 15 with one tile per group: one-off timings).
+        # (w + swapaxes(w) was slower: experiments/results/loss_benchmarks/README.md).
         v_i, out_i, g_i = v_tiles[i], out_tiles[i], g_tiles[i]
         s = jnp.einsum("gqd,gkd->gqk", v_i, v_i, precision=precision)
         a = reduction.pair_weights(s, _keep(mask, t, i, 0, t, i, 0), out_i, g_i, out_i, g_i)

@@ -132,8 +132,8 @@ def logsumexp_last(x: jax.Array) -> jax.Array:
     is a plain product with a softmax computed once in the forward pass. jax's own rule builds the
     cotangent from selects over ``x``, and XLA on the CPU fuses that chain into whatever
     consumes it; when ``x`` are the energies of a dense kernel, that consumer is the elementwise
-    pass over the whole (NV)² similarity matrix, which then recomputes it for every entry (2x the
-    time of MV-InfoNCE's dense backward at N = 2048, V = 4).
+    pass over the whole (NV)² similarity matrix, which then recomputes it for every entry (the
+    timing is in ``experiments/results/loss_benchmarks/README.md``).
     """
     return jax.nn.logsumexp(x, axis=-1)
 
@@ -177,6 +177,16 @@ def check_finite(z: jax.Array, name: str = "z") -> jax.Array:
 
     Eagerly this raises ``ValueError``. Under ``jax.jit`` it adds a ``checkify`` check: wrap the
     jitted function with ``jax.experimental.checkify.checkify`` and call ``err.throw()``.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from mvcl import losses
+      >>> losses.check_finite(jnp.ones((4, 2, 8))).shape
+      (4, 2, 8)
+      >>> losses.check_finite(jnp.array([1.0, jnp.nan]))
+      Traceback (most recent call last):
+      ...
+      ValueError: z has 1 non-finite values (NaN or inf)
     """
     finite = jnp.all(jnp.isfinite(z))
     if isinstance(finite, jax.core.Tracer):

@@ -54,11 +54,40 @@ def pwe(
 ) -> jax.Array:
     """Pairwise aggregation: the mean over the V(V−1)/2 view pairs a < b of the two-view loss.
 
+        L = 2/(V(V−1)) Σ_{a<b} L_pair(u_a, u_b)
+
+    computed without forming the pairs: with E[i, a, b] = LSE_{j ≠ i} s(u_ia, u_jb), one
+    reduction of the N·V rows per key view, the InfoNCE form is
+
+        L = 1/N Σ_i 1/(V(V−1)) Σ_{a≠b} softplus( logaddexp(E[i,a,a], E[i,a,b]) − s(u_ia, u_ib) )
+
+    (MV-InfoNCE's O((NV)² D) work). With ``pair_loss="dhel"`` each view's own energy is shared by
+    its V − 1 pairs.
+
     Args:
       z: (N, V, D) embeddings (the local shard under ``axis_name``).
       temperature: τ > 0.
       pair_loss: ``"infonce"`` or ``"dhel"``.
-      axis_name, backend, precision: as in :func:`mvcl.losses.mv_infonce`.
+      axis_name: as in :func:`mvcl.losses.mv_infonce`.
+      backend: as in :func:`mvcl.losses.mv_infonce`.
+      precision: as in :func:`mvcl.losses.mv_infonce`.
+
+    Examples:
+      >>> import jax
+      >>> from mvcl import losses
+      >>> z = jax.random.normal(jax.random.key(0), (8, 4, 16))  # N = 8, V = 4, D = 16
+      >>> print(f"{losses.pwe(z, temperature=0.5):.4f}")
+      2.7694
+      >>> print(f"{losses.pwe(z, temperature=0.5, pair_loss='dhel'):.4f}")
+      3.9483
+      >>> two = z[:, :2]  # at V = 2, PWE is InfoNCE
+      >>> pwe, infonce = losses.pwe(two, temperature=0.5), losses.infonce(two, temperature=0.5)
+      >>> bool(jax.numpy.allclose(pwe, infonce))
+      True
+
+    References:
+      Koromilas et al., "A Principled Framework for Multi-View Contrastive Learning",
+      2025, arXiv:2507.06979.
     """
     c.check_choice("pair_loss", pair_loss, PAIR_LOSSES)
     c.check_temperature(temperature)
@@ -108,9 +137,22 @@ def avg(
 ) -> jax.Array:
     """Average aggregation: the mean over l of the two-view loss between u_l and ū_{−l}.
 
-    ū_{−l} = 1/(V−1) Σ_{m≠l} u_m is the mean of the other views. With ``pair_loss="infonce"`` it
+        L = 1/V Σ_l L_pair(u_l, ū_{−l}),   ū_{−l} = 1/(V−1) Σ_{m≠l} u_m
+
+    ū_{−l} is the mean of the other views. With ``pair_loss="infonce"`` it
     is not renormalised (as in the authors' code, so its logits shrink); with ``"dhel"`` it is.
     Arguments as in :func:`pwe`.
+
+    Examples:
+      >>> import jax
+      >>> from mvcl import losses
+      >>> z = jax.random.normal(jax.random.key(0), (8, 4, 16))  # N = 8, V = 4, D = 16
+      >>> print(f"{losses.avg(z, temperature=0.5):.4f}")
+      2.7147
+
+    References:
+      Koromilas et al., "A Principled Framework for Multi-View Contrastive Learning",
+      2025, arXiv:2507.06979.
     """
     c.check_choice("pair_loss", pair_loss, PAIR_LOSSES)
     c.check_temperature(temperature)
@@ -142,6 +184,18 @@ def pvc(
     to that energy, so each term is softplus(E_jα − s(u_jα, u_jβ)) with E_jα the LSE over the
     negatives (never negative). Equals InfoNCE at V = 2. Arguments as in
     :func:`mvcl.losses.mv_infonce`.
+
+    Examples:
+      >>> import jax
+      >>> from mvcl import losses
+      >>> z = jax.random.normal(jax.random.key(0), (8, 4, 16))  # N = 8, V = 4, D = 16
+      >>> print(f"{losses.pvc(z, temperature=0.5):.4f}")
+      3.4456
+
+    References:
+      Shidani et al., "Poly-View Contrastive Learning", ICLR 2024.
+      Koromilas et al., "A Principled Framework for Multi-View Contrastive Learning",
+      2025, arXiv:2507.06979.
     """
     c.check_temperature(temperature)
     u, precision = c.prepare(z, loss="pvc", axis_name=axis_name, precision=precision)
@@ -168,6 +222,18 @@ def multipos_infonce(
     contributes exactly 1, so the term is never negative and exact in float32 near 0. The other
     instances' keys enter through their LSE E_il (the backend's reduction), the anchor's other
     views one by one. Arguments as in :func:`mvcl.losses.mv_infonce`.
+
+    Examples:
+      >>> import jax
+      >>> from mvcl import losses
+      >>> z = jax.random.normal(jax.random.key(0), (8, 4, 16))  # N = 8, V = 4, D = 16
+      >>> print(f"{losses.multipos_infonce(z, temperature=0.5):.4f}")
+      3.5154
+
+    References:
+      Koromilas et al., "A Principled Framework for Multi-View Contrastive Learning",
+      2025, arXiv:2507.06979.
+      (a baseline there; SupCon-style multi-positive InfoNCE).
     """
     c.check_temperature(temperature)
     u, precision = c.prepare(z, loss="multipos_infonce", axis_name=axis_name, precision=precision)

@@ -56,6 +56,22 @@ def mv_infonce(
 
     Returns:
       The scalar loss over the global batch.
+
+    Examples:
+      >>> import jax
+      >>> from mvcl import losses
+      >>> z = jax.random.normal(jax.random.key(0), (8, 4, 16))  # N = 8, V = 4, D = 16
+      >>> print(f"{losses.mv_infonce(z, temperature=0.5):.4f}")
+      2.3215
+      >>> print(f"{losses.mv_infonce(z, temperature=0.5, negatives='other_views'):.4f}")
+      2.0803
+      >>> loss, grad = jax.value_and_grad(lambda z: losses.mv_infonce(z, temperature=0.5))(z)
+      >>> grad.shape
+      (8, 4, 16)
+
+    References:
+      Koromilas et al., "A Principled Framework for Multi-View Contrastive Learning",
+      2025, arXiv:2507.06979.
     """
     c.check_choice("negatives", negatives, NEGATIVES)
     c.check_temperature(temperature)
@@ -115,6 +131,19 @@ def mv_dhel(
 
     Positives never enter the energy. Cost O(V N² D): linear in V. Arguments as in
     :func:`mv_infonce`.
+
+    Examples:
+      >>> import jax
+      >>> from mvcl import losses
+      >>> z = jax.random.normal(jax.random.key(0), (8, 4, 16))  # N = 8, V = 4, D = 16
+      >>> print(f"{losses.mv_dhel(z, temperature=0.5):.4f}")
+      6.0199
+      >>> print(f"{losses.mv_dhel(z, temperature=0.5, backend='blockwise'):.4f}")  # any backend
+      6.0199
+
+    References:
+      Koromilas et al., "A Principled Framework for Multi-View Contrastive Learning",
+      2025, arXiv:2507.06979.
     """
     c.check_temperature(temperature)
     u, precision = c.prepare(z, loss="mv_dhel", axis_name=axis_name, precision=precision)

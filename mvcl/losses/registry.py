@@ -93,12 +93,39 @@ MULTIDEVICE_CASES = tuple((x, case) for x, case in CASES if case.multidevice)
 
 
 def spec(name: str) -> LossSpec:
-    """The record of the loss called ``name`` (one of :data:`NAMES`)."""
+    """The record of the loss called ``name`` (one of :data:`NAMES`).
+
+    Examples:
+      >>> import jax
+      >>> from mvcl import losses
+      >>> z = jax.random.normal(jax.random.key(0), (8, 4, 16))  # N = 8, V = 4, D = 16
+      >>> s = losses.spec("mv_dhel")
+      >>> s.temperature, s.max_views
+      (True, None)
+      >>> print(f"{s.call(z, temperature=0.5):.4f}")
+      6.0199
+      >>> kcl = losses.spec("kcl")  # a two-view loss without a temperature
+      >>> kcl.temperature, kcl.max_views
+      (False, 2)
+      >>> print(f"{kcl.call(z[:, :2], temperature=0.5):.4f}")  # the temperature is not passed on
+      0.7160
+    """
     if name not in SPECS:
         raise ValueError(f"unknown loss {name!r}; known losses: {', '.join(NAMES)}")
     return SPECS[name]
 
 
 def get(name: str) -> Callable:
-    """The loss function called ``name`` (one of :data:`NAMES`)."""
+    """The loss function called ``name`` (one of :data:`NAMES`).
+
+    Examples:
+      >>> import jax
+      >>> from mvcl import losses
+      >>> z = jax.random.normal(jax.random.key(0), (8, 4, 16))  # N = 8, V = 4, D = 16
+      >>> loss_fn = losses.get("pvc")  # by name, as the configs do
+      >>> print(f"{loss_fn(z, temperature=0.5):.4f}")
+      3.4456
+      >>> losses.get("mv_dhel") is losses.mv_dhel
+      True
+    """
     return spec(name).fn

@@ -96,6 +96,17 @@ class LossSpec:
       pair_aggregate: built by aggregating terms over pairs of views (PWE, AVG, PVC): the
         multi-view baselines MV-DHEL is compared with in the studies' geometric claim.
       cases: the variants the tests exercise (the first: the default options).
+
+    Examples:
+      >>> import jax
+      >>> from mvcl import losses
+      >>> z = jax.random.normal(jax.random.key(0), (8, 4, 16))  # N = 8, V = 4, D = 16
+      >>> s = losses.spec("mv_infonce")
+      >>> loss_fn = s.bind(temperature=0.5)  # a function of z alone
+      >>> print(f"{loss_fn(z):.4f}")
+      2.3215
+      >>> s.energy(8, 4)  # one energy over all N·V = 32 rows: G = 1 group of R = 32 rows
+      (1, 32)
     """
 
     name: str

@@ -3,10 +3,9 @@
 XLA's CPU backend runs a convolution's gradients far slower when they sit inside a loop body
 (``jax.lax.scan``, ``while``) than at the top level of a program (jax issue #12868: inside a loop
 the layout pass cannot re-lay out the operands of the transposed convolutions that autodiff
-emits). Measured on a 2-core CPU: a 3x3 convolution's kernel gradient 100x slower, its input
-gradient up to 15x. Gradient caching (`mvcl.train.grad_cache`) backpropagates every chunk inside
-a ``scan``, so with XLA's gradients its step took 24x the one-pass step (ResNet-18, width 0.25,
-at 32 px, N·V = 512).
+emits). Gradient caching (`mvcl.train.grad_cache`) backpropagates every chunk inside a
+``scan``, so with XLA's gradients its step was many times slower than the one-pass step (the
+timings: ``experiments/results/grad_cache/README.md``).
 
 `conv_general_dilated` is the same convolution with a custom VJP made of operations that stay
 fast in loops, all in the NHWC/HWIO layout of the forward pass:

@@ -2,17 +2,16 @@
 
 XLA's CPU backend allocates its temporaries afresh on every call. With glibc's defaults, large
 blocks are mapped from the kernel and unmapped on free, and the heap is trimmed, so every
-training step touches fresh pages by the gigabyte (a 32-minute, 702-step Fashion-MNIST run took
-421 million minor page faults, 600,000 a step, and 763 s of system time:
-``experiments/results/fashion_mnist_default/time_v.txt``). `keep_freed_memory` sets, through
-``mallopt``: one arena, no mmap below 2 GiB, no trimming. The process then reuses the memory of
-the previous step; its resident size stays at its peak instead of rising and falling.
+training step touches fresh pages by the gigabyte (``time_v.txt`` of the Fashion-MNIST default
+run). `keep_freed_memory` sets, through ``mallopt``: one arena, no mmap below 2 GiB, no
+trimming. The process then reuses the memory of the previous step; its resident size stays at
+its peak instead of rising and falling.
 
-Measured (``experiments/results/bench_step_malloc.json``, the ``fashion_mnist`` train step on the
-2-core CPU, 8 steps, runs alternated): see the README. The settings must come before the XLA
-backend starts its threads (later, they made no difference); `mvcl.train.cli.run` applies them
-before parsing flags. ``MVCL_SYSTEM_MALLOC=1`` keeps glibc's defaults; on other C libraries
-nothing happens. Accelerator memory is XLA's own allocator's and is not affected.
+What it changed, measured: ``experiments/results/fashion_mnist_default/README.md``. The
+settings must come before the XLA backend starts its threads (later, they made no difference);
+`mvcl.train.cli.run` applies them before parsing flags. ``MVCL_SYSTEM_MALLOC=1`` keeps glibc's
+defaults; on other C libraries nothing happens. Accelerator memory is XLA's own allocator's
+and is not affected.
 """
 
 from __future__ import annotations
