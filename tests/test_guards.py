@@ -217,13 +217,14 @@ def test_evaluate_refuses_a_non_finite_checkpoint_in_process(tmp_path):
 
 
 def test_a_second_run_on_a_locked_workdir_is_refused_naming_the_holder(tmp_path):
-    finish(start([*TINY_RUN, "--config.num_steps=2", f"--workdir={tmp_path}"]))
+    run = [*TINY_RUN, "--config.num_steps=2", f"--workdir={tmp_path}"]
+    finish(start(run))
     held = lock.WorkdirLock(tmp_path)
     assert held.acquire() is None
     try:
         with pytest.raises(WorkdirLockedError, match=f"pid {os.getpid()}"):
             lock.WorkdirLock(tmp_path).acquire()
-        _, err = finish(start([*TINY_RUN, f"--workdir={tmp_path}"]), status=2)
+        _, err = finish(start(run), status=2)
         line = one_error_line(err)
         assert "is in use by" in line and f"pid {os.getpid()} on host" in line
         _, err = finish(start([f"--workdir={tmp_path}"], script=EVALUATE), status=2)
