@@ -29,6 +29,7 @@ The run watches itself:
 from __future__ import annotations
 
 import collections
+import dataclasses
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -235,19 +236,18 @@ def _train_and_evaluate(
                 announce(f"Resumed from the checkpoint at step {start} in {workdir}.")
             writer = MetricWriter(workdir, enabled=jax.process_index() == 0, resume_step=start)
             try:
-                return _train(
-                    config,
-                    model,
-                    workdir,
-                    state,
-                    iterator,
-                    checkpointer,
-                    writer,
-                    start,
-                    make_train_step(config, model, tx, schedule, mesh),
-                    num_steps,
-                    mesh,
+                run = _Run(
+                    config=config,
+                    model=model,
+                    workdir=workdir,
+                    mesh=mesh,
+                    iterator=iterator,
+                    checkpointer=checkpointer,
+                    writer=writer,
+                    train_step=make_train_step(config, model, tx, schedule, mesh),
+                    num_steps=num_steps,
                 )
+                return _train(run, state, start)
             except guard.DivergenceError as e:
                 raise guard.DivergenceError(
                     f"{e}. {checkpointer.newest_note()} (no state that was not finite was "
@@ -273,21 +273,26 @@ def _online_evaluator(config, model, mesh) -> online_eval.OnlineEvaluator | None
     return online_eval.OnlineEvaluator(config, model, mesh)
 
 
-def _train(
-    config,
-    model,
-    workdir,
-    state,
-    iterator,
-    checkpointer,
-    writer,
-    start,
-    train_step,
-    num_steps,
-    mesh,
-):
-    """Steps ``start + 1 ... num_steps``, the saves, then the evaluation (`train_and_evaluate`)."""
-    evaluator = _online_evaluator(config, model, mesh)
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    """What a session's training needs besides its state (`_train`)."""
+
+    config: config_dict.ConfigDict
+    model: Any
+    workdir: str
+    mesh: jax.sharding.Mesh
+    iterator: Any
+    checkpointer: Checkpointer
+    writer: MetricWriter
+    train_step: Any
+    num_steps: int
+
+
+def _train(run: _Run, state: Any, start: int) -> dict[str, Any]:
+    """Steps ``start + 1 ... run.num_steps``, the saves, then the evaluation."""
+    config, workdir, mesh, iterator = run.config, run.workdir, run.mesh, run.iterator
+    checkpointer, writer, num_steps = run.checkpointer, run.writer, run.num_steps
+    evaluator = _online_evaluator(config, run.model, mesh)
     alarmed = False
     small = config.augment.multicrop.num_small
     views = f"V={config.num_views}" + (f"+{small} small crops" if small else "")
@@ -307,7 +312,7 @@ def _train(
     step, preempted = start, False
     for step in range(start + 1, num_steps + 1):
         images = next(iterator)  # the next step's batch is already on its way
-        state, metrics = train_step(state, images)
+        state, metrics = run.train_step(state, images)
         # At most `steps_ahead` steps run ahead of the host: signals, the progress line, the
         # guard and save failures act on what the devices have done.
         steps.dispatched(step, metrics)
