@@ -469,3 +469,36 @@ def test_zero_and_negative_num_steps_are_refused_on_the_command_line(tmp_path):
         )
         assert "config.num_steps: must be -1 (unset" in one_error_line(err)
         assert not (tmp_path / value).exists()
+
+
+# --- online evaluation and the collapse alarm in the loop ----------------------------------------
+
+
+def test_online_evaluation_is_logged_and_the_collapse_alarm_fires_once(tmp_path):
+    run = [
+        "--config=digits:width=0.125",
+        f"--config.dataset.data_dir={tmp_path / 'data'}",
+        "--config.batch_size=16",
+        "--config.num_steps=3",
+        "--config.model.proj_dim=16",
+        "--config.progress_bar=False",
+        "--config.eval.probe_epochs=2",
+        "--config.eval.geometry_examples=32",
+        "--config.eval.every_steps=1",
+        "--config.eval.online_train_examples=64",
+        "--config.eval.online_test_examples=32",
+        "--config.eval.collapse_rank_fraction=1.0",  # rank < D always: the alarm must fire
+        f"--workdir={tmp_path / 'run'}",
+    ]
+    out, _ = finish(start(run))
+    assert out.count("Warning at step") == 1 and "Warning at step 1:" in out
+    metrics = read_metrics(tmp_path / "run")
+    online = [m["step"] for m in metrics if "online/knn_backbone" in m]
+    assert online == [1, 2, 3]
+    assert [m["step"] for m in metrics if "online/collapse" in m] == [1]
+    for m in metrics:
+        for key in ("online/knn_backbone", "online/knn_projector"):
+            if key in m:
+                assert 0 <= m[key] <= 1
+        if "online/effective_rank_projector" in m:
+            assert 1 <= m["online/effective_rank_projector"] <= 16

@@ -190,7 +190,7 @@ def base_config() -> config_dict.ConfigDict:
     config.progress_bar = True
 
     config.eval = config_dict.ConfigDict()
-    config.eval.enabled = True  # evaluate at the end of pretraining
+    config.eval.enabled = True  # evaluate at the end of pretraining (False: no online one either)
     config.eval.batch_size = 256  # images per global forward pass when extracting features
     # Train images whose features the probe and kNN use: None = all, an int = a fixed subset.
     config.eval.train_examples = config_dict.placeholder(int)
