@@ -10,14 +10,26 @@ run here).
 from __future__ import annotations
 
 import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
+import numpy as np
 import pytest
+from run_helpers import REPO, finish, free_port, logged_steps, saved_state, train_losses
 
 from mvcl import parallel
 
-LAUNCHER_PREFIXES = ("OMPI_", "PMIX_", "SLURM_", "MVCL_", "TPU_", "JAX_COORDINATOR")
-LAUNCHER_NAMES = ("KUBERNETES_SERVICE_HOST",)
+LAUNCHER_PREFIXES = ("OMPI_", "PMIX_", "SLURM_", "TPU_", "JAX_COORDINATOR")
+LAUNCHER_NAMES = (
+    *parallel.MVCL_ENV,
+    parallel.CLUSTER_DETECTION_ENV,
+    "KUBERNETES_SERVICE_HOST",
+    "JOB_COMPLETION_INDEX",
+)
 
 
 def slurm_env(ntasks: int, procid: int = 0) -> dict[str, str]:
@@ -149,3 +161,197 @@ def test_kubernetes_is_detected_only_in_an_indexed_job(no_launcher, monkeypatch)
     monkeypatch.setenv("JOB_COMPLETION_INDEX", "0")
     with pytest.raises(ZeroDivisionError):  # now JAX's Kubernetes check runs
         parallel.detect_cluster()
+
+
+# --- programs started by launchers ---------------------------------------------------------------
+
+BIN = Path(sys.executable).parent  # the console scripts mvcl-pretrain, mvcl-evaluate, ...
+LAUNCH = REPO / "experiments" / "launch"
+needs_mpirun = pytest.mark.skipif(
+    shutil.which("mpirun") is None,
+    reason="Open MPI's mpirun is not installed (apt-get install openmpi-bin; .ci/run does)",
+)
+# The bundled digits, a narrow model, 8 steps of 32 images; no evaluation at the end.
+DIGITS = "digits:width=0.125"
+DIGITS_RUN = [
+    "--config.batch_size=32",
+    "--config.num_steps=8",
+    "--config.model.proj_dim=16",
+    "--config.log_every_steps=1",
+    "--config.checkpoint_every_steps=1000",
+    "--config.progress_bar=False",
+    "--config.eval.enabled=False",
+]
+
+
+def program_env(devices: int = 1, **extra: str) -> dict[str, str]:
+    """This environment without any launcher's variables, on ``devices`` CPU devices, with the
+    console scripts first on PATH."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not (k.startswith(LAUNCHER_PREFIXES) or k in LAUNCHER_NAMES)
+    }
+    flags = [f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f]
+    flags.append(f"--xla_force_host_platform_device_count={devices}")
+    env.update(
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS=" ".join(flags),
+        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        **extra,
+    )
+    return env
+
+
+def popen(command, env) -> subprocess.Popen:
+    return subprocess.Popen(
+        [str(c) for c in command],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.fixture
+def digits_dir(tmp_path):
+    """The bundled digits prepared once, before several processes read them."""
+    from mvcl.data import digits
+
+    digits.prepare_digits(tmp_path / "tfds")
+    return tmp_path / "tfds"
+
+
+STARTUP = "mvcl: 2 processes, 2 devices (1 per process), cluster found by {}"
+
+
+@pytest.mark.slow
+@needs_mpirun
+def test_mpirun_recipe_ends_bitwise_as_one_process_on_two_devices(tmp_path, digits_dir):
+    args = [f"--config.dataset.data_dir={digits_dir}", *DIGITS_RUN]
+    one = popen(
+        [BIN / "mvcl-pretrain", f"--config={DIGITS}", f"--workdir={tmp_path / 'one'}", *args],
+        program_env(devices=2),
+    )
+    # experiments/launch/mpirun.sh: mpirun -np 2 ... mvcl-pretrain --config=digits:... <args>
+    recipe = program_env(
+        NP="2",
+        CONFIG=DIGITS,
+        WORKDIR=str(tmp_path / "two"),
+        MPIRUN_ARGS="--oversubscribe",  # 2 processes on CI's 2 cores
+        JAX_COORDINATOR_PORT=str(free_port()),
+    )
+    two = popen([LAUNCH / "mpirun.sh", *args], recipe)
+    (out_one, _), (out_two, _) = finish(one), finish(two)
+    assert out_two.count(STARTUP.format("Open MPI (OMPI_* variables)")) == 1  # process 0 only
+    assert "on 2 device(s) in 2 process(es)" in out_two
+    assert "on 2 device(s) in 1 process(es)" in out_one and "mvcl:" not in out_one
+    # The same global batches (each process read its half), the same 2-device mesh, the same
+    # per-device programs: the train state is bitwise the same.
+    losses = train_losses(tmp_path / "one")
+    assert len(losses) == 8 and train_losses(tmp_path / "two") == losses
+    expected, got = saved_state(tmp_path / "one", 8), saved_state(tmp_path / "two", 8)
+    for name in ("params", "batch_stats", "opt_state"):
+        jax.tree.map(np.testing.assert_array_equal, got[name], expected[name])
+
+
+@pytest.mark.slow
+@needs_mpirun
+def test_mpirun_evaluate_prints_the_table_of_one_process(tmp_path, digits_dir):
+    from mvcl import configs, train
+
+    config = configs.load("digits", "width=0.125")
+    config.dataset.data_dir = str(digits_dir)
+    config.batch_size, config.num_steps, config.progress_bar = 32, 2, False
+    config.model.proj_dim = 16
+    config.eval.enabled = False  # evaluated below, by the programs
+    config.eval.probe_epochs, config.eval.geometry_examples = 2, 64
+    config.eval.train_examples, config.eval.pixel_baseline = 512, False
+    train.train_and_evaluate(config, tmp_path / "one")
+    shutil.copytree(tmp_path / "one", tmp_path / "two")
+    one = popen([BIN / "mvcl-evaluate", f"--workdir={tmp_path / 'one'}"], program_env(devices=2))
+    mpirun = ["mpirun", "-np", "2", "--oversubscribe"]
+    if os.getuid() == 0:
+        mpirun.append("--allow-run-as-root")
+    two = popen(
+        [*mpirun, BIN / "mvcl-evaluate", f"--workdir={tmp_path / 'two'}"],
+        program_env(JAX_COORDINATOR_PORT=str(free_port())),
+    )
+    (out_one, _), (out_two, _) = finish(one), finish(two)
+    assert out_two.count(STARTUP.format("Open MPI (OMPI_* variables)")) == 1
+    table = out_one[out_one.index("Evaluation at step 2:") :]
+    assert "backbone" in table and "projector" in table and "effective_rank" in table
+    assert table in out_two and out_two.count("Evaluation at step") == 1
+
+
+@pytest.mark.slow
+def test_slurm_variables_of_srun_start_two_processes(tmp_path):
+    # What `srun -n 2` on one node sets in each task (no SLURM daemons run here).
+    port = str(free_port())  # JAX would derive it from SLURM_JOB_ID
+    run = [
+        BIN / "mvcl-pretrain",
+        "--config=digits:fake=True,width=0.125",
+        "--config.dataset.fake_num_examples=64",
+        f"--workdir={tmp_path / 'run'}",
+        *DIGITS_RUN,
+        "--config.num_steps=2",
+        "--config.batch_size=16",
+    ]
+    procs = [popen(run, program_env(JAX_COORDINATOR_PORT=port, **slurm_env(2, i))) for i in (0, 1)]
+    (out0, _), (out1, _) = [finish(p) for p in procs]
+    assert out0.count(STARTUP.format("SLURM (SLURM_* variables)")) == 1
+    assert "mvcl:" not in out1  # process 1 prints no start-up line
+    assert "on 2 device(s) in 2 process(es)" in out0
+    assert logged_steps(tmp_path / "run") == [1, 2]
+
+
+@pytest.mark.slow
+def test_launch_recipes_name_mvcl_commands_that_parse(tmp_path):
+    recipes = {
+        "tpu_pod_slice.sh": ["dry-run", "--config.num_epochs=20"],
+        "slurm_gpus.sbatch": ["--dry-run"],
+        "mpirun.sh": ["--dry-run"],
+    }
+    for recipe, args in recipes.items():
+        done = subprocess.run(
+            ["bash", LAUNCH / recipe, *args],
+            env=program_env(HOME=str(tmp_path)),
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        command = shlex.split(done.stdout)
+        assert command[0] == "mvcl-pretrain" and any(a.startswith("--workdir=") for a in command)
+        # --helpshort after every other flag: the flags and the config (with its overrides)
+        # are parsed, then the program exits without running
+        parsed = subprocess.run(
+            [BIN / command[0], *command[1:], "--helpshort"],
+            env=program_env(),
+            capture_output=True,
+            text=True,
+        )
+        assert parsed.returncode == 0, f"{recipe}: {command}\n{parsed.stderr[-2000:]}"
+    # ... which fails for a command that does not parse
+    bad = subprocess.run(
+        [BIN / "mvcl-pretrain", "--config=imagenet1k", "--config.num_epoch=20", "--helpshort"],
+        env=program_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and "did you mean --config.num_epochs" in bad.stderr
+
+
+@pytest.mark.slow
+def test_bad_detection_method_is_one_line_naming_the_choices(tmp_path):
+    done = subprocess.run(
+        [BIN / "mvcl-evaluate", f"--workdir={tmp_path}"],
+        env=program_env(MVCL_CLUSTER_DETECTION="mpi"),
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "mvcl-evaluate: error: MVCL_CLUSTER_DETECTION='mpi' is not a cluster detection method; "
+        "use one of " + ", ".join(parallel.detection_methods())
+    ]
