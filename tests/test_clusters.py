@@ -286,6 +286,22 @@ def test_mpirun_evaluate_prints_the_table_of_one_process(tmp_path, digits_dir):
 
 
 @pytest.mark.slow
+@needs_mpirun
+def test_mpi4py_detection_named_in_the_environment_joins_mpirun_processes():
+    pytest.importorskip("mpi4py", reason="mpi4py is not installed (the test extra installs it)")
+    show = "import jax; from mvcl import parallel; f = parallel.initialize(); " + (
+        "print(jax.process_index(), jax.process_count(), jax.device_count(), f)"
+    )
+    mpirun = ["mpirun", "-np", "2", "--oversubscribe"]
+    if os.getuid() == 0:
+        mpirun.append("--allow-run-as-root")
+    env = program_env(MVCL_CLUSTER_DETECTION="mpi4py", JAX_COORDINATOR_PORT=str(free_port()))
+    out, _ = finish(popen([*mpirun, sys.executable, "-c", show], env))
+    lines = sorted(line for line in out.splitlines() if "mpi4py" in line)
+    assert lines == [f"{i} 2 2 mpi4py (MPI.COMM_WORLD)" for i in (0, 1)], out
+
+
+@pytest.mark.slow
 def test_slurm_variables_of_srun_start_two_processes(tmp_path):
     # What `srun -n 2` on one node sets in each task (no SLURM daemons run here).
     port = str(free_port())  # JAX would derive it from SLURM_JOB_ID
