@@ -1,10 +1,10 @@
 """Start-up in clusters: JAX's cluster detection (`mvcl.parallel.initialize`), real launchers.
 
 The unit tests set the variables a launcher sets and record what would be passed to
-``jax.distributed.initialize`` (nothing is started). The ``slow`` tests start programs: Open MPI's
-``mpirun -np 2`` (Debian's ``openmpi-bin``, which ``.ci/run`` installs; skipped where ``mpirun``
-is missing) and two processes with the variables SLURM's ``srun -n 2`` sets (no SLURM daemons
-run here).
+``jax.distributed.initialize`` (nothing is started). The ``slow`` tests start programs with real
+launchers, from Debian's packages that ``.ci/run`` installs (skipped where they are missing):
+Open MPI's ``mpirun -np 2`` (``openmpi-bin``) and SLURM's ``srun -n 2`` on a one-node cluster
+that the test starts on 127.0.0.1 (``slurm-wlm``: slurmctld, slurmd, munged; as root).
 """
 
 from __future__ import annotations
@@ -12,14 +12,17 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
-from run_helpers import REPO, finish, free_port, logged_steps, saved_state, train_losses
+from run_helpers import REPO, finish, free_port, saved_state, train_losses
 
 from mvcl import parallel
 
@@ -301,25 +304,131 @@ def test_mpi4py_detection_named_in_the_environment_joins_mpirun_processes():
     assert lines == [f"{i} 2 2 mpi4py (MPI.COMM_WORLD)" for i in (0, 1)], out
 
 
-@pytest.mark.slow
-def test_slurm_variables_of_srun_start_two_processes(tmp_path):
-    # What `srun -n 2` on one node sets in each task (no SLURM daemons run here).
-    port = str(free_port())  # JAX would derive it from SLURM_JOB_ID
-    run = [
-        BIN / "mvcl-pretrain",
-        "--config=digits:fake=True,width=0.125",
-        "--config.dataset.fake_num_examples=64",
-        f"--workdir={tmp_path / 'run'}",
-        *DIGITS_RUN,
-        "--config.num_steps=2",
-        "--config.batch_size=16",
+SLURM_PROGRAMS = ("munged", "munge", "slurmctld", "slurmd", "srun", "sinfo")
+SLURM_CONF = """\
+ClusterName=mvcltest
+SlurmctldHost={host}(127.0.0.1)
+SlurmctldPort={ctld_port}
+SlurmdPort={d_port}
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+StateSaveLocation={dir}/state
+SlurmdSpoolDir={dir}/spool
+SlurmctldPidFile={dir}/slurmctld.pid
+SlurmdPidFile={dir}/slurmd.pid
+SlurmctldLogFile={dir}/slurmctld.log
+SlurmdLogFile={dir}/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+SchedulerType=sched/builtin
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+MpiDefault=none
+ReturnToService=2
+NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} State=UNKNOWN
+PartitionName=test Nodes={host} Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4
+"""
+
+
+def sbin(name: str) -> str | None:
+    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+
+
+@pytest.fixture
+def slurm(tmp_path):
+    """A one-node SLURM cluster on 127.0.0.1 (Debian's slurm-wlm: slurmctld, slurmd and munged
+    if not running), started for the test and stopped after it; yields the variable SLURM_CONF
+    that names it.
+    Skips where SLURM is not installed or this is not root (the daemons' user here)."""
+    missing = [name for name in SLURM_PROGRAMS if sbin(name) is None]
+    if missing or os.getuid() != 0:
+        pytest.skip(f"no one-node SLURM here (missing: {missing or 'root'}; .ci/run installs it)")
+    host = socket.gethostname().split(".")[0]
+    try:
+        socket.gethostbyname(host)  # JAX's coordinator is the job's first node, by name
+    except OSError:
+        pytest.skip(f"the host name {host!r} does not resolve")
+    munged_pid = None
+    if subprocess.run("munge -n | unmunge", shell=True, capture_output=True).returncode:
+        os.makedirs("/run/munge", exist_ok=True)
+        shutil.chown("/run/munge", "munge", "munge")
+        subprocess.run(["runuser", "-u", "munge", "--", sbin("munged")], check=True)
+        munged_pid = int(Path("/run/munge/munged.pid").read_text())
+    conf_dir = tmp_path / "slurm"
+    for sub in ("state", "spool"):
+        (conf_dir / sub).mkdir(parents=True)
+    conf = conf_dir / "slurm.conf"
+    conf.write_text(
+        SLURM_CONF.format(
+            host=host,
+            ctld_port=free_port(),
+            d_port=free_port(),
+            dir=conf_dir,
+            cpus=os.cpu_count(),
+        )
+    )
+    env = dict(os.environ, SLURM_CONF=str(conf))
+    daemons = [
+        subprocess.Popen(
+            [sbin(d), "-D", "-f", str(conf)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+        for d in ("slurmctld", "slurmd")
     ]
-    procs = [popen(run, program_env(JAX_COORDINATOR_PORT=port, **slurm_env(2, i))) for i in (0, 1)]
-    (out0, _), (out1, _) = [finish(p) for p in procs]
-    assert out0.count(STARTUP.format("SLURM (SLURM_* variables)")) == 1
-    assert "mvcl:" not in out1  # process 1 prints no start-up line
-    assert "on 2 device(s) in 2 process(es)" in out0
-    assert logged_steps(tmp_path / "run") == [1, 2]
+    try:
+        deadline = time.time() + 30
+        while True:
+            state = subprocess.run(
+                ["sinfo", "-h", "-o", "%T"], env=env, capture_output=True, text=True
+            ).stdout.strip()
+            if state == "idle":
+                break
+            assert time.time() < deadline, f"the SLURM node is {state!r} after 30 s"
+            assert all(d.poll() is None for d in daemons), (conf_dir / "slurmctld.log").read_text()
+            time.sleep(0.5)
+        yield {"SLURM_CONF": str(conf)}
+    finally:
+        for daemon in daemons:
+            daemon.terminate()
+        for daemon in daemons:
+            daemon.wait(timeout=30)
+        if munged_pid is not None:  # started here: stopped here
+            os.kill(munged_pid, signal.SIGTERM)
+
+
+@pytest.mark.slow
+def test_srun_two_tasks_end_bitwise_as_one_task_on_two_devices(tmp_path, digits_dir, slurm):
+    def srun(tasks: int, devices: int, workdir: str) -> subprocess.Popen:
+        command = [
+            "srun",
+            f"--ntasks={tasks}",
+            "--kill-on-bad-exit=1",
+            BIN / "mvcl-pretrain",
+            f"--config={DIGITS}",
+            f"--workdir={tmp_path / workdir}",
+            f"--config.dataset.data_dir={digits_dir}",
+            *DIGITS_RUN,
+        ]
+        # JAX derives the coordinator's port from the job id; a free one, as CI runs other jobs
+        env = program_env(devices, JAX_COORDINATOR_PORT=str(free_port()), **slurm)
+        return popen(command, env)
+
+    one, two = srun(1, 2, "one"), srun(2, 1, "two")
+    (out_one, _), (out_two, _) = finish(one), finish(two)
+    assert out_two.count(STARTUP.format("SLURM (SLURM_* variables)")) == 1  # process 0 only
+    assert "on 2 device(s) in 2 process(es)" in out_two
+    # a SLURM job of one task stays one process (nothing started, nothing printed)
+    assert "on 2 device(s) in 1 process(es)" in out_one and "mvcl:" not in out_one
+    losses = train_losses(tmp_path / "one")
+    assert len(losses) == 8 and train_losses(tmp_path / "two") == losses
+    expected, got = saved_state(tmp_path / "one", 8), saved_state(tmp_path / "two", 8)
+    for name in ("params", "batch_stats", "opt_state"):
+        jax.tree.map(np.testing.assert_array_equal, got[name], expected[name])
 
 
 @pytest.mark.slow
