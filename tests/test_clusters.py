@@ -467,6 +467,34 @@ def test_launch_recipes_name_mvcl_commands_that_parse(tmp_path):
     assert bad.returncode == 2 and "did you mean --config.num_epochs" in bad.stderr
 
 
+def test_tpu_and_slurm_recipes_launch_their_dry_run_command_on_every_worker(tmp_path):
+    # gcloud and srun replaced by a script that prints its arguments, one a line
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    for name in ("gcloud", "srun"):
+        (fake / name).write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$(basename "$0")" "$@"\n')
+        (fake / name).chmod(0o755)
+    env = dict(os.environ, PATH=f"{fake}{os.pathsep}{os.environ['PATH']}", HOME=str(tmp_path))
+
+    def bash(*args: str) -> str:
+        return subprocess.run(
+            ["bash", *args], env=env, capture_output=True, text=True, check=True
+        ).stdout
+
+    tpu, sbatch = LAUNCH / "tpu_pod_slice.sh", LAUNCH / "slurm_gpus.sbatch"
+    command = bash(str(tpu), "dry-run", "--config.num_epochs=20").strip()
+    ssh = bash(str(tpu), "train", "--config.num_epochs=20").splitlines()
+    assert ssh[:3] == ["gcloud", "compute", "tpus"] and "--worker=all" in ssh
+    remote = "\n".join(ssh[ssh.index(next(a for a in ssh if a.startswith("--command="))) :])
+    assert f"nohup {command} >" in remote
+    command = shlex.split(bash(str(sbatch), "--dry-run", "--config.num_epochs=20"))
+    assert bash(str(sbatch), "--config.num_epochs=20").splitlines() == [
+        "srun",
+        "--kill-on-bad-exit=1",
+        *command,
+    ]
+
+
 @pytest.mark.slow
 def test_bad_detection_method_is_one_line_naming_the_choices(tmp_path):
     done = subprocess.run(

@@ -40,6 +40,7 @@ shift || true
 pretrain=(mvcl-pretrain "--config=$CONFIG" "--workdir=$MOUNT/runs/$RUN"
   "--config.dataset.data_dir=$MOUNT/tensorflow_datasets" "$@")
 printf -v pretrain_line '%q ' "${pretrain[@]}"
+pretrain_line=${pretrain_line% }
 
 on_all_workers() {
   gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" --worker=all --command="$1"
@@ -69,7 +70,7 @@ https://packages.cloud.google.com/apt gcsfuse-\$(lsb_release -cs) main\" \
       mountpoint -q $MOUNT || gcsfuse --implicit-dirs --rename-dir-limit=1000000 \
         ${BUCKET#gs://} $MOUNT
       gcloud storage cp '$BUCKET/wheels/mvcl-*.whl' /tmp/
-      pip install -q 'jax[tpu]' /tmp/mvcl-*.whl"
+      pip install -q 'jax[tpu]' \"\$(ls /tmp/mvcl-*.whl)[train]\""
     ;;
   train)
     # detached from the ssh session, so that it runs on when gcloud returns
