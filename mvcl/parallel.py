@@ -62,11 +62,11 @@ def detect_cluster(method: str = "auto") -> tuple[type, int] | None:
 
     Asks JAX's cluster environments whether they are present, as ``jax.distributed.initialize()``
     does, without starting anything: ``"auto"`` tries those JAX tries by default, in its order
-    (Open MPI, SLURM, Cloud TPU on GKE, Cloud TPU VM, Kubernetes: only in an indexed Job, with
-    ``JOB_COMPLETION_INDEX`` set); a name (``"ompi"``,
-    ``"slurm"``, ``"mpi4py"``, ...) only that one, which must be present; ``"none"`` none. Only
-    on a Cloud TPU VM (libtpu and TPU chips found) does the Cloud TPU check ask the VM's metadata
-    server; elsewhere nothing here touches the network.
+    (Open MPI, SLURM, Cloud TPU on GKE, Cloud TPU VM, and Kubernetes only in an indexed Job,
+    with ``JOB_COMPLETION_INDEX`` set); a name (``"ompi"``, ``"slurm"``, ``"mpi4py"``, ...) only
+    that one, which must be present; ``"none"`` none. Only on a Cloud TPU VM (libtpu and TPU
+    chips found) does the Cloud TPU check ask the VM's metadata server; elsewhere nothing here
+    touches the network.
     """
     methods = detection_methods()
     if method not in methods:
@@ -114,11 +114,11 @@ def initialize(
 
     Detected: otherwise JAX's own cluster detection (`detect_cluster`) runs with
     ``cluster_detection``, default ``MVCL_CLUSTER_DETECTION`` or ``"auto"``: under Open MPI's
-    ``mpirun``, SLURM's ``srun``, on the workers of a Cloud TPU pod slice, in a Kubernetes job
-    (or with ``"mpi4py"``, under any MPI) JAX finds the coordinator, the process count and this
-    process's id itself, and on GPUs gives each process of a host one GPU when the launcher
-    started one process per GPU. A cluster of one process, or none, starts nothing: the process
-    sees its local devices only. ``"none"`` never detects.
+    ``mpirun``, SLURM's ``srun``, on the workers of a Cloud TPU pod slice, in an indexed
+    Kubernetes Job (or with ``"mpi4py"``, under any MPI) JAX finds the coordinator, the process
+    count and this process's id itself, and on GPUs gives each process of a host one GPU when
+    the launcher started one process per GPU. A cluster of one process, or none, starts
+    nothing: the process sees its local devices only. ``"none"`` never detects.
 
     Call before anything touches a JAX device.
     """
@@ -155,7 +155,9 @@ def initialize(
     if found is None or found[1] == 1:
         return None
     cluster, _ = found
-    jax.distributed.initialize(cluster_detection_method=None if method == "auto" else method)
+    # JAX then reads the coordinator, process count and id from the environment found here
+    # (Kubernetes has no name to ask for: JAX's own order finds it, the only one present)
+    jax.distributed.initialize(cluster_detection_method=cluster.name or None)
     return _FOUND_BY.get(cluster.name, cluster.__name__)
 
 

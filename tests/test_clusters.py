@@ -89,7 +89,7 @@ def test_slurm_with_two_tasks_starts_jax_distributed_with_jax_detection(no_launc
         monkeypatch.setenv(name, value)
     assert parallel.initialize() == "SLURM (SLURM_* variables)"
     # JAX itself reads the coordinator, the process count and this process's id
-    assert no_launcher == [{"coordinator_address": None, "cluster_detection_method": None}]
+    assert no_launcher == [{"coordinator_address": None, "cluster_detection_method": "slurm"}]
 
 
 def test_named_method_is_passed_to_jax_and_none_never_starts(no_launcher, monkeypatch):
