@@ -3,6 +3,10 @@
 The batch axis is the only mesh axis mvcl needs: instances are sharded over it, all views of an
 instance stay on one device (the (N, V, D) layout is instance-major), and the losses take their
 negatives from the global batch with ``axis_name``.
+
+Start-up (`initialize`): the processes of a cluster are joined by ``jax.distributed``, found by
+JAX's own cluster detection (Open MPI, SLURM, Cloud TPU, Kubernetes; mpi4py on request) or named
+by the ``MVCL_*`` variables.
 """
 
 from __future__ import annotations
@@ -19,39 +23,154 @@ from jax.typing import ArrayLike
 DEFAULT_AXIS = "data"
 
 
+MVCL_ENV = ("MVCL_COORDINATOR", "MVCL_NUM_PROCESSES", "MVCL_PROCESS_ID")
+CLUSTER_DETECTION_ENV = "MVCL_CLUSTER_DETECTION"
+# How each of JAX's cluster environments (jax._src.clusters, by ``name``) finds the cluster, for
+# the start-up line; K8sCluster has no name of its own.
+_FOUND_BY = {
+    "ompi": "Open MPI (OMPI_* variables)",
+    "slurm": "SLURM (SLURM_* variables)",
+    "mpi4py": "mpi4py (MPI.COMM_WORLD)",
+    "gketpu": "Cloud TPU on GKE (TPU_WORKER_HOSTNAMES)",
+    "gcetpu": "Cloud TPU VM metadata",
+    "": "Kubernetes (the in-cluster API)",
+}
+_NOT_PRESENT = {
+    "ompi": "no OMPI_MCA_orte_hnp_uri: start the program with Open MPI's mpirun",
+    "slurm": "no SLURM_JOB_ID, SLURM_STEP_NODELIST, SLURM_NTASKS, SLURM_PROCID and "
+    "SLURM_LOCALID: start the program with srun",
+    "mpi4py": "mpi4py is not installed: pip install mpi4py",
+    "gcetpu": "this is not a Cloud TPU VM of a pod slice",
+    "gketpu": "this is not a Cloud TPU VM with TPU_WORKER_HOSTNAMES set",
+}
+
+
+def cluster_environments() -> list[type]:
+    """JAX's cluster environments (``ClusterEnv`` subclasses) in JAX's order of detection."""
+    from jax._src import clusters  # JAX keeps them private; jax.distributed uses this list
+
+    return [env for env in clusters.ClusterEnv._cluster_types if env.__name__ != "BaseTpuCluster"]
+
+
+def detection_methods() -> list[str]:
+    """The values of ``cluster_detection`` / ``MVCL_CLUSTER_DETECTION``."""
+    return ["auto", "none", *(env.name for env in cluster_environments() if env.name)]
+
+
+def detect_cluster(method: str = "auto") -> tuple[type, int] | None:
+    """``(environment, process count)`` of the cluster this process was launched in, or None.
+
+    Asks JAX's cluster environments whether they are present, as ``jax.distributed.initialize()``
+    does, without starting anything: ``"auto"`` tries those JAX tries by default, in its order
+    (Open MPI, SLURM, Cloud TPU on GKE, Cloud TPU VM, and Kubernetes only in an indexed Job,
+    with ``JOB_COMPLETION_INDEX`` set); a name (``"ompi"``, ``"slurm"``, ``"mpi4py"``, ...) only
+    that one, which must be present; ``"none"`` none. Only on a Cloud TPU VM (libtpu and TPU
+    chips found) does the Cloud TPU check ask the VM's metadata server; elsewhere nothing here
+    touches the network.
+    """
+    methods = detection_methods()
+    if method not in methods:
+        raise ValueError(
+            f"{CLUSTER_DETECTION_ENV}={method!r} is not a cluster detection method; use one of "
+            f"{', '.join(methods)}"
+        )
+    if method == "none":
+        return None
+    if method == "auto":
+        envs = [
+            env
+            for env in cluster_environments()
+            if not env.opt_in_only_method
+            # Kubernetes only in an indexed Job (JAX needs its JOB_COMPLETION_INDEX): any other
+            # pod (a notebook, a CI runner) would make JAX ask the cluster's API, or warn
+            and (env.__name__ != "K8sCluster" or "JOB_COMPLETION_INDEX" in os.environ)
+        ]
+        env = next((env for env in envs if env.is_env_present()), None)
+        if env is None:
+            return None
+    else:
+        env = next(env for env in cluster_environments() if env.name == method)
+        if not env.is_env_present():
+            raise ValueError(
+                f"{CLUSTER_DETECTION_ENV}={method} but {_NOT_PRESENT.get(method, 'it is absent')}"
+                f"; or unset {CLUSTER_DETECTION_ENV} to detect the cluster"
+            )
+    return env, env.get_process_count()
+
+
 def initialize(
     coordinator_address: str | None = None,
     num_processes: int | None = None,
     process_id: int | None = None,
-) -> None:
-    """Starts multi-host JAX (``jax.distributed.initialize``) when more than one process is asked.
+    *,
+    cluster_detection: str | None = None,
+) -> str | None:
+    """Starts multi-host JAX (``jax.distributed.initialize``) when this program is one of several
+    processes; returns how they were found (None for a single process, nothing started).
 
-    Arguments default to the environment variables ``MVCL_COORDINATOR`` (host:port),
-    ``MVCL_NUM_PROCESSES`` and ``MVCL_PROCESS_ID``. With none of them set (or one process) nothing
-    is started: a single process sees its local devices only. Call before anything touches a JAX
-    device.
+    Explicit: the arguments, defaulting to the environment variables ``MVCL_COORDINATOR``
+    (host:port), ``MVCL_NUM_PROCESSES`` and ``MVCL_PROCESS_ID``. When ``num_processes`` or any
+    of them is given, they decide (one process: nothing is started) and no cluster is detected.
+
+    Detected: otherwise JAX's own cluster detection (`detect_cluster`) runs with
+    ``cluster_detection``, default ``MVCL_CLUSTER_DETECTION`` or ``"auto"``: under Open MPI's
+    ``mpirun``, SLURM's ``srun``, on the workers of a Cloud TPU pod slice, in an indexed
+    Kubernetes Job (or with ``"mpi4py"``, under any MPI) JAX finds the coordinator, the process
+    count and this process's id itself, and on GPUs gives each process of a host one GPU when
+    the launcher started one process per GPU. A cluster of one process, or none, starts
+    nothing: the process sees its local devices only. ``"none"`` never detects.
+
+    Call before anything touches a JAX device.
 
     Examples:
       >>> import mvcl
       >>> mvcl.parallel.initialize(num_processes=1)  # one process: nothing to start
     """
     env = os.environ
-    coordinator_address = coordinator_address or env.get("MVCL_COORDINATOR")
-    if num_processes is None and "MVCL_NUM_PROCESSES" in env:
-        num_processes = int(env["MVCL_NUM_PROCESSES"])
-    if process_id is None and "MVCL_PROCESS_ID" in env:
-        process_id = int(env["MVCL_PROCESS_ID"])
-    if num_processes is None or num_processes == 1:
-        return
-    if coordinator_address is None or process_id is None:
-        raise ValueError(
-            f"num_processes={num_processes} needs coordinator_address and process_id "
-            "(or MVCL_COORDINATOR and MVCL_PROCESS_ID)"
+    explicit = (coordinator_address, num_processes, process_id) != (None, None, None) or any(
+        name in env for name in MVCL_ENV
+    )
+    if explicit:
+        coordinator_address = coordinator_address or env.get("MVCL_COORDINATOR")
+        if num_processes is None and "MVCL_NUM_PROCESSES" in env:
+            num_processes = int(env["MVCL_NUM_PROCESSES"])
+        if process_id is None and "MVCL_PROCESS_ID" in env:
+            process_id = int(env["MVCL_PROCESS_ID"])
+        if num_processes is None:
+            raise ValueError(
+                "MVCL_COORDINATOR or MVCL_PROCESS_ID is set without MVCL_NUM_PROCESSES: set all "
+                "three, or none of them to let JAX detect the cluster"
+            )
+        if num_processes == 1:
+            return None
+        if coordinator_address is None or process_id is None:
+            raise ValueError(
+                f"num_processes={num_processes} needs coordinator_address and process_id "
+                "(or MVCL_COORDINATOR and MVCL_PROCESS_ID)"
+            )
+        if not 0 <= process_id < num_processes:
+            raise ValueError(f"process_id must be in [0, {num_processes}), got {process_id}")
+        jax.distributed.initialize(
+            coordinator_address, num_processes=num_processes, process_id=process_id
         )
-    if not 0 <= process_id < num_processes:
-        raise ValueError(f"process_id must be in [0, {num_processes}), got {process_id}")
-    jax.distributed.initialize(
-        coordinator_address, num_processes=num_processes, process_id=process_id
+        return "the MVCL_* variables"
+    method = cluster_detection or env.get(CLUSTER_DETECTION_ENV) or "auto"
+    found = detect_cluster(method)
+    if found is None or found[1] == 1:
+        return None
+    cluster, _ = found
+    # JAX then reads the coordinator, process count and id from the environment found here
+    # (Kubernetes has no name to ask for: JAX's own order finds it, the only one present)
+    jax.distributed.initialize(cluster_detection_method=cluster.name or None)
+    return _FOUND_BY.get(cluster.name, cluster.__name__)
+
+
+def startup_line(found_by: str) -> str:
+    """The line process 0 prints after `initialize` joined several processes."""
+    local = jax.local_device_count()
+    return (
+        f"mvcl: {jax.process_count()} processes, {jax.device_count()} devices ({local} per "
+        f"process), cluster found by {found_by}"
     )
 
 

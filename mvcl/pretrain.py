@@ -13,8 +13,10 @@ last step, wall time of this command, last training loss, evaluation results, co
 facts) as JSON; the committed results of single runs (``experiments/results/*/result.json``)
 are written this way. A run stopped by a signal writes none.
 
-Several processes (one per host): set ``MVCL_COORDINATOR=host:port``, ``MVCL_NUM_PROCESSES`` and
-``MVCL_PROCESS_ID`` in each (see ``mvcl.parallel.initialize``).
+Several processes: launch them with ``mpirun``, ``srun`` or on every worker of a TPU pod slice
+(JAX detects the cluster; recipes in ``experiments/launch/``), or set
+``MVCL_COORDINATOR=host:port``, ``MVCL_NUM_PROCESSES`` and ``MVCL_PROCESS_ID`` in each (see
+``mvcl.parallel.initialize``).
 """
 
 import os

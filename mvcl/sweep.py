@@ -17,7 +17,8 @@ plots, kernel costs and embeddings are written to ``--outdir`` (default: the wor
 (for a sweep that runs across sessions; the title says how many cells are done), ``--list``
 prints the cells and exits.
 
-Several processes (one per host): set ``MVCL_COORDINATOR=host:port``, ``MVCL_NUM_PROCESSES`` and
+Several processes: launch them with ``mpirun``, ``srun`` or on every worker of a TPU pod slice
+(JAX detects the cluster), or set ``MVCL_COORDINATOR=host:port``, ``MVCL_NUM_PROCESSES`` and
 ``MVCL_PROCESS_ID`` in each (see ``mvcl.parallel.initialize``); the workdir must be shared.
 """
 

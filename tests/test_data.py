@@ -143,6 +143,52 @@ def test_process_shards_concatenate_to_global_batch(train_source, process_count)
             np.testing.assert_array_equal(np.concatenate([g[key] for g in got]), want[key])
 
 
+class RecordingSource:
+    """A list of records that remembers which ids were read (through ``__getitems__``)."""
+
+    def __init__(self, size: int):
+        rng = np.random.default_rng(0)
+        self.records = [
+            {"image": rng.integers(0, 256, (4, 4, 1), np.uint8), "label": i} for i in range(size)
+        ]
+        self.read: list[int] = []
+
+    def __len__(self):
+        return len(self.records)
+
+    def __getitem__(self, i):
+        self.read.append(int(i))
+        return self.records[i]
+
+    def __getitems__(self, ids):
+        return [self[i] for i in ids]
+
+
+def test_each_process_reads_only_its_share_and_an_epoch_covers_every_record_once():
+    # 2 processes, global batch 12: an epoch of 60 records is 5 global steps of 6 rows each.
+    size, batch, processes = 60, 12, 2
+    reference = data.BatchIterator(RecordingSource(size), batch, seed=5)  # one process
+    order = np.concatenate([next(reference)["label"] for _ in range(size // batch)])
+    reference.close()
+    shards = [RecordingSource(size) for _ in range(processes)]
+    iterators = [
+        data.BatchIterator(s, batch, seed=5, process_index=p, process_count=processes)
+        for p, s in enumerate(shards)
+    ]
+    steps = [[next(it)["label"] for it in iterators] for _ in range(size // batch)]
+    for it in iterators:
+        it.close()
+    # the global batches, process 0's rows then process 1's, follow one process's epoch order
+    np.testing.assert_array_equal(np.concatenate([np.concatenate(s) for s in steps]), order)
+    assert sorted(order.tolist()) == list(range(size))  # every record exactly once
+    for p, source in enumerate(shards):
+        mine = np.concatenate([s[p] for s in steps])
+        # each process read exactly its rows (the background thread may read ahead into the
+        # next epoch: only the first epoch's reads are counted)
+        assert len(mine) == size // processes
+        assert source.read[: len(mine)] == mine.tolist()
+
+
 def test_iterator_rejects_bad_arguments(train_source):
     with pytest.raises(ValueError, match="multiple of process_count"):
         data.BatchIterator(train_source, 97, seed=0, process_count=2)

@@ -39,6 +39,7 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_dict
 
@@ -58,18 +59,28 @@ STOPPED_STATUS = 3
 
 
 def start(argv: Sequence[str]) -> None:
-    """Rejects stray arguments, quiets orbax's INFO logs and starts ``jax.distributed`` if asked.
+    """Rejects stray arguments, quiets orbax's INFO logs and starts ``jax.distributed`` when the
+    program is one of several processes.
 
-    Call first in an ``absl.app`` main, before anything touches a device: several processes are
-    joined by `mvcl.parallel.initialize` (``MVCL_COORDINATOR``, ``MVCL_NUM_PROCESSES``,
-    ``MVCL_PROCESS_ID``); one process without them. ``--verbosity`` given on the command line wins.
+    Call first in an ``absl.app`` main, before anything touches a device: `mvcl.parallel.initialize`
+    joins the processes that ``MVCL_COORDINATOR``, ``MVCL_NUM_PROCESSES`` and ``MVCL_PROCESS_ID``
+    name or, without them, that JAX's cluster detection finds (``mpirun``, ``srun``, a Cloud TPU
+    pod slice; ``MVCL_CLUSTER_DETECTION`` picks the method, ``none`` turns it off), and process 0
+    prints one line: ``mvcl: P processes, D devices (L per process), cluster found by ...``. A
+    single process starts nothing and prints nothing. ``--verbosity`` given on the command line
+    wins.
     """
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if not FLAGS["verbosity"].present:  # orbax logs every save at INFO
         logging.set_verbosity(logging.WARNING)
     noise.install()
-    parallel.initialize()
+    try:
+        found_by = parallel.initialize()
+    except ValueError as e:  # the MVCL_* variables or the detection method: the user's to fix
+        raise UserError(str(e)) from e
+    if found_by is not None and jax.process_index() == 0:
+        print(parallel.startup_line(found_by), flush=True)
 
 
 def allowed_config_changes() -> list[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import grain
 import jax
 import numpy as np
 from jax.sharding import NamedSharding
@@ -41,16 +42,23 @@ def train_batches(
 ) -> data.DevicePrefetcher[DeviceBatch]:
     """The endless, resumable stream of global batches of ``config`` on ``mesh``.
 
-    Fake data (``config.dataset.fake``) is already in memory and is read in the main process.
+    Each process reads only its rows of every global batch: grain's ``ShardByJaxProcess`` names
+    the shard (``jax.process_index()`` of ``jax.process_count()``), and `mvcl.data.BatchIterator`
+    reads shard ``p``'s contiguous rows of each global batch, so the processes together follow
+    one process's epoch order. (grain's record-level sharding would give each process a
+    contiguous range of the data set with its own shuffle, an order that changes with the
+    process count.) Fake data (``config.dataset.fake``) is already in memory and is read in the
+    main process.
     """
     whole = config.dataset.get("whole_image_size")
     options = config.get("data", config_dict.ConfigDict({"num_workers": 0, "prefetch": 2}))
+    shard = grain.sharding.ShardByJaxProcess()  # this process's share of every global batch
     iterator = data.BatchIterator(
         source,
         config.batch_size,
         seed=config.seed,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
+        process_index=shard.shard_index,
+        process_count=shard.shard_count,
         image_size=None if whole else config.dataset.image_size,
         whole_image_size=whole,
         num_workers=0 if config.dataset.fake else options.num_workers,
