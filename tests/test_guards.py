@@ -31,6 +31,7 @@ from run_helpers import (
     tiny_config,
 )
 
+from mvcl import train
 from mvcl.configs import common as common_config
 from mvcl.train import checkpoint, cli, config_checks, guard, lock, loop, run_identity, writers
 from mvcl.train.errors import (
@@ -461,14 +462,12 @@ def test_a_refused_schedule_change_shows_the_step_counts_the_user_knows(tmp_path
     )
 
 
-def test_zero_and_negative_num_steps_are_refused_on_the_command_line(tmp_path):
-    for value in ("0", "-5"):
-        _, err = finish(
-            start([*TINY_RUN, f"--config.num_steps={value}", f"--workdir={tmp_path / value}"]),
-            status=2,
-        )
-        assert "config.num_steps: must be -1 (unset" in one_error_line(err)
-        assert not (tmp_path / value).exists()
+def test_zero_and_negative_num_steps_are_refused_before_anything_is_written(tmp_path):
+    for value in (0, -5):
+        config = tiny_config(num_steps=value)
+        with pytest.raises(ConfigError, match=r"config\.num_steps: must be -1 \(unset"):
+            train.train_and_evaluate(config, tmp_path / str(value), allow_config_change=[])
+        assert not (tmp_path / str(value)).exists()
 
 
 # --- online evaluation and the collapse alarm in the loop ----------------------------------------
