@@ -47,7 +47,7 @@ def get_config(name: str, arg: str = ""):
 
 
 def tiny_config(name: str = "digits", **overrides):
-    """A config of ``mvcl/configs/<name>.py`` on two fake images, one step, narrow model.
+    """A config of ``configs/<name>.py`` on two fake images, one step, narrow model.
 
     ``overrides``: ``field=value``, nested fields as ``section__field``.
     """

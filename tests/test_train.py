@@ -275,7 +275,7 @@ def test_multicrop_step_gives_the_loss_large_and_small_crops_and_keeps_large_cro
     new_state, metrics = step(state, jnp.asarray(images))
 
     large = {k: v for k, v in config.augment.to_dict().items() if k != "multicrop"}
-    small = dict(large, crop_size=4, min_scale=0.1, max_scale=0.3)  # mvcl/configs/digits.py
+    small = dict(large, crop_size=4, min_scale=0.1, max_scale=0.3)  # configs/digits.py
     step_key = jax.random.fold_in(rng, 0)
     views = {"large": [], "small": []}
     for i in range(4):

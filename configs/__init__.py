@@ -1,6 +1,8 @@
 """Experiment configs shipped with mvcl, and how a config is named on the command line.
 
-Each pretraining config is a ``get_config(arg)`` file per data set (fields and arguments:
+The files are the repository's top-level ``configs/`` folder, installed as the package
+``mvcl.configs`` (``package-dir`` in ``pyproject.toml``): open one, copy it, change it. Each
+pretraining config is a ``get_config(arg)`` file per data set (fields and arguments:
 `mvcl.configs.common`); the sweeps are in `mvcl.configs.sweeps` (`mvcl.configs.sweeps.common`).
 A config is named by its path below this package without ``.py``, optionally followed by
 ``:<arguments>``::
@@ -10,8 +12,10 @@ A config is named by its path below this package without ``.py``, optionally fol
     mvcl-sweep --config=sweeps/digits_claims:fake=True
 
 A path to a config file of one's own works too (``--config=/path/to/my_config.py:arg``; the file
-may ``from mvcl.configs import common``). The paths of the checkout before the configs moved into
-the package (``--config=configs/digits.py``) still work, with a warning naming the short form.
+may ``from mvcl.configs import common``), and so does the path of a shipped config in the
+repository (``--config=configs/digits.py``, run from the repository's root). The same path from a
+directory without that file (as the documentation of earlier releases wrote it) still names the
+shipped config, with a warning naming the short form.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ if TYPE_CHECKING:
     from ml_collections import config_dict
 
 DIR = Path(__file__).resolve().parent
-"""The directory of the packaged config files (inside the installed package)."""
+"""The directory of the packaged config files (``mvcl/configs/`` of an installed wheel, the
+repository's ``configs/`` in a checkout)."""
 
 _SKIP = ("__init__", "common")
 # "configs/digits.py", "./configs/sweeps/cifar10.py", "/old/checkout/configs/digits.py", ...
