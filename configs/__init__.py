@@ -106,7 +106,10 @@ def load(spec: str | os.PathLike, arg: str | None = None) -> config_dict.ConfigD
 
 class _NamedConfigParser:
     """An absl flag parser that resolves a config name (`resolve`), then loads the file with
-    ml_collections' own parser (which also calls ``get_config`` with the ``:<arguments>``)."""
+    ml_collections' own parser (which also calls ``get_config`` with the ``:<arguments>``).
+
+    Everything else absl asks of a parser (``syntactic_help`` for ``--helpfull``, the XML of
+    ``--helpxml``, ...) is the inner parser's."""
 
     def __init__(self, inner: Any):
         self._inner = inner
@@ -116,6 +119,11 @@ class _NamedConfigParser:
 
     def flag_type(self) -> str:
         return self._inner.flag_type()
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "_inner":  # not set yet (copy, pickle): no recursion
+            raise AttributeError(name)
+        return getattr(self._inner, name)
 
 
 def define_flag(
