@@ -23,9 +23,10 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from mvcl import _deprecation
 
 if TYPE_CHECKING:
     from absl import flags
@@ -64,11 +65,11 @@ def path(name: str | os.PathLike) -> Path:
     old = _OLD_PATH.fullmatch(name)
     if old and (DIR / f"{old['name']}.py").is_file():
         short = old["name"]
-        warnings.warn(
-            f"config {name!r}: the configs moved into the mvcl package; name it {short!r} "
-            f"instead (e.g. --config={short}). The old path will stop working in a later release.",
-            FutureWarning,
-            stacklevel=2,
+        _deprecation.warn_moved(
+            f"the config path {name!r} (no such file here)",
+            f"its name, --config={short}",
+            stacklevel=3,
+            category=FutureWarning,
         )
     packaged = DIR / f"{short}.py"
     if short and short not in _SKIP and packaged.is_file():

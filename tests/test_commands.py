@@ -5,10 +5,7 @@ import subprocess
 import sys
 
 import pytest
-
-# As the console script runs it: the command's module is imported (not run as __main__) and
-# sys.argv[0] is the script's name.
-_CONSOLE_SCRIPT = "import sys; sys.argv[0] = {name!r}; from {module} import run; run()"
+from run_helpers import console_script
 
 COMMANDS = {
     "mvcl-pretrain": ("mvcl.pretrain", ["--config", "--workdir", "--summary"]),
@@ -21,10 +18,11 @@ COMMANDS = {
 
 
 def _command(name: str, *args: str) -> subprocess.CompletedProcess:
-    module = COMMANDS[name][0]
-    code = _CONSOLE_SCRIPT.format(name=name, module=module)
     return subprocess.run(
-        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", console_script(name), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 

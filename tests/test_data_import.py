@@ -142,13 +142,13 @@ def test_fashion_mnist_missing_or_wrong_files_say_what_to_do(tmp_path):
 
 
 def test_training_on_fashion_mnist_reads_config_source_dir(tmp_path):
-    from mvcl.train import trainer
+    from mvcl.train.sources import open_sources
 
     config = importlib.import_module("mvcl.configs.fashion_mnist").get_config()
     config.dataset.data_dir = str(tmp_path / "tfds")
     config.dataset.source_dir = str(tmp_path / "nowhere")
     with pytest.raises(ValueError, match="config.dataset.name.*nowhere.*dataset-fashion-mnist"):
-        trainer.open_sources(config)
+        open_sources(config)
 
 
 def test_fashion_mnist_long_setting_has_two_views_and_wide_features_unless_told():

@@ -112,7 +112,7 @@ def test_old_checkout_paths_still_work_with_a_warning_naming_the_short_form(
     old, new, tmp_path, monkeypatch
 ):
     monkeypatch.chdir(tmp_path)  # a directory without configs/: the path names no file
-    with pytest.warns(FutureWarning, match=f"name it '{new}'"):
+    with pytest.warns(FutureWarning, match=f"removed in 0.2.0: use its name, --config={new}$"):
         assert configs.path(old) == configs.path(new)
 
 

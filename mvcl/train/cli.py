@@ -1,4 +1,5 @@
-"""What every command-line program (``experiments/*.py``) shares: start-up, errors, signals.
+"""What every command-line program (the ``mvcl-*`` commands, ``experiments/*.py``) shares:
+start-up, errors, signals.
 
     if __name__ == "__main__":
         cli.run(main)          # instead of absl.app.run(main)
