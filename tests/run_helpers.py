@@ -24,7 +24,12 @@ REPO = Path(__file__).resolve().parents[1]
 PRETRAIN = "mvcl-pretrain"
 EVALUATE = "mvcl-evaluate"
 SWEEP = "mvcl-sweep"
-COMMANDS = {PRETRAIN: "mvcl.pretrain", EVALUATE: "mvcl.evaluate", SWEEP: "mvcl.sweep"}
+COMMANDS = {
+    PRETRAIN: "mvcl.pretrain",
+    EVALUATE: "mvcl.evaluate",
+    SWEEP: "mvcl.sweep",
+    "mvcl-import": "mvcl.import_data",
+}
 WORKER = str(REPO / "tests" / "train_worker.py")
 WIDTH = {"small_cnn": 0.125, "convnet": 0.125, "resnet18": 1 / 16, "resnet50": 1 / 32}
 # A tiny run on random 8x8 images: 16 per batch, 4 views, 20 steps, every step logged. The small

@@ -1,5 +1,5 @@
 """The installed commands as a new user meets them: ``--help`` lists each command's own flags and
-``--helpfull`` works."""
+``--helpfull`` works; every console script of pyproject.toml is among them."""
 
 import subprocess
 import sys
@@ -14,6 +14,7 @@ COMMANDS = {
         "mvcl.sweep",
         ["--config", "--workdir", "--outdir", "--[no]list", "--[no]report"],
     ),
+    "mvcl-import": ("mvcl.import_data", ["--source", "--name", "--data_dir", "--[no]overwrite"]),
 }
 
 
@@ -36,4 +37,15 @@ def test_help_lists_the_commands_own_flags_and_helpfull_works(name):
     proc = _command(name, "--helpfull")
     assert proc.returncode == 0, proc.stderr[-3000:]
     modules = [line for line in proc.stdout.splitlines() if line.endswith(":")]
-    assert {"mvcl.configs:", f"{COMMANDS[name][0]}:", "absl.logging:"} <= set(modules)
+    assert {f"{COMMANDS[name][0]}:", "absl.logging:"} <= set(modules)
+
+
+def test_every_console_script_is_checked_here():
+    import tomllib
+    from pathlib import Path
+
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    scripts = tomllib.loads(pyproject.read_text())["project"]["scripts"]
+    assert {name: target.split(":")[0] for name, target in scripts.items()} == {
+        name: module for name, (module, _) in COMMANDS.items()
+    }

@@ -179,14 +179,22 @@ def test_the_former_trainer_module_warns_and_keeps_only_its_public_names():
     assert "_latest_step_on_disk" not in vars(trainer)
 
 
-@pytest.mark.parametrize("command", ["pretrain", "evaluate", "sweep"])
-def test_the_old_command_paths_run_the_commands_with_a_warning(command):
+@pytest.mark.parametrize(
+    "script, command, flag",
+    [
+        ("pretrain", "mvcl-pretrain", "--workdir"),
+        ("evaluate", "mvcl-evaluate", "--workdir"),
+        ("sweep", "mvcl-sweep", "--outdir"),
+        ("import_data", "mvcl-import", "--source"),
+    ],
+)
+def test_the_old_command_paths_run_the_commands_with_a_warning(script, command, flag):
     pytest.importorskip("flax")
-    script = REPO / "experiments" / f"{command}.py"
+    path = REPO / "experiments" / f"{script}.py"
     proc = subprocess.run(
-        [sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=300
+        [sys.executable, str(path), "--help"], capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    expected = f"python experiments/{command}.py is deprecated and {GOES}: use mvcl-{command}"
+    expected = f"python experiments/{script}.py is deprecated and {GOES}: use {command}"
     assert re.search(f"FutureWarning: {expected}", proc.stderr), proc.stderr
-    assert "--workdir" in proc.stdout
+    assert flag in proc.stdout
