@@ -175,6 +175,21 @@ def test_bad_per_view_config_names_the_field(change, message):
         train.build_model(config)
 
 
+def test_the_model_layer_takes_its_modalities_from_the_caller():
+    """mvcl.models does not import mvcl.data: the trainer gives per_view.from_config the input
+    transforms by name; without them only "image" is known."""
+    config = digits_multimodal.get_config("fake=True")
+    with pytest.raises(
+        ValueError, match=r"per_view\[1\]\.input: unknown modality 'gradient'; known: image$"
+    ):
+        per_view.from_config(config)
+    model = per_view.from_config(config, inputs=modalities.MODALITIES)
+    assert model == train.build_model(config, axis_name=None)
+    code = "import sys, mvcl.models; print(sorted(m for m in sys.modules if 'mvcl.data' in m))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stderr[-2000:]
+
+
 def test_multimodal_config_arguments():
     config = digits_multimodal.get_config("loss=mv_infonce")
     assert config.name == "digits_mm_all_mv_infonce_v3"
