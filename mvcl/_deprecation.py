@@ -35,6 +35,7 @@ MOVED_MODULES = {
     "mvcl.kernels.reductions": "mvcl.backends.reductions",
     "mvcl.kernels.streaming": "mvcl.backends.streaming",
     "mvcl.losses.pairwise": "mvcl.losses.two_view",
+    "mvcl.models.conv": "mvcl.models.loop_conv",
     "mvcl.studies.kernel_cost": "mvcl.studies.loss_cost",
 }
 """Old module name -> the module that replaced it."""

@@ -30,7 +30,7 @@ import optax
 
 from mvcl import data, losses, parallel
 from mvcl.configs import digits
-from mvcl.models import conv as loop_friendly
+from mvcl.models import loop_conv as loop_friendly
 from mvcl.train.state import build_model, create_train_state
 from mvcl.train.step import AXIS, make_train_step
 

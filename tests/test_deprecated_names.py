@@ -57,6 +57,7 @@ OLD_MODULES = [
     ("mvcl.kernels", "mvcl.backends"),
     ("mvcl.losses.pairwise", "mvcl.losses.two_view"),
     ("mvcl.studies.kernel_cost", "mvcl.studies.loss_cost"),
+    ("mvcl.models.conv", "mvcl.models.loop_conv"),
 ]
 
 
@@ -85,7 +86,7 @@ def test_importing_the_package_and_its_core_warns_of_nothing():
 
 @pytest.mark.parametrize("old, new", OLD_MODULES)
 def test_old_module_paths_warn_at_the_import_and_name_the_replacement(old, new):
-    if old.startswith("mvcl.studies"):
+    if old.startswith(("mvcl.studies", "mvcl.models")):
         pytest.importorskip("flax")
     with pytest.warns(
         DeprecationWarning, match=f"{old} is deprecated and {GOES}: use {new}"
@@ -128,6 +129,8 @@ def test_old_kernels_package_is_the_backends_package():
 
 def test_old_function_names_warn_and_call_the_new_ones():
     pytest.importorskip("flax")
+    from mvcl import data
+    from mvcl.data import augment
     from mvcl.studies import outputs, plots, runner
     from mvcl.train import optim
 
@@ -136,6 +139,8 @@ def test_old_function_names_warn_and_call_the_new_ones():
         assert optim.kernel_mask(params) == optim.weight_matrix_mask(params)
     for old, new in [
         (runner.test_embeddings, runner.embed_test_split),
+        (augment.normalize, augment.scale_pixels),
+        (data.normalize, data.scale_pixels),
         (plots.kernel_cost, plots.loss_cost),
         (outputs.kernel_rows, outputs.loss_cost_rows),
     ]:

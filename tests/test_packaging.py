@@ -168,3 +168,15 @@ def test_no_warning_for_the_short_form():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         configs.path("sweeps/digits_claims")
+
+
+def test_no_file_edits_sys_path():
+    """Scripts, tests and the package import mvcl as installed (or from PYTHONPATH)."""
+    needle = "sys.path." + "insert"
+    offenders = [
+        str(p.relative_to(REPO))
+        for folder in ("mvcl", "configs", "experiments", "tests", "docs")
+        for p in (REPO / folder).rglob("*.py")
+        if needle in p.read_text(encoding="utf-8")
+    ]
+    assert not offenders
