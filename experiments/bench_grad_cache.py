@@ -54,20 +54,23 @@ def run_row(args: argparse.Namespace) -> dict:
 
     from mvcl import parallel
     from mvcl.configs import cifar10
-    from mvcl.train import optim, trainer
+    from mvcl.train import optim
+    from mvcl.train.config_checks import validate_config
+    from mvcl.train.state import build_model, create_train_state
+    from mvcl.train.step import AXIS, make_train_step
 
     config = cifar10.get_config(f"fake=True,loss=mv_infonce,views={args.v},backend=ring")
     config.model.kwargs.width = args.width
     config.batch_size = config.dataset.fake_num_examples = args.n
     config.train.micro_batch = args.micro_batch
-    trainer.validate_config(config, device_count=1, process_count=1)
+    validate_config(config, device_count=1, process_count=1)
     mesh = parallel.make_mesh(1)
-    model = trainer.build_model(config, axis_name=trainer.AXIS)
+    model = build_model(config, axis_name=AXIS)
     tx, schedule = optim.make_optimizer(config, 100), optim.learning_rate_schedule(config, 100)
-    state = trainer.create_train_state(config, model, tx, mesh, channels=3)
-    sharding = parallel.batch_sharding(mesh, trainer.AXIS)
+    state = create_train_state(config, model, tx, mesh, channels=3)
+    sharding = parallel.batch_sharding(mesh, AXIS)
     spec = jax.ShapeDtypeStruct((args.n, 32, 32, 3), jnp.uint8, sharding=sharding)
-    step = trainer.make_train_step(config, model, tx, schedule, mesh)
+    step = make_train_step(config, model, tx, schedule, mesh)
     start = time.perf_counter()
     compiled = step.lower(state, spec).compile()
     compile_seconds = time.perf_counter() - start

@@ -104,24 +104,27 @@ def _time(fn, repeats: int) -> float:
 def consumption(config, repeats: int) -> dict[str, float]:
     """Images per second of the config's train step on random images, on this backend."""
     from mvcl import parallel
-    from mvcl.train import feed, optim, trainer
+    from mvcl.train import feed, optim
+    from mvcl.train.config_checks import validate_config
+    from mvcl.train.state import build_model, create_train_state
+    from mvcl.train.step import AXIS, make_train_step
 
     config.dataset.fake = True
     whole = config.dataset.get("whole_image_size")
     side = whole or config.dataset.image_size or config.dataset.fake_shape[0]
     channels = config.dataset.fake_shape[-1]
     mesh = parallel.make_mesh()
-    trainer.validate_config(config)
+    validate_config(config)
     tx = optim.make_optimizer(config, 1000)
     schedule = optim.learning_rate_schedule(config, 1000)
-    model = trainer.build_model(config, axis_name=trainer.AXIS)
-    state = trainer.create_train_state(config, model, tx, mesh, channels)
-    step = trainer.make_train_step(config, model, tx, schedule, mesh)
+    model = build_model(config, axis_name=AXIS)
+    state = create_train_state(config, model, tx, mesh, channels)
+    step = make_train_step(config, model, tx, schedule, mesh)
     rng = np.random.default_rng(0)
     host = {"image": rng.integers(0, 256, (config.batch_size, side, side, channels), np.uint8)}
     if whole:
         host["valid"] = np.tile(np.int32([side * 3 // 4, side]), (config.batch_size, 1))
-    batch = feed.put_batch(host, parallel.batch_sharding(mesh, trainer.AXIS), config.batch_size)
+    batch = feed.put_batch(host, parallel.batch_sharding(mesh, AXIS), config.batch_size)
     holder = {"state": state}
 
     def run():

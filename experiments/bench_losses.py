@@ -53,7 +53,6 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
 
 # Freed memory stays with the process (no munmap/trim), so XLA's per-call temporaries reuse pages
 # that are already mapped instead of page-faulting fresh ones on every call.

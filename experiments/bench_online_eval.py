@@ -30,7 +30,10 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from mvcl import configs, parallel  # noqa: E402
-from mvcl.train import online_eval, optim, sources, trainer  # noqa: E402
+from mvcl.train import online_eval, optim, sources  # noqa: E402
+from mvcl.train.sources import global_batch  # noqa: E402
+from mvcl.train.state import build_model, create_train_state  # noqa: E402
+from mvcl.train.step import AXIS, make_train_step  # noqa: E402
 
 _CONFIGS = flags.DEFINE_list("configs", ["digits", "fashion_mnist"], "Config names (mvcl.configs).")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed training steps after the compiling one.")
@@ -60,16 +63,16 @@ def bench(name: str) -> dict:
     num_steps = max(config.num_steps, 1)
     tx = optim.make_optimizer(config, num_steps)
     schedule = optim.learning_rate_schedule(config, num_steps)
-    model = trainer.build_model(config, axis_name=trainer.AXIS)
+    model = build_model(config, axis_name=AXIS)
     shape = tuple(config.dataset.fake_shape)
-    state = trainer.create_train_state(config, model, tx, mesh, shape[-1])
-    step = trainer.make_train_step(config, model, tx, schedule, mesh)
-    sharding = parallel.batch_sharding(mesh, trainer.AXIS)
+    state = create_train_state(config, model, tx, mesh, shape[-1])
+    step = make_train_step(config, model, tx, schedule, mesh)
+    sharding = parallel.batch_sharding(mesh, AXIS)
     rng = np.random.default_rng(0)
 
     def batch():
         images = rng.integers(0, 256, (config.batch_size, *shape), dtype=np.uint8)
-        return trainer.global_batch(images, sharding, config.batch_size)
+        return global_batch(images, sharding, config.batch_size)
 
     start = time.perf_counter()
     evaluator = online_eval.OnlineEvaluator(config, model, mesh)

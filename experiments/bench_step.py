@@ -25,7 +25,8 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from mvcl import configs  # noqa: E402
-from mvcl.train import step_timing, trainer  # noqa: E402
+from mvcl.train import step_timing  # noqa: E402
+from mvcl.train.config_checks import num_train_steps  # noqa: E402
 
 _CONFIG = configs.define_flag(
     "config", None, "Config name[:args], e.g. fashion_mnist:views=8 (mvcl.configs), or a .py file."
@@ -43,7 +44,7 @@ def main(argv):
     print(f"malloc: {'keeps freed memory (mvcl.train.malloc)' if KEPT else 'system defaults'}")
     config = _CONFIG.value
     steps_per_epoch = _EPOCH.value // config.batch_size
-    num_steps = trainer.num_train_steps(config, steps_per_epoch)
+    num_steps = num_train_steps(config, steps_per_epoch)
     timing = step_timing.time_train_step(
         config, steps=_STEPS.value, steps_per_epoch=steps_per_epoch
     )

@@ -7,9 +7,9 @@ Two comparisons on the bundled digits data set (`--config=digits`, small CNN, mv
 * **memory**: batch 1,024, V = 8, one pass vs ``micro_batch = 64``: the measured peak resident
   memory of each run's process, side by side (plus their linear probes).
 
-Every run is ``experiments/pretrain.py`` in a fresh process (its peak RSS is read with
-``os.wait4``), in ``--workdir-root/<name>``; a run whose workdir already has a final evaluation
-is read back, not rerun. With ``--seeds 0,1,2`` each comparison is repeated per seed.
+Every run is ``mvcl-pretrain`` (``python -m mvcl.pretrain``) in a fresh process (its peak RSS
+is read with ``os.wait4``), in ``--workdir-root/<name>``; a run whose workdir already has a final
+evaluation is read back, not rerun. With ``--seeds 0,1,2`` each comparison is repeated per seed.
 
 Usage::
 

@@ -3,7 +3,7 @@
     python experiments/multimodal_digits.py                      # 20 epochs, mv_dhel + mv_infonce
     python experiments/multimodal_digits.py --epochs=100         # the config's full budget
 
-For every loss, `mvcl/configs/digits_multimodal.py` is pretrained
+For every loss, `configs/digits_multimodal.py` is pretrained
 
 * with ``modality=all``: V = 3 views, the image, its gradient field and its 1-D projection
   profile, each through its own encoder and projection head into one D;
@@ -34,7 +34,7 @@ MODALITIES = digits_multimodal.MODALITIES
 
 
 def run(arg: str, args: argparse.Namespace) -> dict:
-    """Pretrains and evaluates ``mvcl/configs/digits_multimodal.py:<arg>`` (or reads its result)."""
+    """Pretrains and evaluates ``configs/digits_multimodal.py:<arg>`` (or reads its result)."""
     config = digits_multimodal.get_config(arg)
     config.num_epochs = args.epochs
     config.seed = args.seed
@@ -74,7 +74,7 @@ def markdown(results: dict) -> str:
         "Each 8x8 digit gives three aligned *modalities* of its augmented crops: the image "
         "(small CNN), its x/y gradient field (small CNN) and its 16-value row/column projection "
         "profile (MLP), each with its own projection head into D = 128 "
-        "(`mvcl/configs/digits_multimodal.py`). *Multimodal*: V = 3, one view per modality. "
+        "(`configs/digits_multimodal.py`). *Multimodal*: V = 3, one view per modality. "
         "*Single-modality*: V = 3 augmented views of one modality through one shared encoder of "
         "the same architecture. *Raw input*: the probe on the flattened modality input.",
         "",

@@ -10,9 +10,10 @@ tensorflow-datasets, ...) and are imported on demand.
 
 from types import ModuleType
 
-from mvcl import _deprecation, backends, losses, metrics, parallel
+from mvcl import _checkout, _deprecation, backends, losses, metrics, parallel
 
 _deprecation.install()  # the module names of earlier releases (mvcl.kernels, ...), with a warning
+_checkout.install()  # a source checkout used as is: mvcl.configs is its top-level configs/
 
 __version__ = "0.1.0"
 __all__ = ["backends", "losses", "metrics", "parallel"]

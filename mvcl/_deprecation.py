@@ -1,4 +1,10 @@
-"""Names that moved: the old name keeps working for one release, with a DeprecationWarning.
+"""Names that moved: the old name keeps working until `REMOVED_IN`, with a warning.
+
+Every deprecated name, module, command path and config path of mvcl warns with `message`
+("<old> is deprecated and will be removed in 0.2.0: use <new>"): a DeprecationWarning for names
+used in code, a FutureWarning (shown to the user of a command) for command lines.
+``tests/test_deprecated_names.py`` fails once ``mvcl.__version__`` reaches `REMOVED_IN` while
+any of them is left.
 
 Moved modules have no file at their old path (so that the move is a plain rename): a finder on
 ``sys.meta_path`` answers for the old names, and importing one gives a module holding the new
@@ -19,6 +25,9 @@ from typing import Any, Callable, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+REMOVED_IN = "0.2.0"
+"""The release without the deprecated names: every one of them goes before it is made."""
+
 MOVED_MODULES = {
     "mvcl.kernels": "mvcl.backends",
     "mvcl.kernels.dense": "mvcl.backends.dense",
@@ -26,18 +35,28 @@ MOVED_MODULES = {
     "mvcl.kernels.reductions": "mvcl.backends.reductions",
     "mvcl.kernels.streaming": "mvcl.backends.streaming",
     "mvcl.losses.pairwise": "mvcl.losses.two_view",
+    "mvcl.models.conv": "mvcl.models.loop_conv",
     "mvcl.studies.kernel_cost": "mvcl.studies.loss_cost",
 }
 """Old module name -> the module that replaced it."""
 
 
-def warn_moved(old: str, new: str, *, stacklevel: int = 3) -> None:
-    """Emits the DeprecationWarning for ``old``, naming ``new`` that replaces it."""
-    warnings.warn(
-        f"{old} is deprecated and will be removed in the next release: use {new}",
-        DeprecationWarning,
-        stacklevel=stacklevel,
-    )
+def message(old: str, new: str) -> str:
+    """The one message of every deprecation: ``old`` goes in `REMOVED_IN`, ``new`` replaces it."""
+    return f"{old} is deprecated and will be removed in {REMOVED_IN}: use {new}"
+
+
+def warn_moved(
+    old: str, new: str, *, stacklevel: int = 3, category: type[Warning] = DeprecationWarning
+) -> None:
+    """Emits the warning for ``old`` (`message`), naming ``new`` that replaces it."""
+    warnings.warn(message(old, new), category, stacklevel=stacklevel)
+
+
+def warn_old_command(old: str, new: str) -> None:
+    """A FutureWarning (shown by default) for a command line of earlier releases, e.g.
+    ``python experiments/pretrain.py``, naming the command that replaces it."""
+    warn_moved(old, new, stacklevel=3, category=FutureWarning)
 
 
 def import_moved(old: str) -> types.ModuleType:

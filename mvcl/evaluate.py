@@ -27,6 +27,7 @@ def main(argv):
 
 def run() -> None:
     """The console script ``mvcl-evaluate`` (also ``python -m mvcl.evaluate``)."""
+    cli.show_in_help(_CONFIG, _WORKDIR)
     cli.run(main)
 
 

@@ -55,6 +55,7 @@ def main(argv):
 
 def run() -> None:
     """The console script ``mvcl-pretrain`` (also ``python -m mvcl.pretrain``)."""
+    cli.show_in_help(_CONFIG, _WORKDIR, _SUMMARY)
     cli.run(main)
 
 

@@ -81,6 +81,7 @@ def main(argv):
 
 def run() -> None:
     """The console script ``mvcl-sweep`` (also ``python -m mvcl.sweep``)."""
+    cli.show_in_help(_CONFIG, _WORKDIR, _OUTDIR, _LIST, _REPORT)
     cli.run(main)
 
 

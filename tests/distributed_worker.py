@@ -20,10 +20,10 @@ def eval_case():
     import jax
 
     from mvcl.configs import digits
-    from mvcl.train import trainer
+    from mvcl.train.state import build_model
 
     config = digits.get_config("fake=True,width=0.125")
-    model = trainer.build_model(config, axis_name=None)
+    model = build_model(config, axis_name=None)
     variables = model.init(jax.random.key(3), np.zeros((2, 8, 8, 1), np.float32), train=False)
     rng = np.random.default_rng(4)
     source = [

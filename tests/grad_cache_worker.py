@@ -30,8 +30,9 @@ import optax
 
 from mvcl import data, losses, parallel
 from mvcl.configs import digits
-from mvcl.models import conv as loop_friendly
-from mvcl.train import trainer
+from mvcl.models import loop_conv as loop_friendly
+from mvcl.train.state import build_model, create_train_state
+from mvcl.train.step import AXIS, make_train_step
 
 MODE = sys.argv[1]
 BATCH = 24  # divides over 1, 3 and 8 devices
@@ -95,15 +96,15 @@ def make_config(loss, backend, views, small, dtype):
 
 def build(config, encoder, axis_name):
     if encoder == "small_cnn":
-        return trainer.build_model(config, axis_name=axis_name)
+        return build_model(config, axis_name=axis_name)
     dtype = jnp.float64 if jax.config.read("jax_enable_x64") else jnp.float32
     return TinyEncoder(norm=encoder == "tiny_bn", dtype=dtype, axis_name=axis_name)
 
 
 def run_step(config, model, mesh, images):
     tx = store_gradient()
-    state = trainer.create_train_state(config, model, tx, mesh, channels=1)
-    step = trainer.make_train_step(config, model, tx, optax.constant_schedule(0.0), mesh)
+    state = create_train_state(config, model, tx, mesh, channels=1)
+    step = make_train_step(config, model, tx, optax.constant_schedule(0.0), mesh)
     before = jax.device_get(state)  # the step donates (deletes) the state it is given
     new_state, metrics = step(state, images)
     return (
@@ -176,10 +177,10 @@ def run_case(loss, backend, views, small, encoder, precision, devices):
     dtype = "bfloat16" if precision == "bfloat16" else "float32"
     config = make_config(loss, backend, views, small, dtype)
     mesh = parallel.make_mesh(devices)
-    model = build(config, encoder, trainer.AXIS)
+    model = build(config, encoder, AXIS)
     rng = np.random.default_rng(0)
     host_images = rng.integers(0, 256, (BATCH, 8, 8, 1), dtype=np.uint8)
-    images = jax.device_put(host_images, parallel.batch_sharding(mesh, trainer.AXIS))
+    images = jax.device_put(host_images, parallel.batch_sharding(mesh, AXIS))
     config.train.micro_batch = MICRO[devices]
     state, grads, stats, metrics = run_step(config, model, mesh, images)
     if encoder == "tiny":

@@ -19,11 +19,17 @@ from mvcl import configs, train
 
 REPO = Path(__file__).resolve().parents[1]
 
-# The programs as files (the old command paths, which run mvcl.pretrain etc.): train_worker.py
-# runs them with runpy.
-PRETRAIN = "experiments/pretrain.py"
-EVALUATE = "experiments/evaluate.py"
-SWEEP = "experiments/sweep.py"
+# The commands, run as their console scripts run them (`console_script`); train_worker.py runs
+# them the same way, after patching what it interrupts.
+PRETRAIN = "mvcl-pretrain"
+EVALUATE = "mvcl-evaluate"
+SWEEP = "mvcl-sweep"
+COMMANDS = {
+    PRETRAIN: "mvcl.pretrain",
+    EVALUATE: "mvcl.evaluate",
+    SWEEP: "mvcl.sweep",
+    "mvcl-import": "mvcl.import_data",
+}
 WORKER = str(REPO / "tests" / "train_worker.py")
 WIDTH = {"small_cnn": 0.125, "convnet": 0.125, "resnet18": 1 / 16, "resnet50": 1 / 32}
 # A tiny run on random 8x8 images: 16 per batch, 4 views, 20 steps, every step logged. The small
@@ -42,12 +48,18 @@ TINY_RUN = [
 ]
 
 
+def console_script(command: str) -> str:
+    """Python code that runs ``command`` (``"mvcl-pretrain"``, ...) as its console script does:
+    the command's module is imported (not run as ``__main__``), ``sys.argv[0]`` is its name."""
+    return f"import sys; sys.argv[0] = {command!r}; from {COMMANDS[command]} import run; run()"
+
+
 def get_config(name: str, arg: str = ""):
     return configs.load(name, arg)
 
 
 def tiny_config(name: str = "digits", **overrides):
-    """A config of ``mvcl/configs/<name>.py`` on two fake images, one step, narrow model.
+    """A config of ``configs/<name>.py`` on two fake images, one step, narrow model.
 
     ``overrides``: ``field=value``, nested fields as ``section__field``.
     """
@@ -127,14 +139,15 @@ def start(
     script: str = PRETRAIN,
     worker: list[str] | None = None,
 ) -> subprocess.Popen:
-    """Starts ``script args`` in a fresh interpreter on ``devices`` simulated CPU devices.
+    """Starts the command ``script`` (`COMMANDS`) with ``args`` in a fresh interpreter on
+    ``devices`` simulated CPU devices.
 
     ``worker``: the arguments of ``tests/train_worker.py`` (``[ACTION, STEP, ...]``) to run the
-    script under, interrupted on cue.
+    command under, interrupted on cue.
     """
     flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
     full_env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flags.strip(), **(env or {}))
-    command = [WORKER, *worker, "--", script] if worker else [script]
+    command = [WORKER, *worker, "--", script] if worker else ["-c", console_script(script)]
     return subprocess.Popen(
         [sys.executable, *command, *args],
         cwd=REPO,

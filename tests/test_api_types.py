@@ -76,3 +76,38 @@ def test_losses_and_metrics_take_numpy_arrays():
         rtol=1e-6,
     )
     assert np.isfinite(float(metrics.effective_rank(z)))
+
+
+def _parameters(fn, skip: int = 0) -> list[tuple[str, object, object]]:
+    """(name, kind, default) of ``fn``'s parameters, without the first ``skip`` ones and without
+    keyword-only options of its own that have defaults (``tile=``)."""
+    params = list(inspect.signature(fn).parameters.values())[skip:]
+    return [(p.name, p.kind, p.default) for p in params if p.name != "tile"]
+
+
+@pytest.mark.parametrize(
+    "fn, protocol",
+    [
+        (dense.dense, backends.Backend),
+        (dense.gather, backends.Backend),
+        (streaming.streaming, backends.Backend),
+        (dense.dense_self, backends.SelfRows),
+        (dense.gather_self, backends.SelfRows),
+        (streaming.streaming_self, backends.SelfRows),
+    ],
+    ids=lambda f: getattr(f, "__name__", ""),
+)
+def test_the_builtin_backends_have_the_protocols_signature(fn, protocol):
+    assert _parameters(fn) == _parameters(protocol.__call__, skip=1)
+
+
+def test_a_builtin_backend_forwards_the_protocols_arguments():
+    seen = {}
+
+    def rows(q, k, *, mask, reduction, axis_name=None, precision=None):
+        seen.update(mask=mask, reduction=reduction, axis_name=axis_name, precision=precision)
+        return q
+
+    backend = backends.BuiltinBackend(rows)
+    backend(np.ones((1, 2, 2, 3)), np.ones((1, 2, 2, 3)), mask="self", reduction=backends.LSE)
+    assert seen == {"mask": "self", "reduction": backends.LSE, "axis_name": None, "precision": None}

@@ -2,6 +2,7 @@
 
 import gzip
 import importlib
+import json
 import os
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
+from run_helpers import console_script
 
 from mvcl import data
 from mvcl.data import fashion_mnist, idx, importer
@@ -142,13 +144,13 @@ def test_fashion_mnist_missing_or_wrong_files_say_what_to_do(tmp_path):
 
 
 def test_training_on_fashion_mnist_reads_config_source_dir(tmp_path):
-    from mvcl.train import trainer
+    from mvcl.train.sources import open_sources
 
     config = importlib.import_module("mvcl.configs.fashion_mnist").get_config()
     config.dataset.data_dir = str(tmp_path / "tfds")
     config.dataset.source_dir = str(tmp_path / "nowhere")
     with pytest.raises(ValueError, match="config.dataset.name.*nowhere.*dataset-fashion-mnist"):
-        trainer.open_sources(config)
+        open_sources(config)
 
 
 def test_fashion_mnist_long_setting_has_two_views_and_wide_features_unless_told():
@@ -340,30 +342,82 @@ def test_idx_directory_is_imported_like_mnist(tmp_path):
         data.import_dataset(tmp_path / "src", "other", tmp_path / "tfds")
 
 
+def _command(command, *args, cwd, env=None):
+    """``command`` (``mvcl-import``, ...) as its console script runs, in ``cwd``."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", **(env or {}))
+    env.pop("TFDS_DATA_DIR", None)  # the default data directory: ./data of the working directory
+    return subprocess.run(
+        [sys.executable, "-c", console_script(command), *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        check=False,
+        timeout=600,
+    )
+
+
 @pytest.mark.slow  # two fresh interpreters
-def test_import_command_writes_a_data_set_and_reports_errors(tmp_path):
+def test_import_command_writes_a_data_set_quietly_and_reports_errors(tmp_path):
     image_folder(tmp_path / "src", counts=(2, 2))
-    script = str(REPO / "experiments" / "import_data.py")
-    cmd = [sys.executable, script, f"--source={tmp_path / 'src'}"]
-    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
-    ok = subprocess.run(
-        [*cmd, "--name=cli_set", f"--data_dir={tmp_path / 'tfds'}"],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
+    source = f"--source={tmp_path / 'src'}"
+    ok = _command("mvcl-import", source, "--name=cli_set", cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr[-2000:]
-    assert "--config.dataset.name=cli_set" in ok.stdout
-    assert len(data.load_split("cli_set", "train", tmp_path / "tfds")) == 2
-    bad = subprocess.run(
-        [*cmd, "--name=Bad Name", f"--data_dir={tmp_path / 'tfds'}"],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
+    lines = ok.stdout.splitlines()
+    assert lines[0].startswith("Wrote 'cli_set' (folder) to ./data: train 2, test 2 images")
+    assert lines[1:] == ["Train on it: mvcl-pretrain --config=own_data:name=cli_set"]
+    assert ok.stderr == ""  # no tfds "Failed to load dataset ...", no progress bars
+    assert len(data.load_split("cli_set", "train", tmp_path / "data")) == 2
+    bad = _command("mvcl-import", source, "--name=Bad Name", cwd=tmp_path)
+    assert bad.returncode == 2
+    assert bad.stderr.startswith("mvcl-import: error: ") and "lower snake case" in bad.stderr
+
+
+@pytest.mark.slow  # fresh interpreters, a whole (short) run
+def test_own_data_config_trains_on_30_imported_images_and_names_the_run_after_them(tmp_path):
+    image_folder(tmp_path / "src", counts=(10, 10, 10), size=(12, 10))
+    imported = _command(
+        "mvcl-import", f"--source={tmp_path / 'src'}", "--name=my_photos", cwd=tmp_path
     )
-    assert bad.returncode != 0 and "lower snake case" in bad.stderr
+    assert imported.returncode == 0, imported.stderr[-2000:]
+    assert "train 24, test 6 images" in imported.stdout
+    run = _command(
+        "mvcl-pretrain",
+        "--config=own_data:name=my_photos,epochs=3,width=0.125",
+        "--config.progress_bar=False",
+        "--summary=summary.json",
+        cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    workdir = tmp_path / "workdirs" / "my_photos_mv_dhel_v2"
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert (
+        summary["config"]["batch_size"] == 16 and summary["config"]["dataset"]["image_size"] == 32
+    )
+    assert summary["step"] == 3 and (workdir / "checkpoints").is_dir()
+    assert "Evaluation at step 3:" in run.stdout
+
+
+def test_own_data_config_fits_a_small_set_and_follows_the_data_set_name():
+    from mvcl import configs
+
+    config = configs.load("own_data:name=my_photos")
+    assert config.name == "my_photos_mv_dhel_v2" and config.dataset.name == "my_photos"
+    assert config.batch_size <= 24  # 30 images less mvcl-import's 20 % hold-out
+    assert config.dataset.image_size == config.augment.crop_size == 32
+    config = configs.load("own_data:views=4,loss=mv_infonce")
+    config.dataset.name = "flowers"  # as --config.dataset.name=flowers does
+    assert config.name == "flowers_mv_infonce_v4"
+    assert configs.load("own_data:name=x,batch=64,size=64").batch_size == 64
+
+
+def test_an_unnamed_data_set_fails_with_a_message_saying_how_to_name_it():
+    from mvcl import configs
+    from mvcl.train import ConfigError
+    from mvcl.train.sources import open_sources
+
+    with pytest.raises(ConfigError, match="config.dataset.name: empty.*own_data:name="):
+        open_sources(configs.load("own_data"))
 
 
 def test_gzip_helper_is_real_gzip(tmp_path):

@@ -1,21 +1,63 @@
-"""The names of earlier releases still work for one release, each with a DeprecationWarning
-that names its replacement; importing the package itself warns of nothing."""
+"""The names of earlier releases still work until 0.2.0, each with a warning that says so and
+names its replacement; importing the package itself warns of nothing; and the release 0.2.0 cannot
+be made while any of them is left."""
 
 import importlib
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import mvcl
-from mvcl import backends, losses
+from mvcl import _deprecation, backends, losses
+
+REPO = Path(__file__).resolve().parents[1]
+GOES = re.escape(f"will be removed in {_deprecation.REMOVED_IN}")
+
+
+def _release(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", version)[:3])
+
+
+def _shims() -> list[str]:
+    """The files that still hold a deprecated name (they use mvcl._deprecation)."""
+    roots = [Path(mvcl.__file__).parent, REPO / "configs", REPO / "experiments"]
+    files = [f for root in roots if root.is_dir() for f in root.rglob("*.py")]
+    return sorted(
+        str(f)
+        for f in files
+        if f.name != "_deprecation.py" and "_deprecation" in f.read_text(encoding="utf-8")
+    )
+
+
+def test_no_release_of_0_2_0_with_a_deprecated_name_left():
+    """Fails once mvcl.__version__ reaches 0.2.0 while a shim remains: remove them first (and
+    then mvcl/_deprecation.py's MOVED_MODULES and this test's lists)."""
+    left = _shims() + list(_deprecation.MOVED_MODULES)
+    assert left, "no shim left: remove mvcl/_deprecation.py and this test"
+    assert _release(mvcl.__version__) < _release(_deprecation.REMOVED_IN), (
+        f"mvcl {mvcl.__version__} still holds the names deprecated until "
+        f"{_deprecation.REMOVED_IN}: {left}"
+    )
+
+
+def test_the_version_is_the_packages_version():
+    import tomllib
+
+    pyproject = REPO / "pyproject.toml"
+    if pyproject.is_file():
+        assert tomllib.loads(pyproject.read_text())["project"]["version"] == mvcl.__version__
+
 
 OLD_MODULES = [
     ("mvcl.kernels", "mvcl.backends"),
     ("mvcl.losses.pairwise", "mvcl.losses.two_view"),
     ("mvcl.studies.kernel_cost", "mvcl.studies.loss_cost"),
+    ("mvcl.models.conv", "mvcl.models.loop_conv"),
 ]
 
 
@@ -44,9 +86,11 @@ def test_importing_the_package_and_its_core_warns_of_nothing():
 
 @pytest.mark.parametrize("old, new", OLD_MODULES)
 def test_old_module_paths_warn_at_the_import_and_name_the_replacement(old, new):
-    if old.startswith("mvcl.studies"):
+    if old.startswith(("mvcl.studies", "mvcl.models")):
         pytest.importorskip("flax")
-    with pytest.warns(DeprecationWarning, match=f"{old} is deprecated.*use {new}") as record:
+    with pytest.warns(
+        DeprecationWarning, match=f"{old} is deprecated and {GOES}: use {new}"
+    ) as record:
         module = _fresh_import(old)
     assert record[0].filename == __file__  # the warning points at the importing line
     replacement = importlib.import_module(new)
@@ -85,6 +129,8 @@ def test_old_kernels_package_is_the_backends_package():
 
 def test_old_function_names_warn_and_call_the_new_ones():
     pytest.importorskip("flax")
+    from mvcl import data
+    from mvcl.data import augment
     from mvcl.studies import outputs, plots, runner
     from mvcl.train import optim
 
@@ -93,6 +139,8 @@ def test_old_function_names_warn_and_call_the_new_ones():
         assert optim.kernel_mask(params) == optim.weight_matrix_mask(params)
     for old, new in [
         (runner.test_embeddings, runner.embed_test_split),
+        (augment.normalize, augment.scale_pixels),
+        (data.normalize, data.scale_pixels),
         (plots.kernel_cost, plots.loss_cost),
         (outputs.kernel_rows, outputs.loss_cost_rows),
     ]:
@@ -118,3 +166,40 @@ def test_reduction_axes_argument_warns_and_reduces_the_same_axis():
         pytest.warns(DeprecationWarning),
     ):
         reduction.dense(s, keep, axes=(0,))
+
+
+def test_the_former_trainer_module_warns_and_keeps_only_its_public_names():
+    pytest.importorskip("flax")
+    from mvcl.train import config_checks, state, step, workdir
+
+    with pytest.warns(DeprecationWarning, match=f"mvcl.train.trainer is deprecated and {GOES}"):
+        trainer = _fresh_import("mvcl.train.trainer")
+    assert trainer.build_model is state.build_model and trainer.AXIS is step.AXIS
+    assert trainer.validate_config is config_checks.validate_config
+    assert trainer.load_config is workdir.load_config
+    with pytest.raises(AttributeError, match="trainer._mean_metrics was removed: use "):
+        trainer._mean_metrics  # noqa: B018
+    with pytest.raises(AttributeError, match="use mvcl.train.processes.agree$"):
+        trainer._agree  # noqa: B018
+    assert "_latest_step_on_disk" not in vars(trainer)
+
+
+@pytest.mark.parametrize(
+    "script, command, flag",
+    [
+        ("pretrain", "mvcl-pretrain", "--workdir"),
+        ("evaluate", "mvcl-evaluate", "--workdir"),
+        ("sweep", "mvcl-sweep", "--outdir"),
+        ("import_data", "mvcl-import", "--source"),
+    ],
+)
+def test_the_old_command_paths_run_the_commands_with_a_warning(script, command, flag):
+    pytest.importorskip("flax")
+    path = REPO / "experiments" / f"{script}.py"
+    proc = subprocess.run(
+        [sys.executable, str(path), "--help"], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    expected = f"python experiments/{script}.py is deprecated and {GOES}: use {command}"
+    assert re.search(f"FutureWarning: {expected}", proc.stderr), proc.stderr
+    assert flag in proc.stdout

@@ -20,9 +20,12 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-from mvcl import parallel  # noqa: E402
+from mvcl import losses, parallel  # noqa: E402
 from mvcl.configs import digits  # noqa: E402
-from mvcl.train import grad_cache, optim, trainer  # noqa: E402
+from mvcl.train import grad_cache, optim  # noqa: E402
+from mvcl.train.config_checks import validate_config  # noqa: E402
+from mvcl.train.state import build_model, create_train_state  # noqa: E402
+from mvcl.train.step import AXIS, make_train_step  # noqa: E402
 
 TOLERANCE = {"float64": 1e-10, "float32": 1e-5, "bfloat16": 1e-2}
 
@@ -63,7 +66,7 @@ def tiny_config(**train):
 
 def test_micro_batch_is_off_by_default_and_a_divisor_passes():
     assert digits.get_config().train.micro_batch is None
-    trainer.validate_config(tiny_config(micro_batch=2), device_count=2, process_count=1)
+    validate_config(tiny_config(micro_batch=2), device_count=2, process_count=1)
 
 
 @pytest.mark.parametrize(
@@ -78,7 +81,7 @@ def test_micro_batch_is_off_by_default_and_a_divisor_passes():
 def test_bad_micro_batch_is_a_value_error_naming_both_numbers(micro_batch, devices, message):
     config = tiny_config(micro_batch=micro_batch)
     with pytest.raises(ValueError, match=r"config\.train\.micro_batch: .*" + re.escape(message)):
-        trainer.validate_config(config, device_count=devices, process_count=1)
+        validate_config(config, device_count=devices, process_count=1)
 
 
 # --- gradients ----------------------------------------------------------------------------------
@@ -92,10 +95,10 @@ def test_one_chunk_is_the_one_pass_step_and_more_chunks_change_batchnorm_only():
     results = {}
     for micro_batch in (None, 8, 2):
         config = tiny_config(micro_batch=micro_batch)
-        model = trainer.build_model(config, axis_name=trainer.AXIS)
+        model = build_model(config, axis_name=AXIS)
         tx, schedule = optim.make_optimizer(config, 1), optim.learning_rate_schedule(config, 1)
-        state = trainer.create_train_state(config, model, tx, mesh, channels=1)
-        step = trainer.make_train_step(config, model, tx, schedule, mesh)
+        state = create_train_state(config, model, tx, mesh, channels=1)
+        step = make_train_step(config, model, tx, schedule, mesh)
         results[micro_batch] = jax.device_get(step(state, images))
     (one_state, one), (chunk_state, chunk), (_, small) = results[None], results[8], results[2]
     np.testing.assert_allclose(chunk["loss"], one["loss"], rtol=1e-6)
@@ -127,7 +130,7 @@ def test_cached_gradients_equal_the_reference_on_1_3_and_8_devices():
 @pytest.mark.slow
 def test_every_loss_and_backend_caches_exactly_on_3_devices():
     rows = run_worker("grid", timeout=3600)
-    assert {r["loss"] for r in rows} == set(trainer.losses.NAMES)
+    assert {r["loss"] for r in rows} == set(losses.NAMES)
     assert {(r["backend"], r["devices"], r["encoder"]) for r in rows} == {
         ("gather", 3, "tiny"),
         ("ring", 3, "tiny_bn"),

@@ -138,7 +138,7 @@ def test_a_diverging_run_stops_without_touching_the_good_checkpoints(tmp_path, m
     proc = start([*run, *DIVERGE, "--allow_config_change=optim.lr,optim.momentum,num_steps"])
     _, err = finish(proc, status=cli.STOPPED_STATUS)
     line = one_error_line(err)
-    assert line.startswith("pretrain.py: error: training diverged: steps ")
+    assert line.startswith("mvcl-pretrain: error: training diverged: steps ")
     assert "config.train.max_bad_steps = 3" in line and "Try a lower config.optim.lr" in line
     first_bad = int(line.split("training diverged: steps ")[1].split("-")[0])
     # The good checkpoints are untouched; any new one came before the bad streak and is finite.

@@ -376,7 +376,7 @@ def test_loop_friendly_convolution_equals_xla_value_and_gradients_in_float64(
     top level and inside a scan (where it is used)."""
     from jax import lax
 
-    from mvcl.models import conv
+    from mvcl.models import loop_conv as conv
 
     rng = np.random.default_rng(kernel * 10 + stride)
     xs = jnp.asarray(rng.standard_normal((2, 3, side, side + 1, 4)))
@@ -404,7 +404,8 @@ def test_loop_friendly_convolution_equals_xla_value_and_gradients_in_float64(
 def test_loop_friendly_convolution_only_inside_its_block_and_only_where_it_applies(x64):
     from jax import lax
 
-    from mvcl.models import conv, layers
+    from mvcl.models import layers
+    from mvcl.models import loop_conv as conv
 
     assert (
         conv.current() is None and layers.conv(4, 3, dtype=jnp.float32).conv_general_dilated is None

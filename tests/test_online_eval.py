@@ -19,15 +19,17 @@ from mvcl import configs, data, parallel
 from mvcl.configs import digits as digits_config
 from mvcl.configs import fashion_mnist as fashion_config
 from mvcl.data import digits, fashion_mnist
-from mvcl.train import ConfigError, evaluate, online_eval, optim, sources, trainer
+from mvcl.train import ConfigError, evaluate, online_eval, optim, sources
+from mvcl.train.state import build_model, create_train_state
+from mvcl.train.step import AXIS
 
 HERE = Path(__file__).parent
 
 
 def build(config, mesh=None):
     mesh = parallel.make_mesh(1) if mesh is None else mesh
-    model = trainer.build_model(config, axis_name=trainer.AXIS)
-    state = trainer.create_train_state(config, model, optim.make_optimizer(config, 1), mesh, 1)
+    model = build_model(config, axis_name=AXIS)
+    state = create_train_state(config, model, optim.make_optimizer(config, 1), mesh, 1)
     return model, mesh, jax.device_get(state.variables())
 
 

@@ -1,10 +1,12 @@
-"""The package stands alone: the losses import without the training stack, the configs ship inside
-the package and are named by short names from any directory, and the old paths still work."""
+"""The package stands alone: the losses import without the training stack, the configs (the
+repository's top-level configs/) are installed as mvcl.configs and are named by short names from
+any directory, and the old paths still work."""
 
 import math
 import subprocess
 import sys
 import textwrap
+import tomllib
 import warnings
 from pathlib import Path
 
@@ -76,6 +78,28 @@ def test_a_config_file_of_ones_own_is_loaded_by_path(tmp_path):
     assert (config.num_epochs, config.num_views) == (7, 3)
 
 
+def test_the_configs_are_the_top_level_folder_installed_as_mvcl_configs():
+    """pyproject.toml maps mvcl.configs to configs/ and lists every package (a new subpackage
+    of mvcl/ left out of the list would be missing from the wheel); setup.py is the thin one."""
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert setuptools["package-dir"] == {
+        "mvcl.configs": "configs",
+        "mvcl.configs.sweeps": "configs/sweeps",
+    }
+    on_disk = {
+        ".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "mvcl").rglob("__init__.py")
+    }
+    on_disk |= {
+        ".".join(("mvcl", *p.parent.relative_to(REPO).parts))
+        for p in (REPO / "configs").rglob("__init__.py")
+    }
+    assert sorted(setuptools["packages"]) == sorted(on_disk)
+    assert not (REPO / "mvcl" / "configs").exists()
+    assert "setup()" in (REPO / "setup.py").read_text()
+    if configs.DIR.is_relative_to(REPO):  # a checkout (PYTHONPATH or editable), not a wheel
+        assert configs.DIR == REPO / "configs"
+
+
 @pytest.mark.parametrize(
     "old, new",
     [
@@ -84,9 +108,20 @@ def test_a_config_file_of_ones_own_is_loaded_by_path(tmp_path):
         ("/some/old/checkout/configs/cifar10.py", "cifar10"),
     ],
 )
-def test_old_checkout_paths_still_work_with_a_warning_naming_the_short_form(old, new):
-    with pytest.warns(FutureWarning, match=f"name it '{new}'"):
+def test_old_checkout_paths_still_work_with_a_warning_naming_the_short_form(
+    old, new, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)  # a directory without configs/: the path names no file
+    with pytest.warns(FutureWarning, match=f"removed in 0.2.0: use its name, --config={new}$"):
         assert configs.path(old) == configs.path(new)
+
+
+def test_a_shipped_configs_path_in_the_repository_is_that_config_without_warning(monkeypatch):
+    monkeypatch.chdir(REPO)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert configs.path("configs/digits.py") == configs.path("digits")
+        assert configs.load("configs/digits.py:views=3").num_views == 3
 
 
 def test_unknown_config_names_the_packaged_ones():
@@ -109,16 +144,17 @@ def test_config_flag_takes_short_names_and_rejects_unknown_ones_clearly():
 
 
 def test_old_command_line_still_works_from_the_checkout(tmp_path):
-    """``python experiments/sweep.py --config=configs/sweeps/<file>.py`` as documented before."""
+    """``python experiments/sweep.py --config=configs/sweeps/<file>.py`` as documented before,
+    from a directory without configs/."""
     proc = subprocess.run(
         [
             sys.executable,
-            "experiments/sweep.py",
+            str(REPO / "experiments" / "sweep.py"),
             "--config=configs/sweeps/digits_claims.py:fake=True",
-            f"--workdir={tmp_path}",
+            f"--workdir={tmp_path / 'sweep'}",
             "--list",
         ],
-        cwd=REPO,
+        cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=300,
@@ -132,3 +168,15 @@ def test_no_warning_for_the_short_form():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         configs.path("sweeps/digits_claims")
+
+
+def test_no_file_edits_sys_path():
+    """Scripts, tests and the package import mvcl as installed (or from PYTHONPATH)."""
+    needle = "sys.path." + "insert"
+    offenders = [
+        str(p.relative_to(REPO))
+        for folder in ("mvcl", "configs", "experiments", "tests", "docs")
+        for p in (REPO / folder).rglob("*.py")
+        if needle in p.read_text(encoding="utf-8")
+    ]
+    assert not offenders

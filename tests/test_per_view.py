@@ -20,7 +20,9 @@ from mvcl import data, losses, models, parallel, train  # noqa: E402
 from mvcl.configs import digits, digits_multimodal  # noqa: E402
 from mvcl.data import modalities  # noqa: E402
 from mvcl.models import per_view  # noqa: E402
-from mvcl.train import multimodal, optim, trainer  # noqa: E402
+from mvcl.train import multimodal, optim  # noqa: E402
+from mvcl.train.sources import fake_source  # noqa: E402
+from mvcl.train.step import AXIS  # noqa: E402
 
 
 def tiny(config, batch_size=4, num_steps=2):
@@ -35,11 +37,11 @@ def tiny(config, batch_size=4, num_steps=2):
 def run_steps(config, steps=2):
     """``steps`` train steps on the fake images on one device: (losses, final state)."""
     mesh = parallel.make_mesh(1)
-    model = train.build_model(config, axis_name=trainer.AXIS)
+    model = train.build_model(config, axis_name=AXIS)
     tx = optim.make_optimizer(config, config.num_steps)
     schedule = optim.learning_rate_schedule(config, config.num_steps)
     state = train.create_train_state(config, model, tx, mesh, channels=1)
-    images = jnp.asarray(np.stack([r["image"] for r in trainer.fake_source(config)]))
+    images = jnp.asarray(np.stack([r["image"] for r in fake_source(config)]))
     step = train.make_train_step(config, model, tx, schedule, mesh)
     values = []
     for _ in range(steps):
@@ -64,11 +66,11 @@ def test_shared_backbone_path_gives_the_values_it_gave_before():
     config = tiny(digits.get_config("fake=True,width=0.125,views=3"))
     assert config.model.per_view is None
     values, state = run_steps(config)
-    model = train.build_model(config, axis_name=trainer.AXIS)
+    model = train.build_model(config, axis_name=AXIS)
     assert isinstance(model, models.ContrastiveModel)
     old = config.copy_and_resolve_references()
     del old.model["per_view"]  # a config saved before the field existed: the same model
-    assert train.build_model(old, axis_name=trainer.AXIS) == model
+    assert train.build_model(old, axis_name=AXIS) == model
     np.testing.assert_allclose(values, SHARED_LOSSES, rtol=REGRESSION_RTOL)
     params = jax.device_get(state.params)
     assert set(params) == {"backbone", "head"}
@@ -173,6 +175,21 @@ def test_bad_per_view_config_names_the_field(change, message):
         train.build_model(config)
 
 
+def test_the_model_layer_takes_its_modalities_from_the_caller():
+    """mvcl.models does not import mvcl.data: the trainer gives per_view.from_config the input
+    transforms by name; without them only "image" is known."""
+    config = digits_multimodal.get_config("fake=True")
+    with pytest.raises(
+        ValueError, match=r"per_view\[1\]\.input: unknown modality 'gradient'; known: image$"
+    ):
+        per_view.from_config(config)
+    model = per_view.from_config(config, inputs=modalities.MODALITIES)
+    assert model == train.build_model(config, axis_name=None)
+    code = "import sys, mvcl.models; print(sorted(m for m in sys.modules if 'mvcl.data' in m))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stderr[-2000:]
+
+
 def test_multimodal_config_arguments():
     config = digits_multimodal.get_config("loss=mv_infonce")
     assert config.name == "digits_mm_all_mv_infonce_v3"
@@ -241,10 +258,10 @@ def test_per_view_train_step_equals_a_direct_computation():
     (N, 3, D) into the loss."""
     config = tiny(digits_multimodal.get_config("fake=True,width=0.125"), num_steps=1)
     mesh = parallel.make_mesh(1)
-    model = train.build_model(config, axis_name=trainer.AXIS)
+    model = train.build_model(config, axis_name=AXIS)
     tx, schedule = optim.make_optimizer(config, 1), optim.learning_rate_schedule(config, 1)
     state = train.create_train_state(config, model, tx, mesh, channels=1)
-    images = np.stack([record["image"] for record in trainer.fake_source(config)])
+    images = np.stack([record["image"] for record in fake_source(config)])
     # The step donates the state: keep host copies of what the direct computation needs.
     rng, variables = np.asarray(state.rng), jax.tree.map(np.array, state.variables())
     _, metrics = train.make_train_step(config, model, tx, schedule, mesh)(state, images)

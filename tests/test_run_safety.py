@@ -299,7 +299,7 @@ def test_ctrl_c_saves_and_exits_130_and_a_second_one_exits_at_once(tmp_path):
     assert checkpoint_steps(tmp_path / "once")[-1] == saved
     out, err = finish(twice, status=130)
     assert err.strip().splitlines()[-1] == (
-        "pretrain.py: SIGINT again: exiting without saving (the checkpoints on disk are kept)."
+        "mvcl-pretrain: SIGINT again: exiting without saving (the checkpoints on disk are kept)."
     )
     assert "Traceback" not in err
     assert 3 not in checkpoint_steps(tmp_path / "twice")

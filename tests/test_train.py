@@ -33,7 +33,9 @@ from run_helpers import (
 
 from mvcl import configs, data, losses, parallel, train
 from mvcl.studies import runner
-from mvcl.train import evaluate, optim, trainer
+from mvcl.train import evaluate, optim
+from mvcl.train.sources import fake_source
+from mvcl.train.step import AXIS
 
 CONFIGS = [name for name in configs.names() if "/" not in name]
 
@@ -266,16 +268,16 @@ def test_multicrop_step_gives_the_loss_large_and_small_crops_and_keeps_large_cro
     config = tiny_config(num_views=2, augment__multicrop__num_small=3, batch_size=4)
     config.dataset.fake_num_examples = 4
     mesh = parallel.make_mesh(1)
-    model = train.build_model(config, axis_name=trainer.AXIS)
+    model = train.build_model(config, axis_name=AXIS)
     tx, schedule = optim.make_optimizer(config, 1), optim.learning_rate_schedule(config, 1)
     state = train.create_train_state(config, model, tx, mesh, channels=1)
-    images = np.stack([record["image"] for record in trainer.fake_source(config)])
+    images = np.stack([record["image"] for record in fake_source(config)])
     step = train.make_train_step(config, model, tx, schedule, mesh)
     rng, variables = jax.device_get((state.rng, state.variables()))  # the step donates `state`
     new_state, metrics = step(state, jnp.asarray(images))
 
     large = {k: v for k, v in config.augment.to_dict().items() if k != "multicrop"}
-    small = dict(large, crop_size=4, min_scale=0.1, max_scale=0.3)  # mvcl/configs/digits.py
+    small = dict(large, crop_size=4, min_scale=0.1, max_scale=0.3)  # configs/digits.py
     step_key = jax.random.fold_in(rng, 0)
     views = {"large": [], "small": []}
     for i in range(4):

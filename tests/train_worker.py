@@ -1,7 +1,7 @@
-"""Runs a command-line program (``experiments/*.py``, which run `mvcl.pretrain` etc.) in this
-process and interrupts it on cue.
+"""Runs a command (``mvcl-pretrain``, ``mvcl-evaluate``, ``mvcl-sweep``) in this process, as its
+console script does, and interrupts it on cue.
 
-``python tests/train_worker.py ACTION STEP [CHECKPOINT_STEP] -- SCRIPT <script arguments>``
+``python tests/train_worker.py ACTION STEP [CHECKPOINT_STEP] -- COMMAND <command arguments>``
 
 The cue is the training loop logging ``train/*`` at step ``STEP`` (every run here logs every
 step), or for ``term-eval`` the start of an evaluation. ACTION:
@@ -21,8 +21,8 @@ With ``MVCL_TEST_SIGNAL_PROCESS=i`` set, only the process with ``MVCL_PROCESS_ID
 multi-process run acts; the others run undisturbed.
 """
 
+import importlib
 import os
-import runpy
 import signal
 import sys
 import time
@@ -33,7 +33,7 @@ checkpoint_step = int(rest.pop(0)) if action in ("kill", "fill") else None
 assert rest[0] == "--", sys.argv
 script, script_args = rest[1], rest[2:]
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from run_helpers import COMMANDS  # noqa: E402
 
 from mvcl.train import evaluate, writers  # noqa: E402
 
@@ -104,5 +104,5 @@ def evaluate_and_interrupt(*args, **kwargs):
 
 writers.MetricWriter.write_scalars = write_scalars_and_interrupt
 evaluate.evaluate = evaluate_and_interrupt
-sys.argv = [os.path.join(REPO, script), *script_args]
-runpy.run_path(sys.argv[0], run_name="__main__")
+sys.argv = [script, *script_args]
+importlib.import_module(COMMANDS[script]).run()

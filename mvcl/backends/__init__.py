@@ -1,6 +1,7 @@
 """Row-reduction backends: how the energy of every query row over the global key set is computed.
 
-A backend is a function ``backend(q, k, *, mask, reduction, axis_name, precision) -> out`` with
+A backend is a function ``backend(q, k, *, mask, reduction, axis_name, precision) -> out`` (the
+`Backend` protocol; any function of that signature is one) with
 
 * ``q``: (G, n, A, D) query rows, already scaled, in G independent groups;
 * ``k``: (G, n, B, D) this device's keys (the global key set is every device's ``k``);
@@ -31,7 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -54,8 +55,39 @@ from mvcl.backends.reductions import (
     sum_of,
 )
 
-Backend = Callable[..., jax.Array]
-"""A backend function (see above)."""
+
+class Backend(Protocol):
+    """A backend: the one signature every backend has (the module docstring says what each
+    argument and the output are). The built-in ones (`BuiltinBackend`), `dense.dense`,
+    `dense.gather`, `streaming.streaming` and any function of one's own with this signature are
+    backends."""
+
+    def __call__(
+        self,
+        q: ArrayLike,
+        k: ArrayLike,
+        *,
+        mask: Mask,
+        reduction: Reduction,
+        axis_name: AxisName | None = None,
+        precision: PrecisionLike = None,
+    ) -> jax.Array: ...
+
+
+class SelfRows(Protocol):
+    """A backend's symmetric path (`BuiltinBackend.self_rows`): `Backend` with ``q = k = v``."""
+
+    def __call__(
+        self,
+        v: ArrayLike,
+        *,
+        mask: Mask,
+        reduction: Reduction,
+        axis_name: AxisName | None = None,
+        precision: PrecisionLike = None,
+    ) -> jax.Array: ...
+
+
 BackendName = Literal["dense", "gather", "blockwise", "ring"]
 BackendLike = BackendName | Backend
 """What a ``backend`` argument takes: a built-in backend's name or a backend function."""
@@ -83,21 +115,12 @@ class BuiltinBackend:
     """
 
     rows: Backend
-    self_rows: Backend | None = None
+    self_rows: SelfRows | None = None
 
-    def __call__(
-        self,
-        q: ArrayLike,
-        k: ArrayLike,
-        *,
-        mask: Mask,
-        reduction: Reduction,
-        axis_name: AxisName | None = None,
-        precision: PrecisionLike = None,
-    ) -> jax.Array:
-        return self.rows(
-            q, k, mask=mask, reduction=reduction, axis_name=axis_name, precision=precision
-        )
+    def __call__(self, q: ArrayLike, k: ArrayLike, **options: Any) -> jax.Array:
+        """``rows(q, k, **options)``: the `Backend` signature (``mask``, ``reduction``,
+        ``axis_name``, ``precision``)."""
+        return self.rows(q, k, **options)
 
 
 def _streaming_backend(**options: Any) -> BuiltinBackend:
@@ -215,6 +238,7 @@ __all__ = [
     "BackendLike",
     "BackendName",
     "BuiltinBackend",
+    "SelfRows",
     "Mask",
     "PrecisionLike",
     "Reduction",

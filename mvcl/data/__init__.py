@@ -8,7 +8,14 @@ The host reads and sends each image once (uint8); `make_views` makes the V views
 """
 
 from mvcl.data import fashion_mnist, idx, importer, tfds_writer
-from mvcl.data.augment import center_view, crop_boxes, make_views, normalize, view_groups
+from mvcl.data.augment import (
+    center_view,
+    crop_boxes,
+    make_views,
+    scale_pixels,
+    view_groups,
+)
+from mvcl.data.augment import normalize as normalize  # deprecated: scale_pixels
 from mvcl.data.device_prefetch import DevicePrefetcher
 from mvcl.data.digits import (
     DIGITS_NAME,
@@ -39,7 +46,7 @@ __all__ = [
     "load_numpy",
     "load_split",
     "make_views",
-    "normalize",
+    "scale_pixels",
     "prepare_digits",
     "prepare_fashion_mnist",
     "tfds_writer",

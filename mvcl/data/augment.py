@@ -26,7 +26,8 @@ One view of an image in [0, 1] is, in order (SimCLR, Chen et al. 2020, appendix 
 5. with probability `p_blur`, Gaussian blur with ``sigma ~ U[0.1, 2.0]`` pixels and a kernel of
    10% of S (at least 3), reflect-padded at the border (SimCLR uses p_blur=0.5 on ImageNet, 0 on
    CIFAR);
-6. `normalize`: ``2x - 1``, i.e. [0, 1] -> [-1, 1].
+6. `scale_pixels`: ``2x - 1``, i.e. [0, 1] -> [-1, 1] (formerly ``normalize``, which in mvcl
+   now means only the rows' L2 normalisation of `mvcl.numerics.normalize`).
 
 Single-channel images (C = 1) skip saturation, hue and grayscale, which do not apply to them.
 
@@ -49,6 +50,8 @@ import dm_pix as pix
 import jax
 import jax.numpy as jnp
 
+from mvcl._deprecation import renamed
+
 _CROP_ATTEMPTS = 10
 _RATIO = (3 / 4, 4 / 3)
 _LOG_RATIO = (math.log(_RATIO[0]), math.log(_RATIO[1]))
@@ -56,9 +59,12 @@ _BLUR_SIGMA = (0.1, 2.0)
 _BLUR_KERNEL_FRACTION = 0.1
 
 
-def normalize(images01: jax.Array) -> jax.Array:
+def scale_pixels(images01: jax.Array) -> jax.Array:
     """Maps images in [0, 1] to [-1, 1] (roughly zero mean, unit range)."""
     return images01 * 2.0 - 1.0
+
+
+normalize = renamed(scale_pixels, "mvcl.data.augment.normalize")
 
 
 def _check_images(images: jax.Array) -> None:
@@ -319,7 +325,7 @@ def make_views(
             f"valid must have shape (B, 2) = ({images.shape[0]}, 2), got {valid.shape}"
         )
     views = jax.vmap(jax.vmap(view, in_axes=(0, None, None)), in_axes=(0, 0, 0))(uniforms, x, valid)
-    return normalize(views)
+    return scale_pixels(views)
 
 
 def view_groups(num_views: int, augment: Mapping[str, Any]) -> list[tuple[int, dict[str, Any]]]:
@@ -361,7 +367,7 @@ def center_view(
 
     Returns:
       float32 (B, S, S, C) in [-1, 1]. With the defaults on square images this is exactly
-      ``normalize(images / 255)``.
+      ``scale_pixels(images / 255)``.
     """
     _check_images(images)
     height, width = images.shape[1:3]
@@ -371,4 +377,4 @@ def center_view(
     side = jnp.float32(side)
     x = images.astype(jnp.float32) / 255.0
     crops = jax.vmap(lambda im: _crop_resize(im, y0, x0, side, side, size))(x)
-    return normalize(jnp.clip(crops, 0.0, 1.0))
+    return scale_pixels(jnp.clip(crops, 0.0, 1.0))

@@ -1,7 +1,7 @@
 """Your own labelled images as a tfds ArrayRecord data set that any config can name.
 
-    python experiments/import_data.py --source=DIR_OR_FILE --name=my_set [--data_dir=./data]
-    mvcl-pretrain --config=cifar10 --config.dataset.name=my_set
+    mvcl-import --source=DIR_OR_FILE --name=my_set [--data_dir=./data]
+    mvcl-pretrain --config=own_data:name=my_set
 
 `import_dataset` recognises three layouts of ``source``:
 
@@ -61,9 +61,8 @@ class ImportResult:
         splits = ", ".join(f"{k} {v}" for k, v in self.split_sizes.items())
         return (
             f"Wrote {self.name!r} ({self.format}) to {self.data_dir}: {splits} images, "
-            f"{len(self.class_names)} classes, {size}, {c} channel(s).\n"
-            f"Use it with --config.dataset.name={self.name} --config.dataset.data_dir="
-            f"{self.data_dir}"
+            f"{len(self.class_names)} classes, {size}, {c} channel(s): "
+            f"--config.dataset.name={self.name} --config.dataset.data_dir={self.data_dir}"
         )
 
 

@@ -106,7 +106,7 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None)
         except tfds.core.registered.DatasetNotFoundError as e:
             raise ValueError(
                 f"Unknown tfds data set name {name!r} (not in {data_dir}); import your own "
-                f"images with experiments/import_data.py --name={name}"
+                f"images with mvcl-import --source=... --name={name}"
             ) from e
         if not builder.is_prepared():
             raise FileNotFoundError(

@@ -19,11 +19,13 @@ compute dtype; outputs are float32.
 
 from __future__ import annotations
 
+from types import ModuleType
 from typing import Any, Callable
 
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mvcl import _deprecation
 from mvcl.models.convnet import ConvNet
 from mvcl.models.heads import ProjectionHead
 from mvcl.models.mlp import MLP
@@ -103,3 +105,10 @@ __all__ = [
     "get_backbone",
     "get_model",
 ]
+
+
+def __getattr__(name: str) -> ModuleType:
+    # mvcl.models.conv, the former name of loop_conv (beside convnet, a model): importing it warns.
+    if name == "conv":
+        return _deprecation.import_moved(f"{__name__}.conv")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -24,7 +24,7 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mvcl.models import conv as loop_friendly
+from mvcl.models import loop_conv as loop_friendly
 
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
@@ -55,7 +55,7 @@ def conv(
 
     Padding is ``k // 2`` on every side, so a stride-2 layer samples the same pixels as
     ``torch.nn.Conv2d(..., padding=k // 2)`` (``"SAME"`` would pad only bottom/right). Inside
-    a `mvcl.models.conv.loop_friendly` block (gradient caching's chunk loop) the convolution's
+    a `mvcl.models.loop_conv.loop_friendly` block (gradient caching's chunk loop) the convolution's
     gradients are ones that stay fast inside loops on the CPU.
     """
     pad = kernel_size // 2

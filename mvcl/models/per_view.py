@@ -31,8 +31,9 @@ Each encoder and head is called as ``module(x, train=train)``, or ``module(x)`` 
 ``encoders_<g>`` and ``heads_<g>``; `encode` applies one group alone (evaluation, retrieval).
 
 `from_config` builds the model of ``config.model.per_view`` for the trainer, where every view is
-an augmented image crop and a parameter-free input transform (`mvcl.data.modalities`) turns it
-into the group's modality before its encoder.
+an augmented image crop and a parameter-free input transform turns it into the group's modality
+before its encoder. The transforms are given to it by name (``inputs``; the trainer passes
+`mvcl.data.modalities.MODALITIES`): the model layer does not import the data layer.
 """
 
 from __future__ import annotations
@@ -45,7 +46,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mvcl.data import modalities
 from mvcl.models.heads import ProjectionHead
 from mvcl.models.mlp import MLP
 from mvcl.models.resnet import ResNet18, ResNet50
@@ -223,14 +223,21 @@ def _spec_error(i: int, field: str, message: str) -> ValueError:
     return ValueError(f"config.model.per_view[{i}].{field}: {message}")
 
 
-def from_config(config: Any, axis_name: str | None = None) -> PerViewModel:
+def from_config(
+    config: Any,
+    axis_name: str | None = None,
+    inputs: Mapping[str, Callable[[jax.Array], jax.Array]] | None = None,
+) -> PerViewModel:
     """The `PerViewModel` of ``config.model.per_view``, a list of one mapping per group:
 
     * ``views``: the view indices of the group (required); the groups partition
       ``range(config.num_views)``.
     * ``name``: the group's name (default ``group<i>``; unique).
-    * ``input``: the modality of `mvcl.data.modalities` its views become ("image", "gradient",
-      "profile"; default "image").
+    * ``input``: the name in ``inputs`` of the transform its views go through before the encoder
+      (default "image": the views as they are). ``inputs`` maps names to parameter-free
+      functions of a (B, H, W, C) batch of views (the trainer passes
+      `mvcl.data.modalities.MODALITIES`: "image", "gradient", "profile"); None knows "image"
+      alone.
     * ``encoder``: one of `ENCODERS` (default "small_cnn"); ``kwargs``: its arguments.
     * ``head``: a `ProjectionHead` to ``proj_dim`` (default True; False uses the encoder output);
       ``proj_dim`` / ``proj_hidden_dim`` default to ``config.model``'s.
@@ -250,6 +257,7 @@ def from_config(config: Any, axis_name: str | None = None) -> PerViewModel:
             f"config.augment.multicrop.num_small = 0 (got {config.augment.multicrop.num_small})"
         )
     dtype = jnp.dtype(config.model.dtype)
+    inputs = {"image": None, **(inputs or {})}
     encoders, heads, views, names = [], [], [], []
     for i, spec in enumerate(specs):
         if not isinstance(spec, Mapping):
@@ -268,18 +276,17 @@ def from_config(config: Any, axis_name: str | None = None) -> PerViewModel:
                 i, "encoder", f"unknown encoder {encoder_name!r}; known: {', '.join(ENCODERS)}"
             )
         input_name = spec.get("input", "image")
-        if input_name not in modalities.MODALITIES:
+        if input_name not in inputs:
             raise _spec_error(
-                i,
-                "input",
-                f"unknown modality {input_name!r}; known: {', '.join(modalities.MODALITIES)}",
+                i, "input", f"unknown modality {input_name!r}; known: {', '.join(inputs)}"
             )
         # JSON (a saved config) gives lists; modules are hashed, so take tuples.
         kwargs = {
             k: tuple(v) if isinstance(v, list) else v for k, v in (spec.get("kwargs") or {}).items()
         }
         encoder = ENCODERS[encoder_name](dtype=dtype, axis_name=axis_name, **kwargs)
-        transform = modalities.get(input_name)
+        transform = inputs[input_name]
+        # "image" is the view itself: its encoder sees it directly (as its parameters are named).
         encoders.append(encoder if input_name == "image" else Preprocessed(transform, encoder))
         if spec.get("head", True):
             hidden = spec.get("proj_hidden_dim", config.model.proj_hidden_dim)

@@ -1,6 +1,6 @@
 """Sweep grids: which runs a sweep config asks for, and the pretraining config of each.
 
-A sweep config (``mvcl/configs/sweeps/*.py``) names a base pretraining config and a grid::
+A sweep config (``configs/sweeps/*.py``) names a base pretraining config and a grid::
 
     config.base = "digits"                 # a packaged config or a .py path (`mvcl.configs.path`)
     config.base_arg = ""                   # extra arguments of the base file, e.g. "fake=True"

@@ -41,8 +41,8 @@ A rerun in a workdir continues its run only with a config that may continue it
 SIGTERM and SIGINT save and stop (`mvcl.train.signals`). Mistakes raise a `UserError` subclass
 (`mvcl.train.errors`), which the command-line programs (``mvcl-pretrain``,
 ``mvcl-evaluate``, ``mvcl-sweep``: `mvcl.pretrain`, `mvcl.evaluate`, `mvcl.sweep`, through
-`mvcl.train.cli.run`) print as one line. `mvcl.train.trainer` re-exports the names of the
-single module these once were.
+`mvcl.train.cli.run`) print as one line. `mvcl.train.trainer` (deprecated, removed in
+0.2.0) re-exports the public names of the single module these once were.
 """
 
 from mvcl.train import evaluate, run_identity, signals

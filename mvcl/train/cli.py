@@ -1,4 +1,5 @@
-"""What every command-line program (``experiments/*.py``) shares: start-up, errors, signals.
+"""What every command-line program (the ``mvcl-*`` commands, ``experiments/*.py``) shares:
+start-up, errors, signals.
 
     if __name__ == "__main__":
         cli.run(main)          # instead of absl.app.run(main)
@@ -47,7 +48,7 @@ from mvcl import parallel
 from mvcl.train import malloc, noise, run_identity, signals
 from mvcl.train.errors import RunStoppedError, UserError
 
-__all__ = ["UserError", "allowed_config_changes", "run", "start"]
+__all__ = ["UserError", "allowed_config_changes", "run", "show_in_help", "start"]
 
 FLAGS = flags.FLAGS
 VERBOSE = "verbose"
@@ -88,6 +89,17 @@ def allowed_config_changes() -> list[str]:
     if ALLOW_CONFIG_CHANGE in FLAGS and FLAGS.is_parsed():
         return list(FLAGS[ALLOW_CONFIG_CHANGE].value or [])
     return []
+
+
+def show_in_help(*holders: flags.FlagHolder) -> None:
+    """Lists the flags of ``holders`` under the program's name in ``--help``.
+
+    absl's ``--help`` shows the key flags of the main module (``sys.argv[0]``) only; a console
+    script's flags are defined in its module (``mvcl.pretrain``, ...), not in the main module, so
+    a command calls this (before `run`) with its own flags."""
+    main_module = sys.argv[0] if sys.argv else ""
+    for holder in holders:
+        FLAGS.register_key_flag_for_module(main_module, FLAGS[holder.name])
 
 
 def run(main: Callable[[list[str]], Any], argv: Sequence[str] | None = None) -> None:

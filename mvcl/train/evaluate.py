@@ -652,7 +652,7 @@ def evaluate(
     """Linear probe, kNN (encoder and raw pixels) and geometry on ``config.dataset``, streamed.
 
     Args:
-      config: a pretraining config (``mvcl/configs/common.py``): the data set and its splits, the
+      config: a pretraining config (``configs/common.py``): the data set and its splits, the
         augmentation, ``num_views``, ``num_devices`` and ``config.eval``.
       model: the ``ContrastiveModel`` (any ``axis_name``: it runs with ``train=False``).
       variables: ``{"params", "batch_stats"}`` of the model.

@@ -15,7 +15,7 @@ Learning Batch Size under Memory Limited Setup") splits the step in three:
 
 Peak memory is one chunk's activations and backward pass plus the ``(n, V, D)`` embeddings and
 their cotangents, whatever N and V. The price is one extra forward pass. Pass 2's encoder uses
-`mvcl.models.conv.loop_friendly` convolutions: XLA's own convolution gradients run 10-100x
+`mvcl.models.loop_conv.loop_friendly` convolutions: XLA's own convolution gradients run 10-100x
 slower inside a loop body on the CPU.
 
 **Same views in both passes.** The views of a chunk are made inside each pass from the chunk's
@@ -45,7 +45,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 from ml_collections import config_dict
 
-from mvcl.models.conv import loop_friendly as loop_friendly_conv
+from mvcl.models.loop_conv import loop_friendly as loop_friendly_conv
 
 # encode(params, batch_stats, images (m, H, W, C), keys (m, 2)) -> (z (m, V, D), batch_stats)
 Encode = Callable[[Any, Any, jax.Array, jax.Array], tuple[jax.Array, Any]]

@@ -30,6 +30,11 @@ def fake_source(config: config_dict.ConfigDict) -> list[dict[str, Any]]:
 def open_split(config: config_dict.ConfigDict, field: str) -> data.input_pipeline.Source:
     """The split ``config.dataset.<field>``; a ConfigError naming the fields if it cannot open."""
     ds = config.dataset
+    if not ds.name:
+        raise ConfigError(
+            "config.dataset.name: empty; name the data set, e.g. --config=own_data:name=my_photos "
+            "for one imported with mvcl-import --name=my_photos"
+        )
     try:
         data.fashion_mnist.prepare_from_config(ds)  # from config.dataset.source_dir
         return data.load_split(ds.name, ds[field], ds.data_dir)
@@ -51,7 +56,8 @@ def open_sources(config: config_dict.ConfigDict) -> data.input_pipeline.Source:
     require(
         config.batch_size <= len(source),
         "batch_size",
-        f"{config.batch_size} exceeds the {len(source)} training examples",
+        f"{config.batch_size} exceeds the {len(source)} training examples; set a smaller one "
+        f"(--config.batch_size, or batch= of the own_data config)",
     )
     return source
 

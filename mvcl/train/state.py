@@ -17,7 +17,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from ml_collections import config_dict
 
-from mvcl import models
+from mvcl import data, models
 from mvcl.models import per_view
 
 
@@ -46,7 +46,7 @@ def build_model(config: config_dict.ConfigDict, axis_name: str | None = None) ->
     `mvcl.models.PerViewModel` of `mvcl.models.per_view.from_config` instead.
     """
     if config.model.get("per_view") is not None:
-        return per_view.from_config(config, axis_name=axis_name)
+        return per_view.from_config(config, axis_name=axis_name, inputs=data.modalities.MODALITIES)
     return models.get_model(
         config.model.name,
         proj_dim=config.model.proj_dim,

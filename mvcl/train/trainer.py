@@ -1,7 +1,6 @@
-"""The names of the former single training module, re-exported from the modules that hold them.
+"""Deprecated: the names of the former single training module (removed in 0.2.0).
 
-Kept so that ``from mvcl.train import trainer; trainer.X`` goes on working; new code imports from
-the module of one concern instead:
+Importing it warns; import each name from the module that defines it instead:
 
 * `mvcl.train.config_checks`: `validate_config`, `num_train_steps`, ``LOSS_BACKENDS``, ``DTYPES``;
 * `mvcl.train.sources`: `fake_source`, `open_sources`, `global_batch`;
@@ -9,35 +8,21 @@ the module of one concern instead:
 * `mvcl.train.step`: `make_loss_fn`, `make_train_step`, ``AXIS``;
 * `mvcl.train.loop`: `train_and_evaluate`;
 * `mvcl.train.workdir`: `load_config`, `restore_variables`, `evaluate_workdir`,
-  `evaluate_variables`, ``CONFIG_FILE``, ``CHECKPOINT_DIR``;
-* `mvcl.train.processes`: what the processes agree on and what the first one prints.
+  `evaluate_variables`, ``CONFIG_FILE``, ``CHECKPOINT_DIR``.
 
 The names are the same objects as there. Patching one here does not reach the code that uses it:
-patch it in the module that defines it (for example ``mvcl.train.step.make_loss_fn``).
+patch it in the module that defines it (for example ``mvcl.train.step.make_loss_fn``). The
+private helpers it once re-exported (``_latest_step_on_disk``, ``_mean_metrics``, ...) are gone.
 """
 
 from __future__ import annotations
 
-from mvcl import losses as losses
-from mvcl.train.config_checks import (
-    DTYPES,
-    LOSS_BACKENDS,
-    num_train_steps,
-    require,
-    validate_config,
-)
-from mvcl.train.config_checks import _validate_multicrop as _validate_multicrop
-from mvcl.train.loop import _latest_step_on_disk as _latest_step_on_disk
-from mvcl.train.loop import _mean_metrics as _mean_metrics
-from mvcl.train.loop import _record_session as _record_session
-from mvcl.train.loop import _train_and_evaluate as _train_and_evaluate
+from mvcl._deprecation import warn_moved
+from mvcl.train.config_checks import DTYPES, LOSS_BACKENDS, num_train_steps, validate_config
 from mvcl.train.loop import train_and_evaluate
-from mvcl.train.processes import agree, announce, should_stop, stop_reason
-from mvcl.train.sources import fake_source, global_batch, open_sources, open_split
+from mvcl.train.sources import fake_source, global_batch, open_sources
 from mvcl.train.state import TrainState, build_model, create_train_state
 from mvcl.train.step import AXIS, make_loss_fn, make_train_step
-from mvcl.train.step import _num_images as _num_images
-from mvcl.train.step import _whole as _whole
 from mvcl.train.workdir import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
@@ -70,6 +55,34 @@ __all__ = [
     "validate_config",
 ]
 
-# The old module's helpers under their old names, for code that reached into it.
-_agree, _announce, _should_stop, _stop_reason = agree, announce, should_stop, stop_reason
-_open_split, _require = open_split, require
+# The private helpers it once re-exported: asking for one says where it is now.
+_GONE = {
+    "_validate_multicrop": "mvcl.train.config_checks._validate_multicrop",
+    "_require": "mvcl.train.config_checks.require",
+    "_latest_step_on_disk": "mvcl.train.loop._latest_step_on_disk",
+    "_mean_metrics": "mvcl.train.loop._mean_metrics",
+    "_record_session": "mvcl.train.loop._record_session",
+    "_train_and_evaluate": "mvcl.train.loop._train_and_evaluate",
+    "_agree": "mvcl.train.processes.agree",
+    "_announce": "mvcl.train.processes.announce",
+    "_should_stop": "mvcl.train.processes.should_stop",
+    "_stop_reason": "mvcl.train.processes.stop_reason",
+    "_open_split": "mvcl.train.sources.open_split",
+    "_num_images": "mvcl.train.step._num_images",
+    "_whole": "mvcl.train.step._whole",
+}
+
+
+def __getattr__(name: str):
+    if name in _GONE:
+        raise AttributeError(f"mvcl.train.trainer.{name} was removed: use {_GONE[name]}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# importlib's frames are skipped: the warning points at the importing line.
+warn_moved(
+    "mvcl.train.trainer",
+    "the module that defines the name (mvcl.train.config_checks, sources, state, step, loop, "
+    "workdir)",
+    stacklevel=2,
+)

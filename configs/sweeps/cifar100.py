@@ -1,5 +1,5 @@
 """Reproduction sweep, CIFAR-100: the paper's setup, unchanged; the same as
-``sweeps/paper:dataset=cifar100`` (``mvcl/configs/sweeps/paper.py``, with the published targets).
+``sweeps/paper:dataset=cifar100`` (``configs/sweeps/paper.py``, with the published targets).
 
     mvcl-sweep --config=sweeps/cifar100 \
         --workdir=/mnt/shared/sweeps/cifar100 --outdir=experiments/results/cifar100

@@ -1,6 +1,6 @@
 """ImageNet-1K, the paper's setup (the authors' ``imagenet1k_train_epochs100_bs256_01.yaml``).
 
-As ImageNet-100 (``mvcl/configs/imagenet100.py``) with lr 0.3 and τ = 0.1, on tfds ``imagenet2012``.
+As ImageNet-100 (``configs/imagenet100.py``) with lr 0.3 and τ = 0.1, on tfds ``imagenet2012``.
 The authors' file is named for 100 epochs (its ``iters`` field would be ~200 epochs at batch 256);
 100 epochs is used here.
 

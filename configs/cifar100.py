@@ -1,4 +1,4 @@
-"""CIFAR-100, the paper's setup: as CIFAR-10 (``mvcl/configs/cifar10.py``) on ``cifar100``.
+"""CIFAR-100, the paper's setup: as CIFAR-10 (``configs/cifar10.py``) on ``cifar100``.
 
 mvcl-pretrain --config=cifar100:loss=mv_dhel,views=4
 """

@@ -1,9 +1,9 @@
 """Reproduction sweeps of the paper's tables, one per data set, in the paper's setup, unchanged.
 
-The base pretraining config is the data set's own (``mvcl/configs/<data set>.py``: ResNet-18 on
+The base pretraining config is the data set's own (``configs/<data set>.py``: ResNet-18 on
 CIFAR, ResNet-50 on ImageNet, batch 256; τ = 0.1 on ImageNet-1K). Each sweep runs the distinct
 losses at V = 2 and every multi-view loss at V = 4, 11 runs (see
-``mvcl/configs/sweeps/common.py``, ``paper_sweep``)::
+``configs/sweeps/common.py``, ``paper_sweep``)::
 
     mvcl-sweep --config=sweeps/paper:dataset=cifar10 \
         --workdir=/mnt/shared/sweeps/cifar10 --outdir=experiments/results/cifar10

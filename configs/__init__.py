@@ -1,6 +1,8 @@
 """Experiment configs shipped with mvcl, and how a config is named on the command line.
 
-Each pretraining config is a ``get_config(arg)`` file per data set (fields and arguments:
+The files are the repository's top-level ``configs/`` folder, installed as the package
+``mvcl.configs`` (``package-dir`` in ``pyproject.toml``): open one, copy it, change it. Each
+pretraining config is a ``get_config(arg)`` file per data set (fields and arguments:
 `mvcl.configs.common`); the sweeps are in `mvcl.configs.sweeps` (`mvcl.configs.sweeps.common`).
 A config is named by its path below this package without ``.py``, optionally followed by
 ``:<arguments>``::
@@ -10,8 +12,10 @@ A config is named by its path below this package without ``.py``, optionally fol
     mvcl-sweep --config=sweeps/digits_claims:fake=True
 
 A path to a config file of one's own works too (``--config=/path/to/my_config.py:arg``; the file
-may ``from mvcl.configs import common``). The paths of the checkout before the configs moved into
-the package (``--config=configs/digits.py``) still work, with a warning naming the short form.
+may ``from mvcl.configs import common``), and so does the path of a shipped config in the
+repository (``--config=configs/digits.py``, run from the repository's root). The same path from a
+directory without that file (as the documentation of earlier releases wrote it) still names the
+shipped config, with a warning naming the short form.
 """
 
 from __future__ import annotations
@@ -19,16 +23,18 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from mvcl import _deprecation
 
 if TYPE_CHECKING:
     from absl import flags
     from ml_collections import config_dict
 
 DIR = Path(__file__).resolve().parent
-"""The directory of the packaged config files (inside the installed package)."""
+"""The directory of the packaged config files (``mvcl/configs/`` of an installed wheel, the
+repository's ``configs/`` in a checkout)."""
 
 _SKIP = ("__init__", "common")
 # "configs/digits.py", "./configs/sweeps/cifar10.py", "/old/checkout/configs/digits.py", ...
@@ -59,11 +65,11 @@ def path(name: str | os.PathLike) -> Path:
     old = _OLD_PATH.fullmatch(name)
     if old and (DIR / f"{old['name']}.py").is_file():
         short = old["name"]
-        warnings.warn(
-            f"config {name!r}: the configs moved into the mvcl package; name it {short!r} "
-            f"instead (e.g. --config={short}). The old path will stop working in a later release.",
-            FutureWarning,
-            stacklevel=2,
+        _deprecation.warn_moved(
+            f"the config path {name!r} (no such file here)",
+            f"its name, --config={short}",
+            stacklevel=3,
+            category=FutureWarning,
         )
     packaged = DIR / f"{short}.py"
     if short and short not in _SKIP and packaged.is_file():
@@ -101,7 +107,10 @@ def load(spec: str | os.PathLike, arg: str | None = None) -> config_dict.ConfigD
 
 class _NamedConfigParser:
     """An absl flag parser that resolves a config name (`resolve`), then loads the file with
-    ml_collections' own parser (which also calls ``get_config`` with the ``:<arguments>``)."""
+    ml_collections' own parser (which also calls ``get_config`` with the ``:<arguments>``).
+
+    Everything else absl asks of a parser (``syntactic_help`` for ``--helpfull``, the XML of
+    ``--helpxml``, ...) is the inner parser's."""
 
     def __init__(self, inner: Any):
         self._inner = inner
@@ -111,6 +120,11 @@ class _NamedConfigParser:
 
     def flag_type(self) -> str:
         return self._inner.flag_type()
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "_inner":  # not set yet (copy, pickle): no recursion
+            raise AttributeError(name)
+        return getattr(self._inner, name)
 
 
 def define_flag(

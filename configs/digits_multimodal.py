@@ -14,7 +14,7 @@ V = 3 augmented crops, and crop ``v`` is seen through modality ``v`` (`mvcl.data
 Each encoder has its own projection head into the common D = ``config.model.proj_dim``; the loss
 sees (N, 3, D) as with one shared backbone (``config.model.per_view``).
 
-Arguments (besides the common ones of ``mvcl/configs/common.py``; ``width`` scales every encoder):
+Arguments (besides the common ones of ``configs/common.py``; ``width`` scales every encoder):
 
   modality=M   "all" (default: the three modalities above, needs views=3), or one of "image",
                "gradient", "profile": the single-modality baseline, V views of that modality

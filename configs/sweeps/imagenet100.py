@@ -1,5 +1,5 @@
 """Reproduction sweep, ImageNet-100: the paper's setup, unchanged; the same as
-``sweeps/paper:dataset=imagenet100`` (``mvcl/configs/sweeps/paper.py``, with the published targets).
+``sweeps/paper:dataset=imagenet100`` (``configs/sweeps/paper.py``, with the published targets).
 
     mvcl-sweep --config=sweeps/imagenet100 \
         --workdir=/mnt/shared/sweeps/imagenet100 --outdir=experiments/results/imagenet100

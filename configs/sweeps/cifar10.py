@@ -1,5 +1,5 @@
 """Reproduction sweep, CIFAR-10: the paper's setup, unchanged; the same as
-``sweeps/paper:dataset=cifar10`` (``mvcl/configs/sweeps/paper.py``, with the published targets).
+``sweeps/paper:dataset=cifar10`` (``configs/sweeps/paper.py``, with the published targets).
 
     mvcl-sweep --config=sweeps/cifar10 \
         --workdir=/mnt/shared/sweeps/cifar10 --outdir=experiments/results/cifar10

@@ -1,5 +1,5 @@
 """Reproduction sweep, ImageNet-1K: the paper's setup, unchanged; the same as
-``sweeps/paper:dataset=imagenet1k`` (``mvcl/configs/sweeps/paper.py``, with the published targets).
+``sweeps/paper:dataset=imagenet1k`` (``configs/sweeps/paper.py``, with the published targets).
 
     mvcl-sweep --config=sweeps/imagenet1k \
         --workdir=/mnt/shared/sweeps/imagenet1k --outdir=experiments/results/imagenet1k
