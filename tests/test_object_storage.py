@@ -22,6 +22,7 @@ import time
 import urllib.request
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from etils import epath
@@ -280,3 +281,29 @@ def test_a_sweep_cell_and_its_done_marker_in_a_bucket(bucket):
     assert {"result.json", "config.json", "metrics.jsonl", "checkpoints/1/commit_success.txt"} <= (
         set(names)
     )
+
+
+def test_a_corrupt_checkpoint_in_a_bucket_is_moved_to_quarantine(bucket):
+    directory = f"{bucket}/quarantined/checkpoints"
+
+    def state(value: int) -> dict:
+        return {"w": jnp.full((3, 4), float(value)), "step": jnp.int32(value)}
+
+    checkpointer = train.Checkpointer(directory, max_to_keep=5)
+    for step in (1, 2):
+        checkpointer.save(step, state(step), {"step": step})
+    checkpointer.close()
+    saved = objects(f"{directory}/2")
+    for name in saved:  # every object of step 2's state overwritten: nothing of it reads
+        if name.startswith("state/"):
+            (epath.Path(directory) / "2" / name).write_bytes(b"not a checkpoint")
+
+    checkpointer = train.Checkpointer(directory, max_to_keep=5)
+    step, restored, data_state = checkpointer.restore_latest(state(0))
+    checkpointer.close()
+    assert step == 1 and data_state == {"step": 1}
+    np.testing.assert_array_equal(restored["w"], np.full((3, 4), 1.0))
+    assert objects(f"{directory}/quarantine/2") == saved  # every object, moved
+    error = (epath.Path(directory) / "quarantine" / "2.error.txt").read_text()
+    assert "step 2" in error and "Traceback" in error
+    assert checkpoint_steps(f"{bucket}/quarantined") == [1]

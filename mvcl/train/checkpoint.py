@@ -307,13 +307,15 @@ class Checkpointer(Generic[State]):
             multihost_utils.sync_global_devices(f"mvcl quarantine {step} start")
         if jax.process_index() == 0:
             quarantine.mkdir(parents=True, exist_ok=True)
-            source.rename(destination)  # (in a bucket: copied object by object, then deleted)
+            # The note first: in a bucket a directory exists once an object is in it, and epath
+            # moves only into an existing one.
             storage.write_text(
                 quarantine / f"{name}.error.txt",
                 f"{time.strftime('%Y-%m-%d %H:%M:%S')}: the checkpoint at step {step} did not "
                 f"restore and was moved here from {source}.\n\n"
                 + "".join(traceback.format_exception(error)),
             )
+            source.rename(destination)  # (in a bucket: copied object by object, then deleted)
         if several:
             multihost_utils.sync_global_devices(f"mvcl quarantine {step} done")
         self._manager.reload()
