@@ -12,10 +12,11 @@ from pathlib import Path
 
 import jax
 import orbax.checkpoint as ocp
-from tensorboard.backend.event_processing import event_file_loader
+from etils import epath
 from tensorboard.compat.proto import event_pb2
 
 from mvcl import configs, train
+from mvcl.train import writers
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -79,9 +80,14 @@ def tiny_config(name: str = "digits", **overrides):
     return config
 
 
+def _path(workdir) -> epath.Path:
+    """``workdir`` (a local path or a bucket's, gs://) as an ``epath.Path``."""
+    return epath.Path(os.fspath(workdir))
+
+
 def read_metrics(workdir) -> list[dict]:
-    with open(Path(workdir) / "metrics.jsonl", encoding="utf-8") as f:
-        return [json.loads(line) for line in f]
+    text = (_path(workdir) / "metrics.jsonl").read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines()]
 
 
 def train_losses(workdir) -> list[float]:
@@ -96,15 +102,15 @@ def logged_steps(workdir, name: str = "train/loss") -> list[int]:
 def tensorboard_steps(workdir, tag: str = "train/loss") -> list[int]:
     """The steps of every ``tag`` value in the run's TensorBoard files, oldest file first."""
     steps = []
-    for path in sorted(Path(workdir).glob("events.out.tfevents.*")):
-        for raw in event_file_loader.RawEventFileLoader(str(path)).Load():
+    for path in sorted(_path(workdir).glob("events.out.tfevents.*")):
+        for raw in writers._read_events(path):
             event = event_pb2.Event.FromString(raw)
             steps += [int(event.step) for v in event.summary.value if v.tag == tag]
     return steps
 
 
 def checkpoint_steps(workdir) -> list[int]:
-    checkpointer = train.Checkpointer(Path(workdir) / "checkpoints", max_to_keep=3, read_only=True)
+    checkpointer = train.Checkpointer(_path(workdir) / "checkpoints", max_to_keep=3, read_only=True)
     steps = checkpointer.all_steps()
     checkpointer.close()
     return steps
@@ -113,7 +119,7 @@ def checkpoint_steps(workdir) -> list[int]:
 def saved_state(workdir, step: int) -> dict:
     """The train state saved at ``step``, as arrays on this process's first device (whatever
     devices wrote it)."""
-    path = Path(workdir) / "checkpoints" / str(step) / "state"
+    path = _path(workdir) / "checkpoints" / str(step) / "state"
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     with ocp.StandardCheckpointer() as checkpointer:
         metadata = checkpointer.metadata(path)

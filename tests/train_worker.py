@@ -7,8 +7,9 @@ The cue is the training loop logging ``train/*`` at step ``STEP`` (every run her
 step), or for ``term-eval`` the start of an evaluation. ACTION:
 
   kill       wait until the checkpoint of step ``CHECKPOINT_STEP`` is complete on disk (orbax
-             renames its temporary directory when done), then SIGKILL this process: no handler
-             runs and nothing is cleaned up, as in a crash or an out-of-memory kill;
+             renames its temporary directory when done; in a bucket, gs://, it writes a commit
+             marker), then SIGKILL this process: no handler runs and nothing is cleaned up, as
+             in a crash or an out-of-memory kill;
   term, int  send this process SIGTERM / SIGINT once (as a scheduler or Ctrl-C would);
   int2       send SIGINT twice in a row (Ctrl-C pressed again);
   term-eval  send SIGTERM when the evaluation starts (``mvcl.train.evaluate.evaluate``);
@@ -42,12 +43,16 @@ acts = target is None or target == os.environ.get("MVCL_PROCESS_ID", "0")
 
 
 def wait_for_checkpoint() -> str:
-    """Waits for the checkpoint of ``checkpoint_step``; returns the workdir."""
+    """Waits for the checkpoint of ``checkpoint_step`` (complete as orbax sees it, locally or in
+    a bucket); returns the workdir."""
+    import orbax.checkpoint as ocp
+    from etils import epath
+
     workdir = next(a.split("=", 1)[1] for a in script_args if a.startswith("--workdir="))
-    checkpoint = os.path.join(workdir, "checkpoints", str(checkpoint_step))
+    checkpoints = epath.Path(workdir) / "checkpoints"
     deadline = time.time() + 120
-    while not os.path.isdir(checkpoint):
-        assert time.time() < deadline, f"no checkpoint at {checkpoint}"
+    while checkpoint_step not in ocp.path.step.checkpoint_steps(checkpoints):
+        assert time.time() < deadline, f"no checkpoint {checkpoint_step} in {checkpoints}"
         time.sleep(0.05)
     return workdir
 

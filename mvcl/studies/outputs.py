@@ -14,17 +14,19 @@ embeddings.npz                test-set features of every cell (float16), for not
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+from etils import epath
 from ml_collections import config_dict
 
 from mvcl._deprecation import renamed
 from mvcl.studies import grid, loss_cost, plots, report, runner
+from mvcl.train import storage
 from mvcl.train.writers import METRICS_FILE
 
 LOSS_COST_FILE = "kernel_cost.json"  # the file name of earlier releases, kept
@@ -42,14 +44,14 @@ def loss_cost_rows(
     bench = loss_cost.from_bench(settings.bench_json, settings.backend)
     if bench:
         return [r for r in bench if r["loss"] in names]
-    cache = Path(workdir) / LOSS_COST_FILE
+    cache = epath.Path(os.fspath(workdir)) / LOSS_COST_FILE
     if cache.is_file():
         return json.loads(cache.read_text(encoding="utf-8"))
     rows = loss_cost.time_losses(
         names, views, settings.ns, d=settings.d, backend=settings.backend, repeats=settings.repeats
     )
     cache.parent.mkdir(parents=True, exist_ok=True)  # a report from archived cells only
-    cache.write_text(json.dumps(rows, indent=1), encoding="utf-8")
+    storage.write_text(cache, json.dumps(rows, indent=1))
     return rows
 
 
@@ -64,12 +66,14 @@ def collect_embeddings(
         file = runner.cell_dir(workdir, cell) / runner.EMBEDDINGS_FILE
         if not file.is_file():
             continue
-        with np.load(file) as saved:
+        with np.load(io.BytesIO(file.read_bytes())) as saved:
             arrays["labels"] = saved["labels"]
             for part in ("backbone", "projector"):
                 arrays[f"{cell.name}/{part}"] = saved[part].astype(np.float16)
     if arrays:
-        np.savez_compressed(path, **arrays)
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **arrays)
+        storage.write_bytes(epath.Path(os.fspath(path)), buffer.getvalue())
     return bool(arrays)
 
 
@@ -94,12 +98,12 @@ def write_outputs(
     outdir: str | os.PathLike,
     *,
     cells: int | None = None,
-) -> list[Path]:
+) -> list[epath.Path]:
     """Writes the files of the module docstring into ``outdir``; returns their paths.
 
     ``cells``: the sweep's number of cells when ``results`` are those of an unfinished sweep
     (the report's title then says how many are done)."""
-    outdir = Path(outdir)
+    outdir = storage.resolve(outdir, "--outdir")
     outdir.mkdir(parents=True, exist_ok=True)
     table = report.rows(results)
     means = report.seed_means(table)
@@ -110,7 +114,7 @@ def write_outputs(
 
     written = [outdir / "results.csv", outdir / "results.md"]
     report.write_csv(table, written[0])
-    written[1].write_text(report.markdown(table, title=title, targets=targets), encoding="utf-8")
+    storage.write_text(written[1], report.markdown(table, title=title, targets=targets))
     figures = {
         "accuracy_vs_views.png": plots.accuracy_vs_views(means, title),
         "effective_rank_vs_views.png": plots.effective_rank_vs_views(means, title),
@@ -118,12 +122,12 @@ def write_outputs(
     }
     if sweep.kernel_cost.enabled:
         rows = loss_cost_rows(sweep, workdir)
-        (outdir / LOSS_COST_FILE).write_text(json.dumps(rows, indent=1), encoding="utf-8")
+        storage.write_text(outdir / LOSS_COST_FILE, json.dumps(rows, indent=1))
         written.append(outdir / LOSS_COST_FILE)
         figures["kernel_cost.png"] = plots.loss_cost(rows, f"{title}: loss cost")
     curves = cell_curves(results, workdir)
     if curves:
-        (outdir / "learning_curves.json").write_text(json.dumps(curves, indent=1), "utf-8")
+        storage.write_text(outdir / "learning_curves.json", json.dumps(curves, indent=1))
         written.append(outdir / "learning_curves.json")
         figures["learning_curves.png"] = plots.learning_curves(curves, f"{title}: learning curves")
     for name, fig in figures.items():

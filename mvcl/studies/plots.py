@@ -7,10 +7,12 @@ standard deviation over seeds.
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from etils import epath
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator, ScalarFormatter
@@ -18,6 +20,7 @@ from matplotlib.ticker import NullLocator, ScalarFormatter
 from mvcl import losses
 from mvcl._deprecation import renamed
 from mvcl.studies import report
+from mvcl.train import storage
 
 ACCURACIES = (("backbone/linear_probe", "linear probe"), ("backbone/knn", "kNN"))
 Table = Sequence[Mapping[str, Any]]
@@ -201,8 +204,10 @@ def learning_curves(curves: Table, title: str = "") -> Figure | None:
 
 
 def save(fig: Figure, path: str | os.PathLike) -> None:
-    """Writes ``fig`` as a PNG at 120 dpi."""
-    fig.savefig(path, dpi=120)
+    """Writes ``fig`` as a PNG at 120 dpi (a local file or a bucket's object)."""
+    buffer = io.BytesIO()  # (matplotlib writes local files only)
+    fig.savefig(buffer, dpi=120, format="png")
+    storage.write_bytes(epath.Path(os.fspath(path)), buffer.getvalue())
 
 
 kernel_cost = renamed(loss_cost, "mvcl.studies.plots.kernel_cost")

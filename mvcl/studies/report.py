@@ -12,6 +12,7 @@ averaged over the seeds of each (loss, views, batch_size).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -19,8 +20,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from etils import epath
 
 from mvcl import losses
+from mvcl.train import storage
 
 KEYS = ("loss", "views", "batch_size")
 """What a group of seeds shares."""
@@ -51,11 +54,13 @@ def columns(table: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def write_csv(table: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> None:
-    """Writes the rows with `columns` as header; missing values are empty."""
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=columns(table), restval="")
-        writer.writeheader()
-        writer.writerows(table)
+    """Writes the rows with `columns` as header; missing values are empty (a local file or a
+    bucket's object, `mvcl.train.storage`)."""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns(table), restval="")
+    writer.writeheader()
+    writer.writerows(table)
+    storage.write_text(epath.Path(os.fspath(path)), text.getvalue())
 
 
 def seed_means(table: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -476,20 +481,20 @@ def read_curve(
     a crash) are skipped; a step logged twice keeps its last value.
     """
     curve: dict[str, dict[int, float]] = {}
-    if not os.path.isfile(path):
+    path = epath.Path(os.fspath(path))
+    if not path.is_file():
         return curve
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if not isinstance(record, dict) or "step" not in record:
-                continue
-            for name in metrics:
-                value = record.get(name)
-                if isinstance(value, (int, float)) and math.isfinite(value):
-                    curve.setdefault(name, {})[int(record["step"])] = float(value)
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if not isinstance(record, dict) or "step" not in record:
+            continue
+        for name in metrics:
+            value = record.get(name)
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                curve.setdefault(name, {})[int(record["step"])] = float(value)
     return curve
 
 

@@ -13,6 +13,9 @@ Those few-kilobyte files are meant to be committed with the results: a sweep too
 machine's session continues on another machine, with a fresh workdir, from the cells done
 before. (A cell's embeddings and checkpoints stay in the workdir: megabytes per cell.)
 
+The workdir and the archive may be bucket paths (``gs://``, `mvcl.train.storage`): every file
+here is read and written through ``etils.epath``.
+
 A rerun skips done cells; an interrupted cell resumes from its own checkpoints (the trainer
 resumes from its workdir). A done cell whose stored config differs from the one the sweep config
 now gives is an error, so a changed sweep never mixes old and new results silently.
@@ -21,22 +24,23 @@ now gives is an error, so a changed sweep never mixes old and new results silent
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
+from etils import epath
 from ml_collections import config_dict
 from tqdm import tqdm
 
 from mvcl import data, train
 from mvcl._deprecation import renamed
 from mvcl.studies import grid
-from mvcl.train import summary
+from mvcl.train import storage, summary
 
 CELLS_DIR = "cells"
 RESULT_FILE = "result.json"
@@ -76,9 +80,14 @@ class SweepRun:
     complete: bool
 
 
-def cell_dir(workdir: str | os.PathLike, cell: grid.Cell) -> Path:
-    """The run directory of ``cell`` in the sweep's ``workdir``."""
-    return Path(workdir) / CELLS_DIR / cell.name
+def cell_dir(workdir: str | os.PathLike, cell: grid.Cell) -> epath.Path:
+    """The run directory of ``cell`` in the sweep's ``workdir`` (a local or a bucket path).
+
+    Raises:
+      WorkdirError: ``workdir`` has an unsupported scheme (`mvcl.train.storage`).
+    """
+    storage.check_scheme(workdir)
+    return epath.Path(os.fspath(workdir)) / CELLS_DIR / cell.name
 
 
 def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -109,7 +118,7 @@ def config_changes(stored: Mapping[str, Any], current: Mapping[str, Any]) -> lis
     )
 
 
-def read_result(directory: Path) -> dict[str, Any] | None:
+def read_result(directory: epath.Path) -> dict[str, Any] | None:
     """The cell's ``result.json``, or None if the cell is not done."""
     path = directory / RESULT_FILE
     if not path.is_file():
@@ -117,7 +126,9 @@ def read_result(directory: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def embed_test_split(config: config_dict.ConfigDict, directory: Path) -> dict[str, np.ndarray]:
+def embed_test_split(
+    config: config_dict.ConfigDict, directory: epath.Path
+) -> dict[str, np.ndarray]:
     """Backbone features, projections and labels of the centre views of the test split."""
     ds = config.dataset
     images, labels = data.load_numpy(ds.name, ds.test_split, ds.data_dir, image_size=ds.image_size)
@@ -135,7 +146,7 @@ def embed_test_split(config: config_dict.ConfigDict, directory: Path) -> dict[st
 def run_cell(
     config: config_dict.ConfigDict,
     cell: grid.Cell,
-    directory: Path,
+    directory: epath.Path,
     *,
     train_fn: TrainFn,
     save_embeddings: bool,
@@ -155,7 +166,9 @@ def run_cell(
     )
     if jax.process_index() == 0:
         if embeddings is not None:
-            np.savez_compressed(directory / EMBEDDINGS_FILE, **embeddings)
+            buffer = io.BytesIO()  # (numpy writes local files only; a bucket's is one object)
+            np.savez_compressed(buffer, **embeddings)
+            storage.write_bytes(directory / EMBEDDINGS_FILE, buffer.getvalue())
         summary.write_json(directory / RESULT_FILE, result)
     return result
 

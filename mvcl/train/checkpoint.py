@@ -6,9 +6,10 @@ A checkpoint at step s holds two items:
   data    the input pipeline position, ``BatchIterator.get_state()`` (JSON).
 
 Saves are asynchronous (training continues while the files are written); orbax writes each step
-into a temporary directory and renames it when complete, so a run killed mid-save leaves the
-previous checkpoints intact. Only the retention policy of successful saves (``max_to_keep``)
-removes checkpoints.
+into a temporary directory and renames it when complete (in a bucket, ``gs://``: into the step's
+directory, complete once orbax writes its ``commit_success.txt``), so a run killed mid-save
+leaves the previous checkpoints intact. Only the retention policy of successful saves
+(``max_to_keep``) removes checkpoints.
 
 **Only finite states are saved.** `Checkpointer.save` refuses a state with a NaN or infinity
 (`mvcl.train.guard.nonfinite_summary`). A save that fails in the background (a full disk, a lost
@@ -26,7 +27,8 @@ of three things:
   nothing is touched.
 * **corrupt** (its metadata or its arrays cannot be read: truncated or overwritten files): it is
   moved to ``<directory>/quarantine/<step>/`` with the error in ``quarantine/<step>.error.txt``
-  beside it, a warning says so, and the next older checkpoint is tried. A read-only
+  beside it, a warning says so, and the next older checkpoint is tried. (In a bucket, ``gs://``,
+  the move copies the checkpoint's objects and deletes the originals.) A read-only
   checkpointer (evaluation) moves nothing and only falls back.
 * **not finite** (NaN or infinite values, as a diverged run of an mvcl without the guard
   wrote): quarantined like a corrupt one when training resumes; a read-only checkpointer
@@ -38,7 +40,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import shutil
 import time
 import traceback
 from collections.abc import Mapping
@@ -47,8 +48,10 @@ from typing import Any, Generic, TypeVar
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 from jax.experimental import multihost_utils
 
+from mvcl.train import storage
 from mvcl.train.errors import (
     CheckpointMismatchError,
     CheckpointSaveError,
@@ -126,7 +129,7 @@ class Checkpointer(Generic[State]):
     """
 
     def __init__(self, directory: str | os.PathLike, *, max_to_keep: int, read_only: bool = False):
-        self.directory = os.path.abspath(directory)
+        self.directory = os.fspath(storage.resolve(directory, "the checkpoint directory"))
         self.read_only = read_only
         self._closed = False
         self._saving: int | None = None  # the step of the last save started
@@ -206,9 +209,13 @@ class Checkpointer(Generic[State]):
         """Removes what the failed save of ``step`` left and raises its one-line error."""
         logging.info("The checkpoint save failed:\n%s", "".join(traceback.format_exception(error)))
         if step is not None and jax.process_index() == 0:
-            for name in os.listdir(self.directory):
-                if name == str(step) or name.startswith(f"{step}.orbax-checkpoint-tmp"):
-                    shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+            with contextlib.suppress(OSError):
+                for path in epath.Path(self.directory).iterdir():
+                    if path.name == str(step) or path.name.startswith(
+                        f"{step}.orbax-checkpoint-tmp"
+                    ):
+                        with contextlib.suppress(OSError):
+                            path.rmtree()
         with contextlib.suppress(Exception):
             self._manager.reload()
         self._saving = None
@@ -288,24 +295,27 @@ class Checkpointer(Generic[State]):
                 reason,
             )
             return
-        source = os.path.join(self.directory, str(step))
+        source = epath.Path(self.directory) / str(step)
+        quarantine = epath.Path(self.quarantine)
         name, n = str(step), 1
-        while os.path.exists(os.path.join(self.quarantine, name)):
+        while (quarantine / name).exists():
             n += 1
             name = f"{step}.{n}"
-        destination = os.path.join(self.quarantine, name)
+        destination = quarantine / name
         several = jax.process_count() > 1
         if several:
             multihost_utils.sync_global_devices(f"mvcl quarantine {step} start")
         if jax.process_index() == 0:
-            os.makedirs(self.quarantine, exist_ok=True)
-            shutil.move(source, destination)
-            with open(destination + ".error.txt", "w", encoding="utf-8") as f:
-                f.write(
-                    f"{time.strftime('%Y-%m-%d %H:%M:%S')}: the checkpoint at step {step} did "
-                    f"not restore and was moved here from {source}.\n\n"
-                )
-                f.write("".join(traceback.format_exception(error)))
+            quarantine.mkdir(parents=True, exist_ok=True)
+            # The note first: in a bucket a directory exists once an object is in it, and epath
+            # moves only into an existing one.
+            storage.write_text(
+                quarantine / f"{name}.error.txt",
+                f"{time.strftime('%Y-%m-%d %H:%M:%S')}: the checkpoint at step {step} did not "
+                f"restore and was moved here from {source}.\n\n"
+                + "".join(traceback.format_exception(error)),
+            )
+            source.rename(destination)  # (in a bucket: copied object by object, then deleted)
         if several:
             multihost_utils.sync_global_devices(f"mvcl quarantine {step} done")
         self._manager.reload()

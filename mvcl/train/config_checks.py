@@ -16,7 +16,7 @@ import jax
 from ml_collections import config_dict
 
 from mvcl import backends, losses, models
-from mvcl.train import grad_cache, optim
+from mvcl.train import grad_cache, optim, storage
 from mvcl.train.errors import ConfigError
 
 LOSS_BACKENDS = ("gather", "ring")  # the backends that run inside shard_map over many devices
@@ -167,7 +167,9 @@ def validate_config(
     device_count: int | None = None,
     process_count: int | None = None,
 ) -> None:
-    """Raises ``ConfigError("config.<field>: ...")`` (a ``ValueError``) for the first invalid field.
+    """Raises ``ConfigError("config.<field>: ...")`` (a ``ValueError``) for the first invalid field
+    (`WorkdirError` for a ``config.dataset.data_dir`` that is not a local path,
+    `mvcl.train.storage.check_data_dir`).
 
     ``device_count`` and ``process_count`` default to ``jax.device_count()`` and
     ``jax.process_count()``. The data set is checked when it is opened
@@ -176,6 +178,7 @@ def validate_config(
     device_count = jax.device_count() if device_count is None else device_count
     process_count = jax.process_count() if process_count is None else process_count
     check_ranges(config)
+    storage.check_data_dir(config.dataset.get("data_dir"))  # a local path
     collapse_check = config.eval.get("collapse_check", True)
     require(
         isinstance(collapse_check, bool),

@@ -37,6 +37,8 @@ from typing import Any
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
 from ml_collections import config_dict
 from tqdm import tqdm
 
@@ -51,6 +53,7 @@ from mvcl.train import (
     optim,
     run_identity,
     signals,
+    storage,
 )
 from mvcl.train.checkpoint import Checkpointer
 from mvcl.train.config_checks import num_train_steps, validate_config
@@ -141,13 +144,12 @@ class _Steps:
 
 
 def _latest_step_on_disk(workdir: str) -> int | None:
-    """The newest complete checkpoint's step, from the directory names (orbax renames a step's
-    temporary directory to its number when the save is complete)."""
-    directory = os.path.join(workdir, CHECKPOINT_DIR)
-    if not os.path.isdir(directory):
+    """The newest complete checkpoint's step, as orbax finds it (a step's directory renamed from
+    its temporary name, or in a bucket one with its commit marker)."""
+    directory = epath.Path(workdir) / CHECKPOINT_DIR
+    if not directory.is_dir():
         return None
-    steps = [int(name) for name in os.listdir(directory) if name.isdigit()]
-    return max(steps, default=None)
+    return max(ocp.path.step.checkpoint_steps(directory), default=None)
 
 
 def train_and_evaluate(
@@ -221,7 +223,7 @@ def _train_and_evaluate(
         if jax.process_index() == 0 and resume.new_run:
             run_identity.start_run(workdir, config)
         checkpointer = Checkpointer(
-            os.path.join(workdir, CHECKPOINT_DIR), max_to_keep=config.keep_checkpoints
+            storage.join(workdir, CHECKPOINT_DIR), max_to_keep=config.keep_checkpoints
         )
         writer = None
         try:  # a forced exit (second signal) or an error still ends pending saves and the logs
@@ -332,6 +334,7 @@ def _train(run: _Run, state: Any, start: int) -> dict[str, Any]:
             steps.show()
         if step % config.checkpoint_every_steps == 0:
             steps.complete_all()
+            writer.flush()  # the logs are as new as the checkpoint (in a bucket: uploaded)
             if steps.bad.streak:  # the state is the one before the streak: keep the good ones
                 announce(f"Note: not saving the checkpoint of step {step}: {steps.streak}.")
             else:

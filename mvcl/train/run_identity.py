@@ -68,11 +68,12 @@ import json
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
+from etils import epath
 from ml_collections import config_dict
 
+from mvcl.train import storage
 from mvcl.train.errors import NoRunError, RunIdentityError, WorkdirError
 
 CONFIG_FILE = "config.json"
@@ -219,30 +220,35 @@ def diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Change]:
 # --- the workdir --------------------------------------------------------------------------------
 
 
-def check_workdir(workdir: str | os.PathLike) -> Path:
-    """The absolute workdir, if it can hold this run; nothing is written.
+def check_workdir(workdir: str | os.PathLike) -> epath.Path:
+    """The absolute workdir (or bucket path, ``gs://``), if it can hold this run; nothing is
+    written.
 
     Raises:
-      WorkdirError: it is a file (or inside one), it cannot be written, or it holds files but no
-        run (``config.json``): another program's, which a run must not mix with.
+      WorkdirError: its scheme is not supported (`mvcl.train.storage`), it is a file (or inside
+        one), it cannot be written, or it holds files but no run (``config.json``): another
+        program's, which a run must not mix with.
     """
-    path = Path(os.path.abspath(workdir))
+    path = storage.resolve(workdir)
     if path.exists() and not path.is_dir():
         raise WorkdirError(
             f"--workdir {path} is a file; a run needs a directory (a new path, or the directory "
             "of an earlier run to resume it)"
         )
-    existing = path
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise WorkdirError(f"--workdir {path}: {existing} is a file, so no directory can go there")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise WorkdirError(
-            f"--workdir {path}: no permission to write in {existing}; choose a directory you "
-            "can write to"
-        )
-    if existing == path and not (path / CONFIG_FILE).is_file():
+    if not storage.is_remote(path):  # (a bucket has no parent files or permission bits)
+        existing = path
+        while not existing.exists():
+            existing = existing.parent
+        if not existing.is_dir():
+            raise WorkdirError(
+                f"--workdir {path}: {existing} is a file, so no directory can go there"
+            )
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise WorkdirError(
+                f"--workdir {path}: no permission to write in {existing}; choose a directory "
+                "you can write to"
+            )
+    if path.is_dir() and not (path / CONFIG_FILE).is_file():
         others = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir())
         others = [name for name in others if not name.startswith(".")]
         if others:
@@ -262,8 +268,8 @@ def read_config_file(workdir: str | os.PathLike) -> dict[str, Any]:
       NoRunError: there is no run in ``workdir``.
       WorkdirError: ``config.json`` is not a run's config.
     """
-    path = Path(workdir) / CONFIG_FILE
-    if not Path(workdir).is_dir():
+    path = epath.Path(workdir) / CONFIG_FILE
+    if not epath.Path(workdir).is_dir():
         raise NoRunError(f"no run in {workdir}: the directory does not exist")
     if not path.is_file():
         raise NoRunError(f"no run in {workdir}: it has no {CONFIG_FILE}")
@@ -278,7 +284,7 @@ def read_config_file(workdir: str | os.PathLike) -> dict[str, Any]:
 
 def read_history(workdir: str | os.PathLike) -> list[dict[str, Any]]:
     """The entries of ``config_history.jsonl``, oldest first (none for a run without one)."""
-    path = Path(workdir) / HISTORY_FILE
+    path = epath.Path(workdir) / HISTORY_FILE
     if not path.is_file():
         return []
     entries = []
@@ -358,7 +364,7 @@ def check_resume(
     Raises:
       RunIdentityError: a change is not allowed, or ``allow`` names no field.
     """
-    workdir = Path(workdir)
+    workdir = epath.Path(workdir)
     new = plain(config)
     allow = [a.strip() for a in allow if a.strip()]
     if not (workdir / CONFIG_FILE).is_file():  # (`check_workdir` refused other files)
@@ -410,7 +416,7 @@ def _check_allow_names(allow: Sequence[str], fields: Iterable[str]) -> None:
 
 
 def _refusal(
-    workdir: Path,
+    workdir: epath.Path,
     identity: list[Change],
     refused: list[Change],
     totals: tuple[int, int] | None = None,
@@ -504,10 +510,9 @@ def schedule_note(
 
 def start_run(workdir: str | os.PathLike, config: config_dict.ConfigDict) -> None:
     """Writes ``config.json`` of a new run (it is never rewritten afterwards)."""
-    path = Path(workdir) / CONFIG_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(config.to_json_best_effort(indent=2), encoding="utf-8")
-    os.replace(tmp, path)
+    path = epath.Path(workdir) / CONFIG_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    storage.write_text(path, config.to_json_best_effort(indent=2))
 
 
 def record_session(
@@ -531,6 +536,5 @@ def record_session(
     }
     if notes:
         entry["notes"] = list(notes)
-    with open(Path(workdir) / HISTORY_FILE, "a", encoding="utf-8") as f:
-        f.write(json.dumps(entry) + "\n")
+    storage.append_text(epath.Path(workdir) / HISTORY_FILE, json.dumps(entry) + "\n")
     return entry

@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import jax
+from etils import epath
 from ml_collections import config_dict
 
-from mvcl.train import writers
+from mvcl.train import storage, writers
 
 
 def plain_config(config: config_dict.ConfigDict) -> dict[str, Any]:
@@ -28,7 +28,7 @@ def plain_config(config: config_dict.ConfigDict) -> dict[str, Any]:
 
 def last_train_loss(workdir: str | os.PathLike) -> float | None:
     """The last ``train/loss`` the run logged in ``metrics.jsonl`` (None if there is none)."""
-    path = Path(workdir) / writers.METRICS_FILE
+    path = epath.Path(workdir) / writers.METRICS_FILE
     if not path.is_file():
         return None
     losses = [
@@ -64,9 +64,12 @@ def run_summary(
 
 
 def write_json(path: str | os.PathLike, value: Any) -> None:
-    """Writes ``value`` as JSON atomically: a killed run leaves no file or a complete one."""
-    path = Path(path)
+    """Writes ``value`` as JSON atomically: a killed run leaves no file or a complete one (a
+    local file or a bucket's object, `mvcl.train.storage`).
+
+    Raises:
+      WorkdirError: ``path`` has an unsupported scheme.
+    """
+    path = storage.resolve(path, "the file")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(value, indent=1), encoding="utf-8")
-    tmp.replace(path)
+    storage.write_text(path, json.dumps(value, indent=1))

@@ -14,10 +14,21 @@ from typing import Any
 
 import jax
 import numpy as np
+from etils import epath
 from ml_collections import config_dict
 
 from mvcl import models, parallel
-from mvcl.train import cli, evaluate, lock, multimodal, noise, optim, run_identity, signals
+from mvcl.train import (
+    cli,
+    evaluate,
+    lock,
+    multimodal,
+    noise,
+    optim,
+    run_identity,
+    signals,
+    storage,
+)
 from mvcl.train.checkpoint import Checkpointer
 from mvcl.train.errors import NoRunError
 from mvcl.train.processes import announce
@@ -77,10 +88,10 @@ def restore_variables(
       CheckpointMismatchError: ``config`` builds another model or optimiser than the run's.
     """
     noise.install()
-    workdir = os.path.abspath(workdir)
+    workdir = os.fspath(storage.resolve(workdir))
     config = load_config(workdir) if config is None else config
-    directory = os.path.join(workdir, CHECKPOINT_DIR)
-    if not os.path.isdir(directory):
+    directory = storage.join(workdir, CHECKPOINT_DIR)
+    if not epath.Path(directory).is_dir():
         raise NoRunError(f"no run in {workdir}: no checkpoint in {directory}")
     if config.dataset.fake:
         channels = config.dataset.fake_shape[-1]
@@ -115,14 +126,17 @@ def evaluate_workdir(
     evaluation at once (`mvcl.train.signals.Interrupted`); nothing is written then. The
     evaluation holds the workdir's lock (`mvcl.train.lock`): not while the run trains.
 
+    ``workdir`` may be a bucket path (``gs://``, `mvcl.train.storage`).
+
     Raises:
+      WorkdirError: ``workdir``'s scheme is not supported.
       NoRunError: ``workdir`` holds no run, or no checkpoint that restores.
       NonFiniteCheckpointError: the newest checkpoint holds NaN or infinite values.
       WorkdirLockedError: another process works in ``workdir``.
       RunIdentityError: ``config`` differs from the run's (see above).
     """
     noise.install()
-    workdir = os.path.abspath(workdir)
+    workdir = os.fspath(storage.resolve(workdir))
     run_config = load_config(workdir)
     if config is None:
         config = run_config

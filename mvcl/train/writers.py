@@ -19,38 +19,47 @@ TensorBoard files are written with tensorboard's own framework-free ``tensorboar
 clu's ``metric_writers`` would be the flax-examples choice, but its package imports TensorFlow
 unconditionally, which mvcl does not otherwise need. The method names follow clu's
 ``MetricWriter`` (``write_scalars``, ``flush``, ``close``).
+
+**In a bucket** (``gs://``, `mvcl.train.storage`) an object cannot be appended to, and
+tensorboard's writer without TensorFlow writes local files only. So ``metrics.jsonl`` is kept
+in memory and the session's TensorBoard file is written into a local temporary directory; both
+are uploaded whole at `MetricWriter.flush` (the loop flushes before every checkpoint, so the
+logs in the bucket are at least as new as its newest checkpoint), at `close`, and by
+`write_scalars` when `UPLOAD_SECONDS` have passed since the last upload. A crash loses what was
+logged after the last upload; the resumed run logs those steps again. Rewriting an earlier
+session's files works as above, each rewritten file uploaded as one object (atomic).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Collection, Mapping
-from pathlib import Path
 
 import tensorboard.summary
+from etils import epath
 from tensorboard.backend.event_processing import event_file_loader
 from tensorboard.compat.proto import event_pb2
 from tensorboard.summary.writer import record_writer
 
+from mvcl.train import storage
+
 METRICS_FILE = "metrics.jsonl"
 EVENTS_GLOB = "events.out.tfevents.*"
+UPLOAD_SECONDS = 30.0  # in a bucket, the logs are uploaded at least this often while logging
 
 # (step, metric name) -> whether to keep it
 Keep = Callable[[int, str], bool]
 
 
-def _replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 class _EarlierLogs:
     """The metrics.jsonl lines and TensorBoard files written before this session."""
 
-    def __init__(self, logdir: Path):
+    def __init__(self, logdir: epath.Path):
         self.jsonl = logdir / METRICS_FILE
         self.event_files = sorted(logdir.glob(EVENTS_GLOB))
         self.logged: dict[int, set[str]] = {}
@@ -90,7 +99,7 @@ class _EarlierLogs:
                     continue
             kept.append(record)
         text = "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in reversed(kept))
-        _replace_atomically(self.jsonl, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        storage.write_text(self.jsonl, text)
 
     def drop_after(self, step: int) -> None:
         """Removes every value logged at a step after ``step``."""
@@ -123,17 +132,29 @@ class _EarlierLogs:
                 lines.append(json.dumps(kept))
                 self.logged.setdefault(step, set()).update(_names(kept))
         text = "".join(line + "\n" for line in lines)
-        _replace_atomically(self.jsonl, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        storage.write_text(self.jsonl, text)
 
 
 def _names(record: Mapping[str, object]) -> set[str]:
     return {k for k in record if k not in ("step", "time")}
 
 
-def _rewrite_events(path: Path, keep: Keep) -> None:
+def _read_events(path: epath.Path) -> list[bytes]:
+    """The serialized events of one TensorBoard file (a bucket's is read through a local copy:
+    tensorboard's reader without TensorFlow reads local files)."""
+    if not storage.is_remote(path):
+        return list(event_file_loader.RawEventFileLoader(os.fspath(path)).Load())
+    with tempfile.TemporaryDirectory(prefix="mvcl-events-") as tmp:
+        local = os.path.join(tmp, path.name)
+        with open(local, "wb") as f:
+            f.write(path.read_bytes())
+        return list(event_file_loader.RawEventFileLoader(local).Load())
+
+
+def _rewrite_events(path: epath.Path, keep: Keep) -> None:
     """Rewrites one TensorBoard event file without the summary values ``keep`` rejects."""
     events, changed = [], False
-    for raw in event_file_loader.RawEventFileLoader(os.fspath(path)).Load():
+    for raw in _read_events(path):
         event = event_pb2.Event.FromString(raw)
         if event.HasField("summary"):
             values = [v for v in event.summary.value if keep(int(event.step), v.tag)]
@@ -146,14 +167,45 @@ def _rewrite_events(path: Path, keep: Keep) -> None:
         events.append(event.SerializeToString())
     if not changed:
         return
+    buffer = io.BytesIO()
+    writer = record_writer.RecordWriter(buffer)
+    for raw in events:
+        writer.write(raw)
+    storage.write_bytes(path, buffer.getvalue())
 
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            writer = record_writer.RecordWriter(f)
-            for raw in events:
-                writer.write(raw)
 
-    _replace_atomically(path, write)
+class _Jsonl:
+    """``metrics.jsonl`` open for new lines: a local file is appended to and line-buffered (a
+    crash loses no line); a bucket's object is kept in memory and uploaded whole by `upload`."""
+
+    def __init__(self, path: epath.Path):
+        self.path = path
+        self.remote = storage.is_remote(path)
+        if self.remote:
+            self._text = path.read_text(encoding="utf-8") if path.exists() else ""
+            self._dirty = False
+        else:
+            self._file = open(path, "a", buffering=1, encoding="utf-8")  # line-buffered
+
+    def write(self, line: str) -> None:
+        if self.remote:
+            self._text += line
+            self._dirty = True
+        else:
+            self._file.write(line)
+
+    def upload(self) -> None:
+        if self.remote:
+            if self._dirty:
+                storage.write_text(self.path, self._text)
+                self._dirty = False
+        else:
+            self._file.flush()
+
+    def close(self) -> None:
+        self.upload()
+        if not self.remote:
+            self._file.close()
 
 
 class MetricWriter:
@@ -172,14 +224,19 @@ class MetricWriter:
         self, logdir: str | os.PathLike, *, enabled: bool = True, resume_step: int | None = None
     ):
         self.enabled = enabled
-        self.jsonl_path = os.path.join(logdir, METRICS_FILE)
+        self.logdir = storage.resolve(logdir)
+        self.jsonl_path = os.fspath(self.logdir / METRICS_FILE)
+        self.remote = storage.is_remote(self.logdir)
         if enabled:
-            os.makedirs(logdir, exist_ok=True)
-            self._earlier = _EarlierLogs(Path(logdir))
+            self.logdir.mkdir(parents=True, exist_ok=True)
+            self._earlier = _EarlierLogs(self.logdir)
             if resume_step is not None:
                 self._earlier.drop_after(resume_step)
-            self._tensorboard = tensorboard.summary.Writer(os.fspath(logdir))
-            self._jsonl = open(self.jsonl_path, "a", buffering=1, encoding="utf-8")  # line-buffered
+            # A bucket's events are written locally and uploaded (module docstring).
+            self._staging = tempfile.mkdtemp(prefix="mvcl-events-") if self.remote else None
+            self._tensorboard = tensorboard.summary.Writer(self._staging or os.fspath(logdir))
+            self._jsonl = _Jsonl(self.logdir / METRICS_FILE)
+            self._uploaded = time.monotonic()
 
     def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
         """Logs ``scalars`` (name -> number) at ``step``; names may contain "/" for grouping.
@@ -192,18 +249,34 @@ class MetricWriter:
         if self._earlier.holds(int(step), values):
             self._jsonl.close()
             self._earlier.supersede(int(step), values)
-            self._jsonl = open(self.jsonl_path, "a", buffering=1, encoding="utf-8")
+            self._jsonl = _Jsonl(self.logdir / METRICS_FILE)
         for name, value in values.items():
             self._tensorboard.add_scalar(name, value, step=step)
         self._jsonl.write(json.dumps({"step": int(step), "time": time.time(), **values}) + "\n")
+        if self.remote and time.monotonic() - self._uploaded > UPLOAD_SECONDS:
+            self.flush()
+
+    def _upload_events(self) -> None:
+        """Copies the session's TensorBoard files from the staging directory to the bucket."""
+        for name in sorted(os.listdir(self._staging)):
+            with open(os.path.join(self._staging, name), "rb") as f:
+                storage.write_bytes(self.logdir / name, f.read())
 
     def flush(self) -> None:
+        """Writes out what was logged (in a bucket: uploads ``metrics.jsonl`` and the session's
+        TensorBoard file)."""
         if self.enabled:
             self._tensorboard.flush()
-            self._jsonl.flush()
+            self._jsonl.upload()
+            if self.remote:
+                self._upload_events()
+                self._uploaded = time.monotonic()
 
     def close(self) -> None:
         if self.enabled:
             self._tensorboard.close()
             self._jsonl.close()
+            if self.remote:
+                self._upload_events()
+                shutil.rmtree(self._staging, ignore_errors=True)
             self.enabled = False
