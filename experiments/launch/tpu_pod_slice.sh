@@ -3,9 +3,10 @@
 #
 # The same mvcl-pretrain command runs on every worker of the slice; JAX finds the slice's
 # workers in the TPU VM's metadata and joins them with jax.distributed (README, "Clusters"). The
-# bucket is mounted with Cloud Storage FUSE at /mnt/bucket on every worker, so the data and the
-# workdir are files every worker sees (mvcl reads and writes local paths; gs:// paths are not
-# supported yet).
+# workdir is in the bucket itself (--workdir=gs://..., the gcs extra: checkpoints, logs and the
+# lock object go there through etils.epath and orbax). The data set is read through a Cloud
+# Storage FUSE mount at /mnt/bucket on every worker: tfds' ArrayRecord files are read from local
+# paths only.
 #
 #   export TPU_NAME=mvcl-v4-32 ZONE=us-central2-b ACCELERATOR=v4-32 BUCKET=gs://my-bucket
 #   experiments/launch/tpu_pod_slice.sh wheel     # build mvcl's wheel here, copy it to the bucket
@@ -37,7 +38,7 @@ RUN=${RUN:-${CONFIG%%:*}}
 
 step=${1:-}
 shift || true
-pretrain=(mvcl-pretrain "--config=$CONFIG" "--workdir=$MOUNT/runs/$RUN"
+pretrain=(mvcl-pretrain "--config=$CONFIG" "--workdir=$BUCKET/runs/$RUN"
   "--config.dataset.data_dir=$MOUNT/tensorflow_datasets" "$@")
 printf -v pretrain_line '%q ' "${pretrain[@]}"
 pretrain_line=${pretrain_line% }
@@ -70,7 +71,7 @@ https://packages.cloud.google.com/apt gcsfuse-\$(lsb_release -cs) main\" \
       mountpoint -q $MOUNT || gcsfuse --implicit-dirs --rename-dir-limit=1000000 \
         ${BUCKET#gs://} $MOUNT
       gcloud storage cp '$BUCKET/wheels/mvcl-*.whl' /tmp/
-      pip install -q 'jax[tpu]' \"\$(ls /tmp/mvcl-*.whl)[train]\""
+      pip install -q 'jax[tpu]' \"\$(ls /tmp/mvcl-*.whl)[train,gcs]\""
     ;;
   train)
     # detached from the ssh session, so that it runs on when gcloud returns
