@@ -78,8 +78,9 @@ _NON_NEGATIVE = Range(0, integer=False)
 
 # Every numeric field of the common config (`mvcl.configs.common.base_config`) and its range;
 # a field absent from a config (one saved by an older mvcl) is not checked. Fields whose range
-# depends on other fields (num_devices, batch_size's divisibility, micro_batch, the multi-crop
-# sizes) are checked again below with those.
+# depends on other fields (num_devices, batch_size's divisibility, the multi-crop sizes) are
+# checked again below with those; train.micro_batch only there, with the images per device
+# (`mvcl.train.grad_cache.check_micro_batch`).
 RANGES: dict[str, Range] = {
     "seed": Range(),
     "dataset.image_size": _count(special=_UNSET),
@@ -111,7 +112,6 @@ RANGES: dict[str, Range] = {
     "num_epochs": _count(1),
     "num_steps": _count(1, special=((-1, "unset: num_epochs sets the length"),)),
     "num_devices": _count(1, special=((-1, "all devices"),)),
-    "train.micro_batch": _count(1, special=((None, "off"),)),
     "train.max_bad_steps": _count(1),
     "train.steps_ahead": _count(1),
     "log_every_steps": _count(1),
