@@ -149,7 +149,8 @@ def test_quick_train_step_and_grad_cache(quick):
         assert r["view_images_per_s"] == pytest.approx(r["images_per_s"] * r["views"])
         assert 0 < r["mfu_measured_bf16_matmul"]
     theirs = [r for r in rows if r["framework"].startswith("torchvision")]
-    assert theirs and all("images_per_s" in r or "torchvision" in r["skipped"] for r in theirs)
+    # measured, or skipped naming what is missing (torchvision, or torch itself as on CI)
+    assert theirs and all("images_per_s" in r or "torch" in r["skipped"] for r in theirs)
 
     cache = report["sections"]["grad_cache"]["rows"]
     one, cached = cache
