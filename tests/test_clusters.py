@@ -229,6 +229,21 @@ def digits_dir(tmp_path):
 STARTUP = "mvcl: 2 processes, 2 devices (1 per process), cluster found by {}"
 
 
+def assert_two_processes_end_as_one(tmp_path, out_one: str, out_two: str, found_by: str) -> None:
+    """The 2-process run (``tmp_path/two``) printed the start-up line once and ends with the
+    losses and train state, bitwise, of the 1-process run on 2 devices (``tmp_path/one``): the
+    same global batches (each process read its half), the same 2-device mesh, the same
+    per-device programs."""
+    assert out_two.count(STARTUP.format(found_by)) == 1  # process 0 only
+    assert "on 2 device(s) in 2 process(es)" in out_two
+    assert "on 2 device(s) in 1 process(es)" in out_one and "mvcl:" not in out_one
+    losses = train_losses(tmp_path / "one")
+    assert len(losses) == 8 and train_losses(tmp_path / "two") == losses
+    expected, got = saved_state(tmp_path / "one", 8), saved_state(tmp_path / "two", 8)
+    for name in ("params", "batch_stats", "opt_state"):
+        jax.tree.map(np.testing.assert_array_equal, got[name], expected[name])
+
+
 @pytest.mark.slow
 @needs_mpirun
 def test_mpirun_recipe_ends_bitwise_as_one_process_on_two_devices(tmp_path, digits_dir):
@@ -247,16 +262,7 @@ def test_mpirun_recipe_ends_bitwise_as_one_process_on_two_devices(tmp_path, digi
     )
     two = popen([LAUNCH / "mpirun.sh", *args], recipe)
     (out_one, _), (out_two, _) = finish(one), finish(two)
-    assert out_two.count(STARTUP.format("Open MPI (OMPI_* variables)")) == 1  # process 0 only
-    assert "on 2 device(s) in 2 process(es)" in out_two
-    assert "on 2 device(s) in 1 process(es)" in out_one and "mvcl:" not in out_one
-    # The same global batches (each process read its half), the same 2-device mesh, the same
-    # per-device programs: the train state is bitwise the same.
-    losses = train_losses(tmp_path / "one")
-    assert len(losses) == 8 and train_losses(tmp_path / "two") == losses
-    expected, got = saved_state(tmp_path / "one", 8), saved_state(tmp_path / "two", 8)
-    for name in ("params", "batch_stats", "opt_state"):
-        jax.tree.map(np.testing.assert_array_equal, got[name], expected[name])
+    assert_two_processes_end_as_one(tmp_path, out_one, out_two, "Open MPI (OMPI_* variables)")
 
 
 @pytest.mark.slow
@@ -420,15 +426,8 @@ def test_srun_two_tasks_end_bitwise_as_one_task_on_two_devices(tmp_path, digits_
 
     one, two = srun(1, 2, "one"), srun(2, 1, "two")
     (out_one, _), (out_two, _) = finish(one), finish(two)
-    assert out_two.count(STARTUP.format("SLURM (SLURM_* variables)")) == 1  # process 0 only
-    assert "on 2 device(s) in 2 process(es)" in out_two
-    # a SLURM job of one task stays one process (nothing started, nothing printed)
-    assert "on 2 device(s) in 1 process(es)" in out_one and "mvcl:" not in out_one
-    losses = train_losses(tmp_path / "one")
-    assert len(losses) == 8 and train_losses(tmp_path / "two") == losses
-    expected, got = saved_state(tmp_path / "one", 8), saved_state(tmp_path / "two", 8)
-    for name in ("params", "batch_stats", "opt_state"):
-        jax.tree.map(np.testing.assert_array_equal, got[name], expected[name])
+    # (a SLURM job of one task stays one process: nothing started, nothing printed)
+    assert_two_processes_end_as_one(tmp_path, out_one, out_two, "SLURM (SLURM_* variables)")
 
 
 @pytest.mark.slow

@@ -197,7 +197,6 @@ def test_a_non_finite_checkpoint_is_never_written_and_is_refused_or_set_aside(tm
 
 
 def test_evaluate_refuses_a_non_finite_checkpoint_in_process(tmp_path):
-    config = tiny_config()
     state = {"params": {"w": np.array([1.0, np.nan], np.float32)}}
     original = checkpoint.nonfinite_summary
     checkpoint.nonfinite_summary = lambda tree: None
@@ -211,7 +210,6 @@ def test_evaluate_refuses_a_non_finite_checkpoint_in_process(tmp_path):
     with pytest.raises(NonFiniteCheckpointError, match="1 of 2 values are not finite"):
         reader.restore_latest({"params": {"w": np.zeros(2, np.float32)}})
     reader.close()
-    del config
 
 
 # --- one run per workdir -------------------------------------------------------------------------
