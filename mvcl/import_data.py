@@ -10,7 +10,9 @@ r"""Turns your own labelled images into a data set every config can name: ``mvcl
 (optionally ``test_images``, ``test_labels``, ``class_names``), or a directory of MNIST-style IDX
 files; see `mvcl.data.importer`. The data set is written to ``--data_dir``, by default where the
 configs look (``config.dataset.data_dir``: ``$TFDS_DATA_DIR`` if set, else ``./data`` of the
-working directory; `mvcl.configs.common.default_data_dir`). The ``own_data`` config
+working directory; `mvcl.configs.common.default_data_dir`), or to a bucket: with
+``--data_dir=gs://bucket/path`` it is written in this host's cache and uploaded
+(`mvcl.data.mirror`; ``pip install 'mvcl[gcs]'``). The ``own_data`` config
 (``configs/own_data.py``) has defaults that fit a small set of tens of images.
 """
 
@@ -19,13 +21,16 @@ import os
 from absl import flags
 
 from mvcl.configs import common
-from mvcl.data import importer
+from mvcl.data import importer, mirror
 from mvcl.train import cli, noise
 
 _SOURCE = flags.DEFINE_string("source", None, "ImageFolder directory, .npz file or IDX directory.")
 _NAME = flags.DEFINE_string("name", None, "Data set name (lower snake case): config.dataset.name.")
 _DATA_DIR = flags.DEFINE_string(
-    "data_dir", None, "Where to write it; default where the configs look: $TFDS_DATA_DIR or ./data."
+    "data_dir",
+    None,
+    "Where to write it, a local or a gs:// path; default where the configs look: "
+    "$TFDS_DATA_DIR or ./data.",
 )
 _TEST_FRACTION = flags.DEFINE_float(
     "test_fraction", 0.2, "Share of every class held out as 'test' if the source has no test split."
@@ -39,7 +44,12 @@ flags.mark_flags_as_required(["source", "name"])
 def next_command(result: importer.ImportResult) -> str:
     """The ``mvcl-pretrain`` command that trains on the data set ``result`` describes."""
     command = f"mvcl-pretrain --config=own_data:name={result.name}"
-    if os.path.abspath(result.data_dir) != os.path.abspath(common.default_data_dir()):
+    default = common.default_data_dir()
+    if mirror.is_remote(result.data_dir) or mirror.is_remote(default):
+        same = result.data_dir.rstrip("/") == default.rstrip("/")
+    else:
+        same = os.path.abspath(result.data_dir) == os.path.abspath(default)
+    if not same:
         command += f" --config.dataset.data_dir={result.data_dir}"
     return command
 

@@ -16,7 +16,8 @@ increasing ``index`` order (tfds shuffling is disabled), so record ``j`` of a sp
 
 Files are ArrayRecord so `tfds.data_source` gives random access without TensorFlow. Call
 `prepare_digits(data_dir)`: the first call writes ``<data_dir>/mvcl_digits/1.0.0/`` (well under a
-second), later calls only read the metadata.
+second), later calls only read the metadata. A ``data_dir`` in a bucket (``gs://``) gets it
+written locally and uploaded on first use (`mvcl.data.mirror`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import os
 
 import numpy as np
 import tensorflow_datasets as tfds
+
+from mvcl.data import mirror
 
 DIGITS_NAME = "mvcl_digits"
 NUM_EXAMPLES = 1797
@@ -105,8 +108,13 @@ def prepare_digits(data_dir: str | os.PathLike | None = None) -> MvclDigits:
 
     `data_dir=None` means the tfds default (``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``).
     Safe to call from several processes sharing `data_dir`: tfds writes into a temporary directory
-    and renames it, and a process that loses the race finds the data prepared.
+    and renames it, and a process that loses the race finds the data prepared. A bucket path
+    (``gs://``) gets the data set written locally and uploaded if the bucket lacks it, and the
+    builder reads this host's copy (`mvcl.data.mirror`).
     """
+    remote = os.environ.get("TFDS_DATA_DIR") if data_dir is None else data_dir
+    if mirror.is_remote(remote):
+        data_dir = mirror.local_data_dir(remote, DIGITS_NAME, prepare=prepare_digits)
     builder = MvclDigits(data_dir=data_dir)
     if builder.is_prepared():
         return builder

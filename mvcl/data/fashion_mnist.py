@@ -27,7 +27,7 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
-from mvcl.data import idx, tfds_writer
+from mvcl.data import idx, mirror, tfds_writer
 
 FASHION_MNIST_NAME = "mvcl_fashion_mnist"
 ALIAS = "fashion_mnist"
@@ -116,6 +116,8 @@ def prepare_fashion_mnist(
 
     Args:
       data_dir: tfds data directory; None means ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``.
+        A bucket path (``gs://``): the data set is written locally and uploaded unless the bucket
+        holds it, and the builder reads this host's copy (`mvcl.data.mirror`).
       source_dir: directory of the four IDX files; None means `DEFAULT_SOURCE_DIR`. Not read at
         all when the data set is already prepared.
       check_sizes: require the official 60,000 / 10,000 examples (tests pass False).
@@ -129,6 +131,13 @@ def prepare_fashion_mnist(
     """
     if data_dir is None:
         data_dir = os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
+    if mirror.is_remote(data_dir):
+        local = mirror.local_data_dir(
+            data_dir,
+            FASHION_MNIST_NAME,
+            prepare=lambda d: prepare_fashion_mnist(d, source_dir, check_sizes=check_sizes),
+        )
+        return tfds.builder(FASHION_MNIST_NAME, data_dir=local)
     if tfds_writer.is_prepared(FASHION_MNIST_NAME, data_dir):
         return tfds.builder(FASHION_MNIST_NAME, data_dir=data_dir)
     source_dir = DEFAULT_SOURCE_DIR if source_dir is None else source_dir

@@ -3,6 +3,9 @@
     mvcl-import --source=DIR_OR_FILE --name=my_set [--data_dir=./data]
     mvcl-pretrain --config=own_data:name=my_set
 
+A ``data_dir`` in a bucket (``gs://bucket/path``) gets the data set written locally (this host's
+cache, `mvcl.data.mirror`) and then uploaded, so training on any host can read it from there.
+
 `import_dataset` recognises three layouts of ``source``:
 
 * **ImageFolder** (a directory of class-named folders of images, as torchvision's
@@ -38,7 +41,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
-from mvcl.data import idx, tfds_writer
+from mvcl.data import idx, mirror, tfds_writer
 
 MODES = ("L", "RGB")
 SPLIT_DIRS = ("train", "test")
@@ -371,7 +374,9 @@ def import_dataset(
         module docstring).
       name: lower snake case data set name, then ``config.dataset.name``; must not be the name of
         a data set tfds knows (``cifar10``, ...), which would take precedence.
-      data_dir: tfds data directory, then ``config.dataset.data_dir``.
+      data_dir: tfds data directory, then ``config.dataset.data_dir``. A bucket path
+        (``gs://bucket/path``): the data set is written in this host's cache, uploaded to
+        ``<data_dir>/<name>/`` and kept as this host's copy (`mvcl.data.mirror.publish`).
       test_fraction: share of every class held out as "test" when ``source`` has no test split.
       seed: seed of that hold-out draw.
       mode: ImageFolder only: "L" or "RGB" converts every image; None requires one of them.
@@ -389,6 +394,24 @@ def import_dataset(
             f"data set name {name!r} is taken by a built-in data set; choose another name"
         )
     source, data_dir = os.fspath(source), os.fspath(data_dir)
+    if mirror.is_remote(data_dir):
+        data_dir = mirror.check(data_dir)
+        if mirror.in_bucket(data_dir, name) and not overwrite:
+            raise ValueError(
+                f"a data set named {name!r} already exists in {data_dir}; pass overwrite=True "
+                f"(--overwrite) to replace it, or choose another name"
+            )
+        written = []
+
+        def write(local: str) -> None:
+            written.append(
+                import_dataset(
+                    source, name, local, test_fraction=test_fraction, seed=seed, mode=mode
+                )
+            )
+
+        mirror.publish(data_dir, name, write, replace=overwrite)
+        return dataclasses.replace(written[0], data_dir=data_dir)
     if tfds_writer.is_prepared(name, data_dir) and not overwrite:
         raise ValueError(
             f"a data set named {name!r} already exists in {data_dir}; pass overwrite=True "

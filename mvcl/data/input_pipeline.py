@@ -34,6 +34,8 @@ Image layouts (``image_size`` / ``whole_image_size``):
 
 Sources come from `tfds.data_source` (ArrayRecord files; no TensorFlow needed). Nothing here
 downloads: a data set other than the bundled digits must already be prepared in ``data_dir``.
+A ``data_dir`` in a bucket (``gs://``) is read through a local copy on each host
+(`mvcl.data.mirror`).
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import flags
 
-from mvcl.data import digits, fashion_mnist
+from mvcl.data import digits, fashion_mnist, mirror
 
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
@@ -59,6 +61,11 @@ Source = Sequence[Mapping[str, Any]]
 Batch = dict[str, np.ndarray]
 
 _ALIASES = {"digits": digits.DIGITS_NAME, fashion_mnist.ALIAS: fashion_mnist.FASHION_MNIST_NAME}
+# Data sets mvcl writes itself on first use: called with a local data_dir.
+_PREPARE = {
+    digits.DIGITS_NAME: digits.prepare_digits,
+    fashion_mnist.FASHION_MNIST_NAME: fashion_mnist.prepare_fashion_mnist,
+}
 
 
 def _how_to_prepare(name: str, data_dir: str) -> str:
@@ -86,6 +93,9 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None)
         source directory), or a data set written by `mvcl.data.importer`.
       split: a tfds split, slices included (``"train"``, ``"test[:10%]"``).
       data_dir: tfds data directory; None means ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``.
+        A bucket path (``gs://bucket/path``) is read through this host's local copy of the data
+        set, made or brought up to date first (`mvcl.data.mirror`); the digits and
+        Fashion-MNIST are prepared and uploaded there if the bucket lacks them.
 
     Returns:
       A sequence whose items are dicts of numpy values (``"image"`` uint8 (H, W, C), ``"label"``
@@ -93,9 +103,13 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None)
 
     Raises:
       FileNotFoundError: the data set is not prepared in `data_dir` (the message says how).
-      ValueError: unknown data set name, or the data set is prepared only as TFRecord.
+      ValueError: unknown data set name, the data set is prepared only as TFRecord, or a bucket
+        path that cannot be read (`mvcl.data.mirror.check`).
     """
     name = _ALIASES.get(name, name)
+    remote = os.environ.get("TFDS_DATA_DIR") if data_dir is None else data_dir
+    if mirror.is_remote(remote):
+        data_dir = mirror.local_data_dir(remote, name, prepare=_PREPARE.get(name))
     if name == digits.DIGITS_NAME:
         digits.prepare_digits(data_dir)
     elif name == fashion_mnist.FASHION_MNIST_NAME:
