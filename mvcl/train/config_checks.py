@@ -168,7 +168,7 @@ def validate_config(
     process_count: int | None = None,
 ) -> None:
     """Raises ``ConfigError("config.<field>: ...")`` (a ``ValueError``) for the first invalid field
-    (`WorkdirError` for a ``config.dataset.data_dir`` that is not a local path,
+    (`WorkdirError` for a ``config.dataset.data_dir`` of a scheme other than ``gs://``,
     `mvcl.train.storage.check_data_dir`).
 
     ``device_count`` and ``process_count`` default to ``jax.device_count()`` and
@@ -178,7 +178,7 @@ def validate_config(
     device_count = jax.device_count() if device_count is None else device_count
     process_count = jax.process_count() if process_count is None else process_count
     check_ranges(config)
-    storage.check_data_dir(config.dataset.get("data_dir"))  # a local path
+    storage.check_data_dir(config.dataset.get("data_dir"))  # a local path or gs://
     collapse_check = config.eval.get("collapse_check", True)
     require(
         isinstance(collapse_check, bool),

@@ -20,11 +20,11 @@ checkpoints). This module holds the few things the two kinds of place do differe
 ``etils.epath`` reaches ``gs://`` through ``gcsfs`` when TensorFlow is not installed (mvcl does
 not need it): ``pip install mvcl[gcs]``. A bucket path without it is refused with that advice.
 
-**The data sets stay local** (`check_data_dir`): ``config.dataset.data_dir`` on ``gs://`` is
-refused with one line. tfds prepares mvcl's data sets as ArrayRecord files, and array_record's
-writer and reader (C++) open local files only (``open() failed: No such file or directory;
-opening gs://...``); copy the prepared data set to local disk, or mount the bucket (gcsfuse),
-and give that path.
+**Data sets in a bucket** (`check_data_dir`): ``config.dataset.data_dir`` may be ``gs://`` too.
+tfds stores mvcl's data sets as ArrayRecord files, which array_record's reader (C++) opens from
+local files only, so each host reads a local copy of the data set that `mvcl.data.mirror` makes
+and keeps current (``$MVCL_DATA_CACHE``, default ``~/.cache/mvcl/data``); the bucket is read
+through ``etils.epath`` (gcsfs), never the local file API. Other schemes are refused with one line.
 """
 
 from __future__ import annotations
@@ -79,19 +79,14 @@ def check_scheme(path: str | os.PathLike, what: str = "--workdir") -> None:
 
 
 def check_data_dir(path: str | os.PathLike | None) -> None:
-    """Refuses a ``config.dataset.data_dir`` in a bucket or of another scheme (module docstring).
+    """Refuses a ``config.dataset.data_dir`` mvcl cannot read (module docstring): a scheme other
+    than ``gs://``, or a bucket path without ``gcsfs``.
 
     Raises:
-      WorkdirError: ``path`` is not a local path.
+      WorkdirError: as `resolve`.
     """
-    if path is None or not is_remote(path):
-        return
-    check_scheme(path, "config.dataset.data_dir")
-    raise WorkdirError(
-        f"config.dataset.data_dir {os.fspath(path)}: the data sets are ArrayRecord files, which "
-        "tfds and grain read and write through local files only; copy the prepared data set to "
-        "a local directory (or mount the bucket, e.g. with gcsfuse) and give that path"
-    )
+    if path is not None and is_remote(path):
+        resolve(path, "config.dataset.data_dir")
 
 
 def resolve(path: str | os.PathLike, what: str = "--workdir") -> epath.Path:
