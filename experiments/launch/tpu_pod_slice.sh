@@ -4,14 +4,20 @@
 # The same mvcl-pretrain command runs on every worker of the slice; JAX finds the slice's
 # workers in the TPU VM's metadata and joins them with jax.distributed (README, "Clusters"). The
 # workdir is in the bucket itself (--workdir=gs://..., the gcs extra: checkpoints, logs and the
-# lock object go there through etils.epath and orbax). The data set is read through a Cloud
-# Storage FUSE mount at /mnt/bucket on every worker: tfds' ArrayRecord files are read from local
-# paths only.
+# lock object go there through etils.epath and orbax). The data set is read in one of two ways
+# (DATA_ACCESS):
+#   copy   --config.dataset.data_dir=$BUCKET/tensorflow_datasets: every worker copies the data set
+#          to its own disk first ($MVCL_DATA_CACHE, default ~/.cache/mvcl/data; only what is
+#          missing or changed) and reads the copy (mvcl.data.mirror; clusters guide, "Data sets
+#          in a bucket"). The worker's disk must hold the data set.
+#   mount  a Cloud Storage FUSE mount of the bucket at /mnt/bucket on every worker, read in place:
+#          for data sets larger than the TPU VM's boot disk (100 GB), such as ImageNet (156 GiB);
+#          the default for the imagenet configs, copy for the others.
 #
 #   export TPU_NAME=mvcl-v4-32 ZONE=us-central2-b ACCELERATOR=v4-32 BUCKET=gs://my-bucket
 #   experiments/launch/tpu_pod_slice.sh wheel     # build mvcl's wheel here, copy it to the bucket
 #   experiments/launch/tpu_pod_slice.sh create    # the spot slice
-#   experiments/launch/tpu_pod_slice.sh install   # on every worker: jax[tpu], mvcl, the mount
+#   experiments/launch/tpu_pod_slice.sh install   # on every worker: jax[tpu], mvcl (, the mount)
 #   experiments/launch/tpu_pod_slice.sh train     # start mvcl-pretrain on every worker
 #   experiments/launch/tpu_pod_slice.sh logs      # follow worker 0's output
 #   experiments/launch/tpu_pod_slice.sh resume    # after a preemption: recreate, install, train
@@ -19,7 +25,7 @@
 #   experiments/launch/tpu_pod_slice.sh dry-run   # print the mvcl command, start nothing
 #
 # The data set must be prepared as tfds ArrayRecord in $BUCKET/tensorflow_datasets (see
-# mvcl.data). Arguments after the step go to mvcl-pretrain (e.g. train --config.num_epochs=20).
+# mvcl.data; mvcl-import --data_dir=$BUCKET/tensorflow_datasets imports your own images there). Arguments after the step go to mvcl-pretrain (e.g. train --config.num_epochs=20).
 # Preemption: a preempted spot slice shuts its VMs down, which sends SIGTERM to the processes;
 # mvcl saves a checkpoint (every worker the same step) and exits. The slice is then PREEMPTED
 # (`gcloud compute tpus tpu-vm list`): `resume` deletes it, creates it again and runs the same
@@ -35,11 +41,20 @@ BUCKET=${BUCKET:-gs://my-mvcl-bucket}
 CONFIG=${CONFIG:-imagenet1k}
 MOUNT=/mnt/bucket
 RUN=${RUN:-${CONFIG%%:*}}
+case $CONFIG in
+  imagenet*) DATA_ACCESS=${DATA_ACCESS:-mount} ;;
+  *) DATA_ACCESS=${DATA_ACCESS:-copy} ;;
+esac
+case $DATA_ACCESS in
+  copy) DATA_DIR=$BUCKET/tensorflow_datasets ;;
+  mount) DATA_DIR=$MOUNT/tensorflow_datasets ;;
+  *) echo "DATA_ACCESS must be copy or mount, got $DATA_ACCESS" >&2; exit 2 ;;
+esac
 
 step=${1:-}
 shift || true
 pretrain=(mvcl-pretrain "--config=$CONFIG" "--workdir=$BUCKET/runs/$RUN"
-  "--config.dataset.data_dir=$MOUNT/tensorflow_datasets" "$@")
+  "--config.dataset.data_dir=$DATA_DIR" "$@")
 printf -v pretrain_line '%q ' "${pretrain[@]}"
 pretrain_line=${pretrain_line% }
 
@@ -60,8 +75,9 @@ case $step in
       --accelerator-type="$ACCELERATOR" --version="$RUNTIME" --spot
     ;;
   install)
-    on_all_workers "set -e
-      curl -fsSL https://packages.cloud.google.com/apt/doc/apt-key.gpg \
+    mount=""
+    if [[ $DATA_ACCESS == mount ]]; then
+      mount="curl -fsSL https://packages.cloud.google.com/apt/doc/apt-key.gpg \
         | sudo tee /usr/share/keyrings/cloud.google.asc > /dev/null
       echo \"deb [signed-by=/usr/share/keyrings/cloud.google.asc] \
 https://packages.cloud.google.com/apt gcsfuse-\$(lsb_release -cs) main\" \
@@ -69,7 +85,10 @@ https://packages.cloud.google.com/apt gcsfuse-\$(lsb_release -cs) main\" \
       sudo apt-get update -qq && sudo apt-get install -y -qq gcsfuse
       sudo mkdir -p $MOUNT && sudo chown \$USER $MOUNT
       mountpoint -q $MOUNT || gcsfuse --implicit-dirs --rename-dir-limit=1000000 \
-        ${BUCKET#gs://} $MOUNT
+        ${BUCKET#gs://} $MOUNT"
+    fi
+    on_all_workers "set -e
+      $mount
       gcloud storage cp '$BUCKET/wheels/mvcl-*.whl' /tmp/
       pip install -q 'jax[tpu]' \"\$(ls /tmp/mvcl-*.whl)[train,gcs]\""
     ;;
