@@ -55,6 +55,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent import futures
 from typing import Any
@@ -67,6 +68,7 @@ STATE_DIR = ".mvcl_mirror"  # manifests, locks and temporary files, next to the 
 INFO_FILE = "dataset_info.json"  # tfds: a data set version is prepared once this file exists
 SCHEMES = ("gs",)
 COPY_THREADS = 8
+MANIFEST_SECONDS = 10  # a long copy records its progress this often (and when it ends)
 _CHUNK = 8 * 1024 * 1024
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
@@ -87,8 +89,10 @@ def check(data_dir: str | os.PathLike) -> str:
         or ``gcsfs`` is not installed.
     """
     path = os.fspath(data_dir)
-    scheme = _SCHEME.match(path).group(1).lower()
     what = f"config.dataset.data_dir {path}"
+    if not is_remote(path):
+        raise ValueError(f"{what}: not a bucket path (gs://bucket/path)")
+    scheme = _SCHEME.match(path).group(1).lower()
     if scheme not in SCHEMES:
         raise ValueError(
             f"{what}: the scheme {scheme}:// is not supported; give a local path or a bucket "
@@ -325,20 +329,28 @@ class _Copy:
             if directory != self.local:
                 with contextlib.suppress(OSError):  # (only an empty folder goes)
                     os.rmdir(directory)
-        if kept != manifest:
-            self.write_manifest(kept)
-        copied = 0
+        copied, written = 0, time.monotonic()
         data = [rel for rel in todo if not _info_last(rel)[0]]
         info = [rel for rel in todo if _info_last(rel)[0]]
-        for group in (data, info):  # dataset info files last
-            with futures.ThreadPoolExecutor(COPY_THREADS) as pool:
-                jobs = {pool.submit(self.download, rel, *listing[rel]): rel for rel in group}
-                for job in futures.as_completed(jobs):
-                    copied += job.result()
-                    rel = jobs[job]
-                    path = os.path.join(self.local, *rel.split("/"))
-                    kept[rel] = [*listing[rel], os.stat(path).st_mtime_ns]
-                    self.write_manifest(kept)
+        try:
+            for group in (data, info):  # dataset info files last
+                with futures.ThreadPoolExecutor(COPY_THREADS) as pool:
+                    jobs = {pool.submit(self.download, rel, *listing[rel]): rel for rel in group}
+                    try:
+                        for job in futures.as_completed(jobs):
+                            copied += job.result()
+                            rel = jobs[job]
+                            path = os.path.join(self.local, *rel.split("/"))
+                            kept[rel] = [*listing[rel], os.stat(path).st_mtime_ns]
+                            if time.monotonic() - written > MANIFEST_SECONDS:
+                                self.write_manifest(kept)
+                                written = time.monotonic()
+                    except BaseException:
+                        pool.shutdown(cancel_futures=True)  # (the running copies finish)
+                        raise
+        finally:
+            if kept != manifest:  # what was copied stays trusted if the rest fails
+                self.write_manifest(kept)
         return len(todo), copied, len(removed)
 
     def upload(self, prepared: str, *, replace: bool) -> tuple[int, int]:
