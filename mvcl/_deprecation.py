@@ -40,6 +40,11 @@ MOVED_MODULES = {
 }
 """Old module name -> the module that replaced it."""
 
+MOVED_SWEEP_FIELDS = {"kernel_cost": "loss_cost"}
+"""Old field of a sweep config (``configs/sweeps/common.py``) -> the field that replaced it: set or
+read in a config file, or overridden on the command line (``--config.kernel_cost.ns=...``), the
+old name reaches the new field with a FutureWarning (`warn_moved_field`)."""
+
 
 def message(old: str, new: str) -> str:
     """The one message of every deprecation: ``old`` goes in `REMOVED_IN`, ``new`` replaces it."""
@@ -57,6 +62,18 @@ def warn_old_command(old: str, new: str) -> None:
     """A FutureWarning (shown by default) for a command line of earlier releases, e.g.
     ``python experiments/pretrain.py``, naming the command that replaces it."""
     warn_moved(old, new, stacklevel=3, category=FutureWarning)
+
+
+def warn_moved_field(old: str, new: str, *, skip: tuple[str, ...] = ()) -> None:
+    """A FutureWarning (shown by default) for the config field ``old``, set or read in a config
+    file or on the command line, naming the field ``new`` that replaces it. The warning points at
+    the caller's first frame outside the files under the ``skip`` prefixes (the config class,
+    ml_collections, absl): the config file's line, or the command's start for a command-line
+    override (one warning however often the flag parser looks the field up)."""
+    frame, stacklevel = sys._getframe(1), 3  # 1: warn_moved, 2: here, 3: our caller
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(skip):
+        frame, stacklevel = frame.f_back, stacklevel + 1
+    warn_moved(old, new, stacklevel=stacklevel, category=FutureWarning)
 
 
 def import_moved(old: str) -> types.ModuleType:

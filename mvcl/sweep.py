@@ -12,7 +12,7 @@ every done cell's ``result.json`` is also kept in ``<outdir>/cells/<cell>/``, an
 there is done too: commit those files, and the sweep continues on another machine (a fresh
 workdir) where it stopped, less the cell that was running. SIGTERM stops the
 sweep after the running cell saved a checkpoint. When every cell is done the CSV, markdown table,
-plots, kernel costs and embeddings are written to ``--outdir`` (default: the workdir); see
+plots, loss costs and embeddings are written to ``--outdir`` (default: the workdir); see
 `mvcl.studies.outputs`. ``--report`` writes them from the cells done so far without running any
 (for a sweep that runs across sessions; the title says how many cells are done), ``--list``
 prints the cells and exits.

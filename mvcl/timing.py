@@ -2,7 +2,7 @@
 and the matmul rate its FLOP floor is measured against.
 
 Used by the loss benchmarks (``experiments/bench_losses.py``, ``experiments/bench_accelerator.py``)
-and the studies' kernel costs (:mod:`mvcl.studies.loss_cost`). Needs only JAX and NumPy.
+and the studies' loss costs (:mod:`mvcl.studies.loss_cost`). Needs only JAX and NumPy.
 
 On an accelerator a call returns before the device is done, and a short kernel takes less time
 than one Python dispatch and wait: :func:`time_calls` times ``calls`` calls dispatched back to

@@ -36,8 +36,8 @@ def _shims() -> list[str]:
 
 def test_no_release_of_0_2_0_with_a_deprecated_name_left():
     """Fails once mvcl.__version__ reaches 0.2.0 while a shim remains: remove them first (and
-    then mvcl/_deprecation.py's MOVED_MODULES and this test's lists)."""
-    left = _shims() + list(_deprecation.MOVED_MODULES)
+    then mvcl/_deprecation.py's MOVED_MODULES and MOVED_SWEEP_FIELDS and this test's lists)."""
+    left = _shims() + list(_deprecation.MOVED_MODULES) + list(_deprecation.MOVED_SWEEP_FIELDS)
     assert left, "no shim left: remove mvcl/_deprecation.py and this test"
     assert _release(mvcl.__version__) < _release(_deprecation.REMOVED_IN), (
         f"mvcl {mvcl.__version__} still holds the names deprecated until "
@@ -148,6 +148,78 @@ def test_old_function_names_warn_and_call_the_new_ones():
         with pytest.warns(DeprecationWarning, match=f"use {new.__module__}.{new.__name__}"):
             with pytest.raises(TypeError):  # the warning comes before the call itself
                 old()
+
+
+OLD_SWEEP_FIELDS = [("kernel_cost", "loss_cost")]
+
+MY_SWEEP = """
+from ml_collections import config_dict
+from mvcl.configs.sweeps import common as sweeps
+
+def get_config(arg=None):
+    config = sweeps.sweep_config("mine", "digits")
+    config.grid.main = sweeps.block(["mv_dhel"], views=[2], batch_sizes=[8])
+    config.{old}.ns = (16, 32)  # line 8
+    config.{old}.d = config.{old}.d // 2  # line 9
+    return config
+"""
+
+
+def test_the_table_of_old_sweep_fields_is_the_tested_one():
+    assert dict(OLD_SWEEP_FIELDS) == _deprecation.MOVED_SWEEP_FIELDS
+
+
+@pytest.mark.parametrize("old, new", OLD_SWEEP_FIELDS)
+def test_old_sweep_fields_in_a_config_file_warn_at_its_line_and_set_the_new_field(
+    old, new, tmp_path
+):
+    """A sweep config of one's own written for 0.1.0 still runs: the old field is the new one."""
+    pytest.importorskip("flax")
+    from mvcl.studies import grid
+
+    path = tmp_path / "my_sweep.py"
+    path.write_text(MY_SWEEP.format(old=old))
+    message = f"config.{old} is deprecated and {GOES}: use config.{new}"
+    with pytest.warns(FutureWarning, match=message) as record:
+        sweep = grid.load_config_file(path)
+    assert {(w.filename, w.lineno) for w in record} == {(str(path), 8), (str(path), 9)}
+    assert sweep[new].ns == (16, 32) and sweep[new].d == 64
+    assert old not in sweep and old not in sweep.to_dict()  # only the new name is a field
+
+
+@pytest.mark.parametrize("old, new", OLD_SWEEP_FIELDS)
+def test_old_sweep_fields_on_the_command_line_warn_once_and_set_the_new_field(
+    old, new, monkeypatch
+):
+    pytest.importorskip("flax")
+    from absl import flags
+
+    from mvcl import configs
+
+    argv = ["mvcl-sweep", "--config=sweeps/digits_claims:fake=True", f"--config.{old}.ns=4"]
+    argv += [f"--noconfig.{old}.enabled"]
+    flag_values = flags.FlagValues()
+    configs.define_flag("config", None, "a sweep config", flag_values)
+    monkeypatch.setattr(sys, "argv", argv)  # where ml_collections looks for the overrides
+    with pytest.warns(FutureWarning) as record:
+        flag_values(argv)
+    moved = [w for w in record if f"config.{old} is deprecated and" in str(w.message)]
+    assert re.search(f"{GOES}: use config.{new}$", str(moved[0].message))
+    lines = {(w.filename, w.lineno) for w in moved}
+    assert lines == {(__file__, moved[0].lineno)}  # one line: shown once
+    assert flag_values.config[new].ns == (4,) and not flag_values.config[new].enabled
+
+
+def test_a_plain_config_dict_with_the_old_sweep_field_is_read_with_a_warning():
+    """A sweep config of one's own built as a plain ConfigDict (not common.sweep_config)."""
+    pytest.importorskip("flax")
+    from ml_collections import config_dict
+
+    from mvcl.studies import outputs
+
+    sweep = config_dict.ConfigDict({"kernel_cost": {"enabled": False}})
+    with pytest.warns(FutureWarning, match=f"config.kernel_cost is deprecated and {GOES}"):
+        assert outputs.loss_cost_settings(sweep) is sweep.kernel_cost
 
 
 def test_reduction_axes_argument_warns_and_reduces_the_same_axis():

@@ -26,8 +26,8 @@ OUTPUTS = (
     "accuracy_vs_views.png",
     "effective_rank_vs_views.png",
     "accuracy_vs_batch_size.png",
-    "kernel_cost.png",
-    "kernel_cost.json",
+    "loss_cost.png",
+    "loss_cost.json",
 )
 
 
@@ -67,7 +67,7 @@ def test_tiny_sweep_runs_writes_outputs_and_skips_done_cells(tmp_path):
     ]
     assert all(np.isfinite(float(r["train_loss"])) for r in rows)
     assert "| mv_dhel | 3 | 8 | 1 |" in (tmp_path / "out" / "results.md").read_text()
-    timed = json.loads((tmp_path / "out" / "kernel_cost.json").read_text())
+    timed = json.loads((tmp_path / "out" / "loss_cost.json").read_text())
     assert {(r["loss"], r["v"]) for r in timed} == {
         ("mv_dhel", 2),
         ("mv_dhel", 3),
@@ -443,12 +443,29 @@ def test_loss_costs_from_the_benchmark_json_or_timed(tmp_path):
     assert loss_cost.from_bench(tmp_path / "missing.json", "dense") is None
 
     sweep = tiny_sweep(a=(("mv_dhel",), (2,)))
-    sweep.kernel_cost.bench_json = str(tmp_path / "bench.json")
+    sweep.loss_cost.bench_json = str(tmp_path / "bench.json")
     assert outputs.loss_cost_rows(sweep, tmp_path) == loss_cost.from_bench(
         tmp_path / "bench.json", "dense"
     )
     row = loss_cost.time_loss("kcl", 4, 2, d=8, repeats=1)
     assert row["time_s"] > 0 and row["temp_bytes"] is not None
+
+
+def test_a_workdirs_loss_costs_cached_under_the_name_of_0_1_0_are_used(tmp_path, monkeypatch):
+    """A sweep workdir of 0.1.0 holds its timing as kernel_cost.json: it is used, not timed
+    again, and kept under the new name."""
+    sweep = tiny_sweep(a=(("mv_dhel",), (2,)))
+    rows = [{"loss": "mv_dhel", "n": 8, "v": 2, "time_s": 0.5, "temp_bytes": 7}]
+    (tmp_path / outputs.EARLIER_LOSS_COST_FILE).write_text(json.dumps(rows))
+
+    def not_again(*args, **kwargs):
+        raise AssertionError("the cached loss costs were timed again")
+
+    monkeypatch.setattr(loss_cost, "time_losses", not_again)
+    assert outputs.loss_cost_rows(sweep, tmp_path) == rows
+    assert json.loads((tmp_path / outputs.LOSS_COST_FILE).read_text()) == rows
+    (tmp_path / outputs.EARLIER_LOSS_COST_FILE).unlink()
+    assert outputs.loss_cost_rows(sweep, tmp_path) == rows  # the new name from now on
 
 
 def test_fashion_mnist_claims_sweep_has_three_losses_three_view_counts_three_seeds():

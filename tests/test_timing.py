@@ -1,4 +1,4 @@
-"""mvcl.timing: the timer of the loss benchmark and the studies' kernel costs (no timing claims)."""
+"""mvcl.timing: the timer of the loss benchmark and the studies' loss costs (no timing claims)."""
 
 import jax
 import jax.numpy as jnp

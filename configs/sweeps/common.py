@@ -11,10 +11,11 @@ A sweep config is a tiny program, like a pretraining config::
 Fields (see `mvcl.studies`): ``base`` / ``base_arg`` (the pretraining config, named as for
 ``--config``, see `mvcl.configs.path`, and extra arguments), ``grid`` (named blocks of losses x
 views x batch sizes x seeds), ``overrides`` (nested config fields set in every cell: the fixed
-budget goes here), ``targets`` (published linear-probe accuracies, optional), ``kernel_cost``
+budget goes here), ``targets`` (published linear-probe accuracies, optional), ``loss_cost``
 (where each loss's time and memory come from, `mvcl.studies.loss_cost`:
-``experiments/bench_losses.py``'s JSON, relative to the working directory, if present; the field
-keeps its earlier name), ``save_embeddings``, ``cell_progress_bar``.
+``experiments/bench_losses.py``'s JSON, relative to the working directory, if present; its
+earlier name ``kernel_cost`` still works until 0.2.0, with a FutureWarning: see `SweepConfig`),
+``save_embeddings``, ``cell_progress_bar``.
 
 Arguments understood by every sweep config (``apply_args``):
 
@@ -25,12 +26,15 @@ Arguments understood by every sweep config (``apply_args``):
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
+import absl
+import ml_collections
 from ml_collections import config_dict
 
-from mvcl import losses
+from mvcl import _deprecation, losses
 
 BENCH_JSON = "experiments/results/bench_losses.json"
 # Every multi-view loss, MV-DHEL (the paper's method) first.
@@ -42,6 +46,37 @@ TWO_VIEW_LOSSES = tuple(
 )
 FAKE_WIDTH = 0.0625  # backbone channel multiplier of smoke runs
 FAKE_BATCH = 8
+
+
+# Frames a moved field's warning skips: it points at the config file's line that used the field.
+_LIBRARY_FRAMES = tuple(
+    os.path.dirname(module.__file__) + os.sep for module in (ml_collections, absl)
+) + (__file__,)
+
+
+class SweepConfig(config_dict.ConfigDict):
+    """A sweep config: a ConfigDict that still answers to the field names of earlier releases
+    (`mvcl._deprecation.MOVED_SWEEP_FIELDS`: ``kernel_cost`` is ``loss_cost``) until 0.2.0, with
+    a FutureWarning naming the new one; ``config.loss_cost.ns = (256,)`` in a config file of
+    one's own and ``--config.loss_cost.ns=256`` set ``config.loss_cost.ns``. Only the new
+    names are fields (``to_dict``, iteration, ``in``)."""
+
+    @staticmethod
+    def _field(key: Any) -> Any:
+        new = _deprecation.MOVED_SWEEP_FIELDS.get(key) if isinstance(key, str) else None
+        if new is None:
+            return key
+        _deprecation.warn_moved_field(f"config.{key}", f"config.{new}", skip=_LIBRARY_FRAMES)
+        return new
+
+    def __getitem__(self, key: Any) -> Any:
+        return super().__getitem__(self._field(key))
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        super().__setitem__(self._field(key), value)
+
+    def __delitem__(self, key: Any) -> None:
+        super().__delitem__(self._field(key))
 
 
 def sweep_args(**defaults: Any) -> dict[str, Any]:
@@ -67,7 +102,7 @@ def block(
 
 def sweep_config(name: str, base: str) -> config_dict.ConfigDict:
     """An empty sweep over the pretraining config ``base`` (``"digits"``: `mvcl.configs`)."""
-    config = config_dict.ConfigDict()
+    config = SweepConfig()
     config.name = name
     config.base = base
     config.base_arg = ""
@@ -77,13 +112,13 @@ def sweep_config(name: str, base: str) -> config_dict.ConfigDict:
     config.save_embeddings = True  # test-set features of each cell, for notebooks
     config.cell_progress_bar = False  # the sweep shows one bar over the cells
 
-    config.kernel_cost = config_dict.ConfigDict()
-    config.kernel_cost.enabled = True
-    config.kernel_cost.bench_json = BENCH_JSON  # used if present (see above)
-    config.kernel_cost.backend = "dense"  # the benchmark rows to use, or the backend timed here
-    config.kernel_cost.ns = (256, 1024)  # else: instances N timed here, at every V of the grid
-    config.kernel_cost.d = 128
-    config.kernel_cost.repeats = 3
+    config.loss_cost = config_dict.ConfigDict()
+    config.loss_cost.enabled = True
+    config.loss_cost.bench_json = BENCH_JSON  # used if present (see above)
+    config.loss_cost.backend = "dense"  # the benchmark rows to use, or the backend timed here
+    config.loss_cost.ns = (256, 1024)  # else: instances N timed here, at every V of the grid
+    config.loss_cost.d = 128
+    config.loss_cost.repeats = 3
     return config
 
 
@@ -122,8 +157,8 @@ def apply_args(config: config_dict.ConfigDict, args: config_dict.ConfigDict):
         config.overrides.log_every_steps = 1
         config.overrides.checkpoint_every_steps = 1
         config.overrides.dataset = config_dict.ConfigDict({"fake_num_examples": 4 * FAKE_BATCH})
-        config.kernel_cost.bench_json = ""
-        config.kernel_cost.ns = (FAKE_BATCH,)
-        config.kernel_cost.d = 8
-        config.kernel_cost.repeats = 1
+        config.loss_cost.bench_json = ""
+        config.loss_cost.ns = (FAKE_BATCH,)
+        config.loss_cost.d = 8
+        config.loss_cost.repeats = 1
     return config

@@ -28,5 +28,5 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.overrides.num_epochs = args.epochs
     config.overrides.checkpoint_every_steps = 25
     config.overrides.keep_checkpoints = 2
-    config.kernel_cost.ns = (256, 1024)
+    config.loss_cost.ns = (256, 1024)
     return sweeps.apply_args(config, args)

@@ -61,7 +61,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.overrides.checkpoint_every_steps = 100
     config.overrides.keep_checkpoints = 2
     config.overrides.log_every_steps = 20
-    config.kernel_cost.ns = (256, 1024)
+    config.loss_cost.ns = (256, 1024)
     config = sweeps.apply_args(config, args)
     # Seed-major order (blocks run in name order): every loss x V at seed 0, then at seed 1, ...;
     # a sweep stopped early has whole seeds of every cell rather than some losses only.

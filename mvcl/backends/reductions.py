@@ -150,7 +150,7 @@ class Reduction:
         if self.key_views is None:
             return jnp.expand_dims(x, axis)
         # A matmul with the one-hot (keys × views) matrix, faster on the CPU than a broadcast
-        # and reshape (timings: experiments/results/loss_benchmarks/README.md).
+        # and reshape (one-off; see experiments/results/loss_benchmarks/README.md).
         size = shape[-1] if axis == -1 else shape[-2]
         one_hot = np.arange(size)[:, None] % self.key_views == np.arange(self.key_views)
         one_hot = jnp.asarray(one_hot, x.dtype)

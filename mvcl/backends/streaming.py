@@ -76,7 +76,8 @@ RING_TILE = 512
 """Rows per tile by default on the ring (an ``axis_name`` given), whatever the number of groups.
 The ring's loop over its query tiles stays rolled (`UNROLL_TILES`), and each trip costs its
 dynamic slices and carry updates, so fewer, larger tiles pay; on one device 512 rows were no
-faster than 384 (the timings: ``experiments/results/loss_benchmarks/README.md``)."""
+faster than 384 (a one-off comparison; the committed runs on the ring:
+``experiments/results/loss_benchmarks/README.md``)."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Loss-kernel cost against N·V: from the loss benchmark's JSON, or timed here on a few sizes.
+"""A loss's cost against N·V: from the loss benchmark's JSON, or timed here on a few sizes.
 
 A cost row is ``{"loss", "n", "v", "time_s", "temp_bytes"}``: the median wall time of one jitted
 forward+backward pass (``jax.value_and_grad``) on float32 ``(N, V, D)`` inputs, and the compiled

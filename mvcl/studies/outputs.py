@@ -5,7 +5,8 @@ results.md                    seed means, targets, the geometric headline
 accuracy_vs_views.png         linear probe and kNN against V, per loss
 effective_rank_vs_views.png   effective rank of backbone and projector against V, per loss
 accuracy_vs_batch_size.png    accuracies against the batch size
-kernel_cost.png, kernel_cost.json   loss forward+backward time and memory against N·V
+loss_cost.png, loss_cost.json   loss forward+backward time and memory against N·V (named
+                              kernel_cost.* in 0.1.0)
 learning_curves.png, learning_curves.json   online kNN and effective rank against the step, per
                               cell (seed mean ± std), from the cells' metrics.jsonl; only when a
                               cell logged them (`mvcl.train.online_eval`)
@@ -24,29 +25,54 @@ import numpy as np
 from etils import epath
 from ml_collections import config_dict
 
-from mvcl._deprecation import renamed
+from mvcl._deprecation import renamed, warn_moved
 from mvcl.studies import grid, loss_cost, plots, report, runner
 from mvcl.train import storage
 from mvcl.train.writers import METRICS_FILE
 
-LOSS_COST_FILE = "kernel_cost.json"  # the file name of earlier releases, kept
+LOSS_COST_FILE = "loss_cost.json"
+LOSS_COST_FIGURE = "loss_cost.png"
+EARLIER_LOSS_COST_FILE = "kernel_cost.json"
+"""The name of `LOSS_COST_FILE` in 0.1.0: a workdir's timing cached under it is still used (and
+written again under the new name) until 0.2.0."""
+
+
+def loss_cost_settings(sweep: config_dict.ConfigDict) -> config_dict.ConfigDict:
+    """``sweep.loss_cost``, or its name of 0.1.0, ``kernel_cost``, with a FutureWarning until
+    0.2.0, in a sweep config of one's own built without `mvcl.configs.sweeps.common.sweep_config`
+    (one built with it answers to the old name itself: `mvcl.configs.sweeps.common.SweepConfig`).
+    """
+    if "loss_cost" not in sweep and "kernel_cost" in sweep:
+        warn_moved("config.kernel_cost", "config.loss_cost", category=FutureWarning)
+        return sweep["kernel_cost"]
+    return sweep.loss_cost
 
 
 def loss_cost_rows(
     sweep: config_dict.ConfigDict, workdir: str | os.PathLike
 ) -> list[dict[str, Any]]:
     """Loss costs (time and memory) of the sweep's losses and views: the benchmark's JSON if it
-    exists, else timed here once on ``sweep.kernel_cost.ns`` instances and cached in the workdir
-    (the config field and the output files keep their earlier name ``kernel_cost``)."""
-    settings = sweep.kernel_cost
+    exists, else timed here once on ``sweep.loss_cost.ns`` instances and cached in the workdir
+    (`LOSS_COST_FILE`; a cache of 0.1.0, `EARLIER_LOSS_COST_FILE`, is used too)."""
+    return _loss_cost_rows(loss_cost_settings(sweep), sweep, workdir)
+
+
+def _loss_cost_rows(
+    settings: config_dict.ConfigDict, sweep: config_dict.ConfigDict, workdir: str | os.PathLike
+) -> list[dict[str, Any]]:
     names = list(dict.fromkeys(cell.loss for cell in grid.cells(sweep)))
     views = sorted({cell.views for cell in grid.cells(sweep)})
     bench = loss_cost.from_bench(settings.bench_json, settings.backend)
     if bench:
         return [r for r in bench if r["loss"] in names]
     cache = epath.Path(os.fspath(workdir)) / LOSS_COST_FILE
+    earlier = cache.parent / EARLIER_LOSS_COST_FILE
     if cache.is_file():
         return json.loads(cache.read_text(encoding="utf-8"))
+    if earlier.is_file():
+        rows = json.loads(earlier.read_text(encoding="utf-8"))
+        storage.write_text(cache, json.dumps(rows, indent=1))  # the new name from now on
+        return rows
     rows = loss_cost.time_losses(
         names, views, settings.ns, d=settings.d, backend=settings.backend, repeats=settings.repeats
     )
@@ -120,11 +146,12 @@ def write_outputs(
         "effective_rank_vs_views.png": plots.effective_rank_vs_views(means, title),
         "accuracy_vs_batch_size.png": plots.accuracy_vs_batch_size(means, title),
     }
-    if sweep.kernel_cost.enabled:
-        rows = loss_cost_rows(sweep, workdir)
+    settings = loss_cost_settings(sweep)
+    if settings.enabled:
+        rows = _loss_cost_rows(settings, sweep, workdir)
         storage.write_text(outdir / LOSS_COST_FILE, json.dumps(rows, indent=1))
         written.append(outdir / LOSS_COST_FILE)
-        figures["kernel_cost.png"] = plots.loss_cost(rows, f"{title}: loss cost")
+        figures[LOSS_COST_FIGURE] = plots.loss_cost(rows, f"{title}: loss cost")
     curves = cell_curves(results, workdir)
     if curves:
         storage.write_text(outdir / "learning_curves.json", json.dumps(curves, indent=1))
