@@ -249,7 +249,8 @@ def test_a_stale_lock_is_taken_over_with_a_message(tmp_path):
 
 def test_a_second_run_while_the_first_trains_is_refused_and_metrics_hold_each_step_once(tmp_path):
     run = [*TINY_RUN, "--config.num_steps=6", f"--workdir={tmp_path}"]
-    first = start(run, worker=["pause", "2"], env={"MVCL_TEST_PAUSE": "60"})
+    resume = tmp_path / "resume"  # the first run waits at step 2 until this file exists
+    first = start(run, worker=["pause", "2"], env={"MVCL_TEST_RESUME": str(resume)})
     deadline = time.time() + 300
     while not any(m.get("step") == 2 for m in _metrics_so_far(tmp_path)):
         assert time.time() < deadline and first.poll() is None, first.communicate()
@@ -257,6 +258,8 @@ def test_a_second_run_while_the_first_trains_is_refused_and_metrics_hold_each_st
     _, err = finish(start(run), status=2)  # while the first is paused at step 2
     line = one_error_line(err)
     assert "is in use by" in line and f"pid {first.pid} on host" in line
+    assert first.poll() is None  # (still paused: the refusal came while it held the lock)
+    resume.touch()
     finish(first)
     steps = [m["step"] for m in read_metrics(tmp_path) if "train/loss" in m]
     assert steps == sorted(set(steps)) == list(range(1, 7))

@@ -13,7 +13,8 @@ step), or for ``term-eval`` the start of an evaluation. ACTION:
   term, int  send this process SIGTERM / SIGINT once (as a scheduler or Ctrl-C would);
   int2       send SIGINT twice in a row (Ctrl-C pressed again);
   term-eval  send SIGTERM when the evaluation starts (``mvcl.train.evaluate.evaluate``);
-  pause      sleep ``MVCL_TEST_PAUSE`` seconds (default 20), then go on;
+  pause      wait until the file ``MVCL_TEST_RESUME`` exists (at most ``MVCL_TEST_PAUSE``
+             seconds, default 60), then go on;
   fill       wait until the checkpoint of step ``CHECKPOINT_STEP`` is complete, then fill the
              file system of the workdir (a file ``filler`` beside it) but for
              ``MVCL_TEST_FILL_LEAVE`` bytes (default 0), as a disk that runs full.
@@ -75,7 +76,10 @@ def interrupt() -> None:
         wait_for_checkpoint()
         os.kill(os.getpid(), signal.SIGKILL)
     elif action == "pause":
-        time.sleep(float(os.environ.get("MVCL_TEST_PAUSE", "20")))
+        deadline = time.monotonic() + float(os.environ.get("MVCL_TEST_PAUSE", "60"))
+        resume = os.environ.get("MVCL_TEST_RESUME", "")
+        while not os.path.exists(resume) and time.monotonic() < deadline:
+            time.sleep(0.05)
     elif action == "fill":
         fill_disk(wait_for_checkpoint())
     elif action in ("term", "term-eval"):
