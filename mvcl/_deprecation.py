@@ -37,6 +37,8 @@ MOVED_MODULES = {
     "mvcl.losses.pairwise": "mvcl.losses.two_view",
     "mvcl.models.conv": "mvcl.models.loop_conv",
     "mvcl.studies.kernel_cost": "mvcl.studies.loss_cost",
+    "mvcl.train.evaluate": "mvcl.evaluation",
+    "mvcl.train.multimodal": "mvcl.evaluation.multimodal",
 }
 """Old module name -> the module that replaced it."""
 

@@ -58,6 +58,8 @@ OLD_MODULES = [
     ("mvcl.losses.pairwise", "mvcl.losses.two_view"),
     ("mvcl.studies.kernel_cost", "mvcl.studies.loss_cost"),
     ("mvcl.models.conv", "mvcl.models.loop_conv"),
+    ("mvcl.train.evaluate", "mvcl.evaluation"),
+    ("mvcl.train.multimodal", "mvcl.evaluation.multimodal"),
 ]
 
 
@@ -86,7 +88,7 @@ def test_importing_the_package_and_its_core_warns_of_nothing():
 
 @pytest.mark.parametrize("old, new", OLD_MODULES)
 def test_old_module_paths_warn_at_the_import_and_name_the_replacement(old, new):
-    if old.startswith(("mvcl.studies", "mvcl.models")):
+    if old.startswith(("mvcl.studies", "mvcl.models", "mvcl.train")):
         pytest.importorskip("flax")
     with pytest.warns(
         DeprecationWarning, match=f"{old} is deprecated and {GOES}: use {new}"

@@ -19,8 +19,9 @@ REPO = Path(__file__).resolve().parents[1]
 from mvcl import data, losses, models, parallel, train  # noqa: E402
 from mvcl.configs import digits, digits_multimodal  # noqa: E402
 from mvcl.data import modalities  # noqa: E402
+from mvcl.evaluation import multimodal  # noqa: E402
 from mvcl.models import per_view  # noqa: E402
-from mvcl.train import multimodal, optim  # noqa: E402
+from mvcl.train import optim  # noqa: E402
 from mvcl.train.sources import fake_source  # noqa: E402
 from mvcl.train.step import AXIS  # noqa: E402
 

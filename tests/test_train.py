@@ -31,9 +31,9 @@ from run_helpers import (
     train_losses,
 )
 
-from mvcl import configs, data, losses, parallel, train
+from mvcl import configs, data, evaluation, losses, parallel, train
 from mvcl.studies import runner
-from mvcl.train import evaluate, optim
+from mvcl.train import optim
 from mvcl.train.sources import fake_source
 from mvcl.train.step import AXIS
 
@@ -103,7 +103,7 @@ def test_weighted_knn_matches_a_numpy_reference():
         for j in top[i]:
             votes[i, train_y[j]] += np.exp(sim[i, j] / 0.1)
     expected = np.mean(votes.argmax(1) == test_y)
-    got = evaluate.knn_accuracy(
+    got = evaluation.knn_accuracy(
         train_x, train_y, test_x, test_y, num_classes=3, k=7, temperature=0.1, chunk_size=10
     )
     assert got == pytest.approx(expected)
@@ -114,7 +114,7 @@ def test_linear_probe_separates_gaussian_classes():
     centres = rng.standard_normal((4, 10)) * 3.0
     y = rng.integers(0, 4, 400)
     x = centres[y] + rng.standard_normal((400, 10)) + 100.0  # standardisation removes the offset
-    acc = evaluate.linear_probe_accuracy(
+    acc = evaluation.linear_probe_accuracy(
         x[:300], y[:300], x[300:], y[300:], num_classes=4, steps=50
     )
     assert acc >= 0.95
@@ -339,7 +339,7 @@ def test_digits_run_reports_probe_knn_pixels_and_geometry_and_evaluate_cli_agree
 
     out, err = finish(start([f"--workdir={tmp_path / 'run'}"], script=EVALUATE))
     assert "read only" not in err and "OpenCV" not in err  # orbax's and tfds's notes are quiet
-    report = evaluate.format_report(results, knn_k=config.eval.knn_k)
+    report = evaluation.format_report(results, knn_k=config.eval.knn_k)
     assert report.splitlines()[1] in out  # the backbone row: the same accuracies
     assert "raw pixels" in out and "effective_rank" in out
 

@@ -37,7 +37,7 @@ from etils import epath
 from ml_collections import config_dict
 from tqdm import tqdm
 
-from mvcl import data, train
+from mvcl import data, evaluation, train
 from mvcl._deprecation import renamed
 from mvcl.studies import grid
 from mvcl.train import storage, summary
@@ -133,7 +133,7 @@ def embed_test_split(
     ds = config.dataset
     images, labels = data.load_numpy(ds.name, ds.test_split, ds.data_dir, image_size=ds.image_size)
     _, variables = train.restore_variables(directory, config)
-    backbone, projector = train.evaluate.embed(
+    backbone, projector = evaluation.embed(
         train.build_model(config),
         variables,
         images,

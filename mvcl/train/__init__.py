@@ -1,10 +1,10 @@
-"""Training: optimisers, the sharded train step and loop, checkpoints, evaluation.
+"""Training: optimisers, the sharded train step and loop, checkpoints, a run's workdir.
 
-    from mvcl import train
+    from mvcl import evaluation, train
     result = train.train_and_evaluate(config, workdir)   # pretrain (resumes), then evaluate
     results = train.evaluate_workdir(workdir)            # evaluate the newest checkpoint
     step, variables = train.restore_variables(workdir)   # its encoder, {"params", "batch_stats"}
-    train.evaluate.knn_accuracy(...)                      # the evaluation pieces
+    evaluation.knn_accuracy(...)                         # the evaluation pieces (mvcl.evaluation)
 
 One run, ``train_and_evaluate(config, workdir)``:
 
@@ -32,7 +32,7 @@ One run, ``train_and_evaluate(config, workdir)``:
    then return; `mvcl.train.signals`) and at the end. A rerun in the same workdir resumes from
    the newest checkpoint that restores, if its config may continue the run
    (`mvcl.train.run_identity`: nothing is written before that check). Evaluation
-   (`mvcl.train.evaluate`; `mvcl.train.multimodal` for per-view models) follows the last step.
+   (`mvcl.evaluation`; `mvcl.evaluation.multimodal` for per-view models) follows the last step.
 6. **Workdir** (`mvcl.train.workdir`). `load_config`, `restore_variables` and `evaluate_workdir`
    read a run back without writing to it.
 
@@ -45,7 +45,10 @@ SIGTERM and SIGINT save and stop (`mvcl.train.signals`). Mistakes raise a `UserE
 0.2.0) re-exports the public names of the single module these once were.
 """
 
-from mvcl.train import evaluate, run_identity, signals
+from types import ModuleType
+
+from mvcl import _deprecation
+from mvcl.train import run_identity, signals
 from mvcl.train.checkpoint import Checkpointer
 from mvcl.train.config_checks import validate_config
 from mvcl.train.errors import (
@@ -75,7 +78,6 @@ __all__ = [
     "TrainState",
     "build_model",
     "create_train_state",
-    "evaluate",
     "evaluate_workdir",
     "learning_rate_schedule",
     "load_config",
@@ -87,3 +89,11 @@ __all__ = [
     "train_and_evaluate",
     "validate_config",
 ]
+
+
+def __getattr__(name: str) -> ModuleType:
+    # The modules that moved (mvcl.train.evaluate is mvcl.evaluation): using one warns.
+    old = f"{__name__}.{name}"
+    if old in _deprecation.MOVED_MODULES:
+        return _deprecation.import_moved(old)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

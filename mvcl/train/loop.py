@@ -175,7 +175,7 @@ def train_and_evaluate(
 
     Returns:
       ``{"step": last step, "preempted": bool, "state": TrainState, "eval": {...}}``: "eval"
-      holds the results of `mvcl.train.evaluate.evaluate` (empty when evaluation is off or was
+      holds the results of `mvcl.evaluation.evaluate` (empty when evaluation is off or was
       stopped by a signal). "preempted" is True when a signal stopped training or evaluation
       ("state" and "step" are None if it came before the run started).
 

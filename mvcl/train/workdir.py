@@ -2,8 +2,8 @@
 
 `load_config` gives the run's current config, `restore_variables` the encoder variables of its
 newest good checkpoint (nothing in the workdir is written, moved or deleted), `evaluate_workdir`
-evaluates them, and `evaluate_variables` evaluates any encoder variables (`mvcl.train.evaluate`;
-`mvcl.train.multimodal` for per-view models), logs the results and prints the report.
+evaluates them, and `evaluate_variables` evaluates any encoder variables (`mvcl.evaluation`;
+`mvcl.evaluation.multimodal` for per-view models), logs the results and prints the report.
 """
 
 from __future__ import annotations
@@ -17,18 +17,8 @@ import numpy as np
 from etils import epath
 from ml_collections import config_dict
 
-from mvcl import models, parallel
-from mvcl.train import (
-    cli,
-    evaluate,
-    lock,
-    multimodal,
-    noise,
-    optim,
-    run_identity,
-    signals,
-    storage,
-)
+from mvcl import evaluation, models, parallel
+from mvcl.train import cli, lock, noise, optim, run_identity, signals, storage
 from mvcl.train.checkpoint import Checkpointer
 from mvcl.train.errors import NoRunError
 from mvcl.train.processes import announce
@@ -50,11 +40,11 @@ def evaluate_variables(
     ``step`` and prints the report."""
     model = build_model(config)
     if isinstance(model, models.PerViewModel):  # per-modality probes and retrieval
-        results = multimodal.evaluate(config, model, variables)
-        report = multimodal.format_report(results)
+        results = evaluation.multimodal.evaluate(config, model, variables)
+        report = evaluation.multimodal.format_report(results)
     else:
-        results = evaluate.evaluate(config, model, variables)
-        report = evaluate.format_report(results, knn_k=config.eval.knn_k)
+        results = evaluation.evaluate(config, model, variables)
+        report = evaluation.format_report(results, knn_k=config.eval.knn_k)
     writer.write_scalars(step, {f"eval/{k}": v for k, v in results.items()})
     writer.flush()
     announce(f"Evaluation at step {step}:\n{report}")
