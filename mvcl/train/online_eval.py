@@ -5,7 +5,7 @@ fixed random subset of ``config.eval.online_train_examples`` train images and on
 ``config.eval.online_test_examples`` test images (`mvcl.evaluation.train_subset` with seeds
 0 and 1: the same subsets at every call, in every session of a resumed run and on any number of
 devices or processes; a split smaller than asked is taken whole). With ``config.dataset.fake``
-both subsets come from the run's fake images (`mvcl.train.sources.fake_source`). The images stay
+both subsets come from the run's fake images (`mvcl.train.inputs.fake_source`). The images stay
 on the host of every process as uint8 (1,000 Fashion-MNIST images: 0.8 MB).
 
 ``evaluator.evaluate(variables)`` (the train state's ``{"params", "batch_stats"}``, left where
@@ -55,7 +55,7 @@ from ml_collections import config_dict
 
 from mvcl import data, evaluation, metrics, models, numerics
 from mvcl.data import input_pipeline
-from mvcl.train import config_checks, sources
+from mvcl.train import config_checks, inputs
 from mvcl.train.config_checks import require
 from mvcl.train.errors import ConfigError
 
@@ -157,12 +157,12 @@ class OnlineEvaluator:
         ds = config.dataset
         if split_sources is None:
             if ds.fake:
-                fake = sources.fake_source(config)
+                fake = inputs.fake_source(config)
                 split_sources = {"train": fake, "test": fake}
             else:
                 split_sources = {
-                    "train": sources.open_split(config, "train_split"),
-                    "test": sources.open_split(config, "test_split"),
+                    "train": inputs.open_split(config, "train_split"),
+                    "test": inputs.open_split(config, "test_split"),
                 }
         ev = self.settings
         self.train_images, self.train_labels = _subset(

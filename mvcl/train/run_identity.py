@@ -494,10 +494,10 @@ def schedule_note(
     """One sentence on what a new schedule length does at ``step`` (None if it is unchanged)."""
     if old_total == new_total:
         return None
-    from mvcl.train import optim  # optim imports nothing of this module
+    from mvcl.train.state import learning_rate_schedule  # (flax, optax: not for every command)
 
-    old_lr = optim.learning_rate_schedule(config_dict.ConfigDict(old_config), old_total)(step)
-    new_lr = optim.learning_rate_schedule(new_config, new_total)(step)
+    old_lr = learning_rate_schedule(config_dict.ConfigDict(old_config), old_total)(step)
+    new_lr = learning_rate_schedule(new_config, new_total)(step)
     return (
         f"the schedule's length changes from {old_total} to {new_total} steps: the learning-rate "
         f"schedule (warmup, cosine to 0 at the last step) is recomputed, so at the restored step "
