@@ -131,7 +131,8 @@ def extract_features(
     thread while the devices work. Only the features stay on the host.
 
     Args:
-      model, variables: the encoder (``train=False``) and its ``{"params", "batch_stats"}``.
+      model: the encoder (it runs with ``train=False``).
+      variables: its ``{"params", "batch_stats"}``.
       source: random-access records (``"image"`` uint8 (H, W, C), ``"label"``), as
         `mvcl.data.load_split` returns.
       indices: the records to embed, in output order.

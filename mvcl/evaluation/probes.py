@@ -79,8 +79,10 @@ def linear_probe_accuracy(
     of `minibatch_probe_accuracy`).
 
     Args:
-      train_x, test_x: (M, F) features; standardised with the train mean and std.
-      train_y, test_y: (M,) integer labels in [0, num_classes).
+      train_x: (M, F) train features; both sets are standardised with the train mean and std.
+      train_y: (M,) integer labels in [0, num_classes).
+      test_x: (M', F) test features.
+      test_y: (M',) their labels.
       num_classes: number of classes C.
       weight_decay: λ of the penalty ``½ λ ||W||²`` (the bias is not penalised).
       steps: L-BFGS iterations (each with a zoom line search).
@@ -121,11 +123,16 @@ def minibatch_probe_accuracy(
     standardised on the device, sharded over ``mesh`` (default: every device).
 
     Args:
-      train_x, test_x: (M, F) features; train_y, test_y: (M,) labels in [0, num_classes).
+      train_x: (M, F) train features.
+      train_y: (M,) their labels in [0, num_classes).
+      test_x: (M', F) test features.
+      test_y: (M',) their labels.
       num_classes: number of classes C.
       weight_decay: λ of ``½ λ ||W||²`` (the bias is not penalised).
-      epochs, batch_size, learning_rate: the optimisation (``batch_size`` is rounded down to a
-        multiple of the mesh size and capped at ``len(train_x)``).
+      epochs: passes over the train features.
+      batch_size: rows per minibatch (rounded down to a multiple of the mesh size and capped at
+        ``len(train_x)``).
+      learning_rate: Adam's peak learning rate.
       mesh: a 1-D mesh over ``parallel.DEFAULT_AXIS``.
       seed: the minibatch order.
     """
