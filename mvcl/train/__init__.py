@@ -91,6 +91,7 @@ __all__ = [
     "TrainState",
     "build_model",
     "create_train_state",
+    "evaluate",  # mvcl.train.evaluate, now mvcl.evaluation: a star import warns and names it
     "evaluate_workdir",
     "learning_rate_schedule",
     "load_config",
