@@ -23,11 +23,11 @@ c. ``torch_reference`` (when torch imports): MV-InfoNCE and MV-DHEL written the 
    float32 and TF32: time and peak memory, and its loss checked against mvcl's float64 loss of
    the same input. The mvcl / PyTorch speed ratio at N·V = 32,768 is the headline.
 d. ``train_step``: the ``imagenet1k`` config (ResNet-50, 224 px) in bfloat16 at batch 256, V = 2
-   and 4 (`mvcl.train.step_timing`): images/s, view-images/s, compile time and MFU from XLA's
-   FLOP count against the device's bf16 peak (datasheet where known, and the bf16 matmul rate
-   measured here); beside it a torchvision ResNet-50 step of the same shape (bf16 autocast,
-   channels_last, SGD, the same projection head and loss) on ready-made views, or "skipped"
-   where torchvision is missing.
+   and 4 (`mvcl.train.memory_plan.time_train_step`): images/s, view-images/s, compile time and
+   MFU from XLA's FLOP count against the device's bf16 peak (datasheet where known, and the
+   bf16 matmul rate measured here); beside it a torchvision ResNet-50 step of the same shape
+   (bf16 autocast, channels_last, SGD, the same projection head and loss) on ready-made views,
+   or "skipped" where torchvision is missing.
 e. ``grad_cache``: at V = 4, the largest batch one pass fits (estimated from the V = 4 train
    step's compiled memory, then compiled and run), and 4 times that batch gradient-cached
    (``config.train.micro_batch``): memory and time of both.
@@ -807,8 +807,8 @@ def train_config(plan: Plan, views: int, batch: int, micro_batch: int | None = N
 
 
 def step_row(config, steps: int) -> dict:
-    """`mvcl.train.step_timing.time_train_step`, its last loss as ``loss_value``."""
-    from mvcl.train.step_timing import time_train_step
+    """`mvcl.train.memory_plan.time_train_step`, its last loss as ``loss_value``."""
+    from mvcl.train.memory_plan import time_train_step
 
     row = time_train_step(config, steps=steps)
     if "loss" in row:
@@ -888,7 +888,7 @@ def one_pass_batch(probe: dict, limit: int | None, fallback: int) -> tuple[int, 
 
 
 def grad_cache_section(section: Section, plan: Plan, report: dict) -> dict:
-    from mvcl.train.step_timing import time_train_step
+    from mvcl.train.memory_plan import time_train_step
 
     v = plan.cache_views
     limit = device_memory_limit()

@@ -54,9 +54,13 @@ def run_row(args: argparse.Namespace) -> dict:
 
     from mvcl import parallel
     from mvcl.configs import cifar10
-    from mvcl.train import optim
     from mvcl.train.config_checks import validate_config
-    from mvcl.train.state import build_model, create_train_state
+    from mvcl.train.state import (
+        build_model,
+        create_train_state,
+        learning_rate_schedule,
+        make_optimizer,
+    )
     from mvcl.train.step import AXIS, make_train_step
 
     config = cifar10.get_config(f"fake=True,loss=mv_infonce,views={args.v},backend=ring")
@@ -66,7 +70,7 @@ def run_row(args: argparse.Namespace) -> dict:
     validate_config(config, device_count=1, process_count=1)
     mesh = parallel.make_mesh(1)
     model = build_model(config, axis_name=AXIS)
-    tx, schedule = optim.make_optimizer(config, 100), optim.learning_rate_schedule(config, 100)
+    tx, schedule = make_optimizer(config, 100), learning_rate_schedule(config, 100)
     state = create_train_state(config, model, tx, mesh, channels=3)
     sharding = parallel.batch_sharding(mesh, AXIS)
     spec = jax.ShapeDtypeStruct((args.n, 32, 32, 3), jnp.uint8, sharding=sharding)

@@ -104,9 +104,14 @@ def _time(fn, repeats: int) -> float:
 def consumption(config, repeats: int) -> dict[str, float]:
     """Images per second of the config's train step on random images, on this backend."""
     from mvcl import parallel
-    from mvcl.train import feed, optim
+    from mvcl.train import inputs
     from mvcl.train.config_checks import validate_config
-    from mvcl.train.state import build_model, create_train_state
+    from mvcl.train.state import (
+        build_model,
+        create_train_state,
+        learning_rate_schedule,
+        make_optimizer,
+    )
     from mvcl.train.step import AXIS, make_train_step
 
     config.dataset.fake = True
@@ -115,8 +120,8 @@ def consumption(config, repeats: int) -> dict[str, float]:
     channels = config.dataset.fake_shape[-1]
     mesh = parallel.make_mesh()
     validate_config(config)
-    tx = optim.make_optimizer(config, 1000)
-    schedule = optim.learning_rate_schedule(config, 1000)
+    tx = make_optimizer(config, 1000)
+    schedule = learning_rate_schedule(config, 1000)
     model = build_model(config, axis_name=AXIS)
     state = create_train_state(config, model, tx, mesh, channels)
     step = make_train_step(config, model, tx, schedule, mesh)
@@ -124,7 +129,7 @@ def consumption(config, repeats: int) -> dict[str, float]:
     host = {"image": rng.integers(0, 256, (config.batch_size, side, side, channels), np.uint8)}
     if whole:
         host["valid"] = np.tile(np.int32([side * 3 // 4, side]), (config.batch_size, 1))
-    batch = feed.put_batch(host, parallel.batch_sharding(mesh, AXIS), config.batch_size)
+    batch = inputs.put_batch(host, parallel.batch_sharding(mesh, AXIS), config.batch_size)
     holder = {"state": state}
 
     def run():

@@ -21,18 +21,18 @@ import json
 import os
 import time
 
-from mvcl.train import malloc
+from mvcl.train import cli
 
-KEPT = malloc.keep_freed_memory()  # before jax starts its backend, as the commands do
+KEPT = cli.keep_freed_memory()  # before jax starts its backend, as the commands do
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from mvcl import configs, parallel  # noqa: E402
-from mvcl.train import online_eval, optim, sources  # noqa: E402
-from mvcl.train.sources import global_batch  # noqa: E402
-from mvcl.train.state import build_model, create_train_state  # noqa: E402
+from mvcl.train import inputs, online_eval  # noqa: E402
+from mvcl.train.inputs import global_batch  # noqa: E402
+from mvcl.train.state import build_model, create_train_state, learning_rate_schedule, make_optimizer  # noqa: E402  # noqa: E402
 from mvcl.train.step import AXIS, make_train_step  # noqa: E402
 
 _CONFIGS = flags.DEFINE_list("configs", ["digits", "fashion_mnist"], "Config names (mvcl.configs).")
@@ -46,7 +46,7 @@ def _data(config) -> str:
     """Points ``config`` at its data, or at fake images of its shape; says which."""
     config.dataset.data_dir = _DATA_DIR.value
     try:
-        sources.open_split(config, "test_split")
+        inputs.open_split(config, "test_split")
         return "real"
     except Exception:  # noqa: BLE001 - no data here: fake images of the data set's shape
         config.dataset.fake = True
@@ -61,8 +61,8 @@ def bench(name: str) -> dict:
     data = _data(config)
     mesh = parallel.make_mesh(None if config.num_devices == -1 else config.num_devices)
     num_steps = max(config.num_steps, 1)
-    tx = optim.make_optimizer(config, num_steps)
-    schedule = optim.learning_rate_schedule(config, num_steps)
+    tx = make_optimizer(config, num_steps)
+    schedule = learning_rate_schedule(config, num_steps)
     model = build_model(config, axis_name=AXIS)
     shape = tuple(config.dataset.fake_shape)
     state = create_train_state(config, model, tx, mesh, shape[-1])

@@ -6,26 +6,27 @@ r"""Time the training step of a config (random images of its shape), to size a r
 
 Builds the model, optimiser and jitted step of ``--config`` exactly as a run does, feeds random
 uint8 images of ``config.dataset.fake_shape`` (the data set is not read), compiles once, runs one
-warm-up step, then times ``--steps`` steps (each waited for): `mvcl.train.step_timing`. Prints a
-table (compile time, median and min seconds per step, the implied minutes per epoch of
-``--epoch_size`` images and for the config's steps) and appends the row to ``--out`` as JSON.
+warm-up step, then times ``--steps`` steps (each waited for:
+`mvcl.train.memory_plan.time_train_step`). Prints a table (compile time, median and min seconds
+per step, the implied minutes per epoch of ``--epoch_size`` images and for the config's steps)
+and appends the row to ``--out`` as JSON.
 On a shared machine take the median of several runs. Like the commands, it first tells glibc's
-malloc to keep freed memory (`mvcl.train.malloc`); ``MVCL_SYSTEM_MALLOC=1`` measures with
-glibc's defaults (the row's ``malloc`` field says which).
+malloc to keep freed memory (`mvcl.train.cli.keep_freed_memory`); ``MVCL_SYSTEM_MALLOC=1``
+measures with glibc's defaults (the row's ``malloc`` field says which).
 """
 
 import json
 import os
 
-from mvcl.train import malloc
+from mvcl.train import cli
 
-KEPT = malloc.keep_freed_memory()  # before jax starts its backend, as the commands do
+KEPT = cli.keep_freed_memory()  # before jax starts its backend, as the commands do
 
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from mvcl import configs  # noqa: E402
-from mvcl.train import step_timing  # noqa: E402
+from mvcl.train import memory_plan  # noqa: E402
 from mvcl.train.config_checks import num_train_steps  # noqa: E402
 
 _CONFIG = configs.define_flag(
@@ -41,11 +42,12 @@ flags.mark_flags_as_required(["config"])
 
 def main(argv):
     del argv
-    print(f"malloc: {'keeps freed memory (mvcl.train.malloc)' if KEPT else 'system defaults'}")
+    kept = "keeps freed memory (mvcl.train.cli.keep_freed_memory)"
+    print(f"malloc: {kept if KEPT else 'system defaults'}")
     config = _CONFIG.value
     steps_per_epoch = _EPOCH.value // config.batch_size
     num_steps = num_train_steps(config, steps_per_epoch)
-    timing = step_timing.time_train_step(
+    timing = memory_plan.time_train_step(
         config, steps=_STEPS.value, steps_per_epoch=steps_per_epoch
     )
     compile_s, flops = timing["compile_s"], timing["xla_flops"]
@@ -71,7 +73,7 @@ def main(argv):
         "minutes_per_epoch": median * steps_per_epoch / 60,
         "run_minutes": median * num_steps / 60,
         "load_average": os.getloadavg()[0],
-        "malloc": "kept" if KEPT else "system",  # mvcl.train.malloc
+        "malloc": "kept" if KEPT else "system",  # mvcl.train.cli.keep_freed_memory
     }
     print(
         f"{'config':<32} {'compile s':>9} {'median s/step':>13} {'min s/step':>10} "

@@ -10,7 +10,7 @@ the test accuracy of
 * ``lbfgs``: full-batch L-BFGS, ``--lbfgs_steps`` iterations, on float32 features (the probe
   mvcl used before evaluation streamed);
 * ``minibatch``: minibatch Adam with ``config.eval``'s settings (``--config``, else the run's)
-  on the float16 bank (what `mvcl.train.evaluate.evaluate` reports), and on float32 features.
+  on the float16 bank (what `mvcl.evaluation.evaluate` reports), and on float32 features.
 
 Prints a table and writes ``experiments/results/probe_comparison.json``.
 """
@@ -22,8 +22,7 @@ import time
 import numpy as np
 from absl import app, flags
 
-from mvcl import configs, data, parallel, train
-from mvcl.train import evaluate
+from mvcl import configs, data, evaluation, parallel, train
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A pretraining run's directory.")
 _CONFIG = configs.define_flag(
@@ -42,7 +41,7 @@ def main(argv):
     del argv
     config = _CONFIG.value or train.load_config(_WORKDIR.value)
     step, variables = train.restore_variables(_WORKDIR.value, config)
-    ds, ev = config.dataset, evaluate.eval_settings(config)
+    ds, ev = config.dataset, evaluation.eval_settings(config)
     mesh = parallel.make_mesh()
     model = train.build_model(config)
     banks = {}
@@ -50,11 +49,11 @@ def main(argv):
         for split, name in (("train", ds.train_split), ("test", ds.test_split)):
             source = data.load_split(ds.name, name, ds.data_dir)
             ids = (
-                evaluate.train_subset(len(source), ev.train_examples)
+                evaluation.train_subset(len(source), ev.train_examples)
                 if split == "train"
                 else np.arange(len(source))
             )
-            banks[dtype, split] = evaluate.extract_features(
+            banks[dtype, split] = evaluation.extract_features(
                 model,
                 variables,
                 source,
@@ -69,7 +68,7 @@ def main(argv):
     (_, train_y), (_, test_y) = banks["float32", "train"], banks["float32", "test"]
     num_classes = int(max(train_y.max(), test_y.max())) + 1
     rows = []
-    for features in evaluate.FEATURE_SETS:
+    for features in evaluation.FEATURE_SETS:
         row = {"features": features}
         for method, dtype in (
             ("lbfgs", "float32"),
@@ -79,7 +78,7 @@ def main(argv):
             train_x, test_x = banks[dtype, "train"][0][features], banks[dtype, "test"][0][features]
             start = time.perf_counter()
             if method == "lbfgs":
-                acc = evaluate.linear_probe_accuracy(
+                acc = evaluation.linear_probe_accuracy(
                     train_x,
                     train_y,
                     test_x,
@@ -89,7 +88,7 @@ def main(argv):
                     steps=_LBFGS_STEPS.value,
                 )
             else:
-                acc = evaluate.minibatch_probe_accuracy(
+                acc = evaluation.minibatch_probe_accuracy(
                     train_x,
                     train_y,
                     test_x,

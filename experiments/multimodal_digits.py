@@ -10,7 +10,7 @@ For every loss, `configs/digits_multimodal.py` is pretrained
 * with ``modality=<m>`` for each of the three modalities: the single-modality baseline, V = 3
   augmented views of that modality through one shared encoder of the same architecture;
 
-and evaluated (`mvcl.train.multimodal`): linear probe and kNN of every modality's encoder
+and evaluated (`mvcl.evaluation.multimodal`): linear probe and kNN of every modality's encoder
 features, the probe on the raw modality input, and for the multimodal run the top-1 cross-modal
 retrieval accuracy of every ordered pair of modalities over the 360 test images.
 

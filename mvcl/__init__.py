@@ -3,9 +3,9 @@
 ``mvcl.losses`` (the loss functions and their registry), ``mvcl.backends`` (the row-reduction
 backends), ``mvcl.parallel`` (meshes, sharded losses, multi-host start-up) and ``mvcl.metrics``
 (embedding geometry) are imported with the package and need only JAX and NumPy
-(``pip install mvcl``). ``mvcl.data``, ``mvcl.models``, ``mvcl.train``, ``mvcl.studies`` and
-``mvcl.configs`` need the training stack (``pip install 'mvcl[train]'``: flax, optax, orbax,
-tensorflow-datasets, ...) and are imported on demand.
+(``pip install mvcl``). ``mvcl.data``, ``mvcl.models``, ``mvcl.evaluation``, ``mvcl.train``,
+``mvcl.studies`` and ``mvcl.configs`` need the training stack (``pip install 'mvcl[train]'``:
+flax, optax, orbax, tensorflow-datasets, ...) and are imported on demand.
 """
 
 from types import ModuleType

@@ -8,7 +8,8 @@ any of them is left.
 
 Moved modules have no file at their old path (so that the move is a plain rename): a finder on
 ``sys.meta_path`` answers for the old names, and importing one gives a module holding the new
-module's names and forwarding any other attribute to it, after warning.
+module's names and forwarding any other attribute to it, after warning. A module whose names
+went to several modules (`SPLIT_MODULES`) gives those names, each from where it is now.
 """
 
 from __future__ import annotations
@@ -37,6 +38,14 @@ MOVED_MODULES = {
     "mvcl.losses.pairwise": "mvcl.losses.two_view",
     "mvcl.models.conv": "mvcl.models.loop_conv",
     "mvcl.studies.kernel_cost": "mvcl.studies.loss_cost",
+    "mvcl.train.evaluate": "mvcl.evaluation",
+    "mvcl.train.feed": "mvcl.train.inputs",
+    "mvcl.train.malloc": "mvcl.train.cli",
+    "mvcl.train.multimodal": "mvcl.evaluation.multimodal",
+    "mvcl.train.optim": "mvcl.train.state",
+    "mvcl.train.sources": "mvcl.train.inputs",
+    "mvcl.train.step_timing": "mvcl.train.memory_plan",
+    "mvcl.train.summary": "mvcl.train.workdir",
 }
 """Old module name -> the module that replaced it."""
 
@@ -44,6 +53,45 @@ MOVED_SWEEP_FIELDS = {"kernel_cost": "loss_cost"}
 """Old field of a sweep config (``configs/sweeps/common.py``) -> the field that replaced it: set or
 read in a config file, or overridden on the command line (``--config.kernel_cost.ns=...``), the
 old name reaches the new field with a FutureWarning (`warn_moved_field`)."""
+
+_TRAINER = {  # the names of the former single training module, mvcl.train.trainer
+    "mvcl.train.config_checks": ("DTYPES", "LOSS_BACKENDS", "num_train_steps", "validate_config"),
+    "mvcl.train.inputs": ("fake_source", "global_batch", "open_sources"),
+    "mvcl.train.loop": ("train_and_evaluate",),
+    "mvcl.train.state": ("TrainState", "build_model", "create_train_state"),
+    "mvcl.train.step": ("AXIS", "make_loss_fn", "make_train_step"),
+    "mvcl.train.workdir": (
+        "CHECKPOINT_DIR",
+        "CONFIG_FILE",
+        "evaluate_variables",
+        "evaluate_workdir",
+        "load_config",
+        "restore_variables",
+    ),
+}
+SPLIT_MODULES = {
+    "mvcl.train.processes": {
+        "agree": "mvcl.parallel",
+        "announce": "mvcl.parallel",
+        "should_stop": "mvcl.train.signals",
+        "stop_reason": "mvcl.train.signals",
+    },
+    "mvcl.train.trainer": {name: new for new, names in _TRAINER.items() for name in names},
+}
+"""Old module name -> {name: the module that holds it now}: modules whose names went to several."""
+
+
+def replacement(old: str) -> str:
+    """What replaces the moved module ``old``: its new module, or for one of `SPLIT_MODULES` the
+    modules that hold its names now, e.g. ``"mvcl.parallel (agree, announce) and
+    mvcl.train.signals (should_stop, stop_reason)"``."""
+    if old in MOVED_MODULES:
+        return MOVED_MODULES[old]
+    modules: dict[str, list[str]] = {}
+    for name, new in SPLIT_MODULES[old].items():
+        modules.setdefault(new, []).append(name)
+    parts = [f"{new} ({', '.join(names)})" for new, names in modules.items()]
+    return ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]
 
 
 def message(old: str, new: str) -> str:
@@ -76,13 +124,18 @@ def warn_moved_field(old: str, new: str, *, skip: tuple[str, ...] = ()) -> None:
     warn_moved(old, new, stacklevel=stacklevel, category=FutureWarning)
 
 
+def is_moved(name: str) -> bool:
+    """Whether ``name`` is the old name of a moved module (`MOVED_MODULES`, `SPLIT_MODULES`)."""
+    return name in MOVED_MODULES or name in SPLIT_MODULES
+
+
 def import_moved(old: str) -> types.ModuleType:
     """The moved module ``old`` for its package's ``__getattr__`` (``mvcl.kernels``), with the
     warning pointing at the caller's line."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         module = importlib.import_module(old)
-    warn_moved(old, MOVED_MODULES[old], stacklevel=4)
+    warn_moved(old, replacement(old), stacklevel=4)
     return module
 
 
@@ -100,19 +153,24 @@ def renamed(fn: F, old: str) -> F:
 
 
 class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Finds and loads the old names of :data:`MOVED_MODULES`."""
+    """Finds and loads the old names of :data:`MOVED_MODULES` and :data:`SPLIT_MODULES`."""
 
     def find_spec(
         self, fullname: str, path: Any = None, target: Any = None
     ) -> importlib.machinery.ModuleSpec | None:
-        if fullname not in MOVED_MODULES:
+        if not is_moved(fullname):
             return None
         is_package = any(other.startswith(fullname + ".") for other in MOVED_MODULES)
         return importlib.util.spec_from_loader(fullname, self, is_package=is_package)
 
     def exec_module(self, module: types.ModuleType) -> None:
-        new = MOVED_MODULES[module.__name__]
-        warn_moved(module.__name__, new)  # importlib's frames are skipped: points at the import
+        old = module.__name__
+        # importlib's frames are skipped: the warning points at the import
+        warn_moved(old, replacement(old))
+        if old in SPLIT_MODULES:
+            self._exec_split(module)
+            return
+        new = MOVED_MODULES[old]
         target = importlib.import_module(new)
         names = getattr(target, "__all__", None) or [n for n in vars(target) if n[0] != "_"]
         for name in names:
@@ -120,6 +178,20 @@ class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         module.__all__ = list(names)
         module.__doc__ = f"Deprecated alias of :mod:`{new}`."
         module.__getattr__ = functools.partial(getattr, target)  # everything else, forwarded
+
+    @staticmethod
+    def _exec_split(module: types.ModuleType) -> None:
+        old, moved = module.__name__, SPLIT_MODULES[module.__name__]
+        for name, new in moved.items():
+            setattr(module, name, getattr(importlib.import_module(new), name))
+        module.__all__ = sorted(moved)
+        module.__doc__ = f"Deprecated: its names are in {replacement(old)}."
+
+        def missing(name: str) -> Any:
+            modules = ", ".join(dict.fromkeys(moved.values()))
+            raise AttributeError(f"{old}.{name} was removed: {old}'s names are in {modules}")
+
+        module.__getattr__ = missing
 
 
 def install() -> None:

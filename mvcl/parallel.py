@@ -6,7 +6,8 @@ negatives from the global batch with ``axis_name``.
 
 Start-up (`initialize`): the processes of a cluster are joined by ``jax.distributed``, found by
 JAX's own cluster detection (Open MPI, SLURM, Cloud TPU, Kubernetes; mpi4py on request) or named
-by the ``MVCL_*`` variables.
+by the ``MVCL_*`` variables. Then `agree` gives every process the same answer to a yes/no
+question, and `announce` prints on the first process only.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 from typing import Any, Callable
 
 import jax
+import numpy as np
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 from jax.typing import ArrayLike
@@ -172,6 +174,28 @@ def startup_line(found_by: str) -> str:
         f"mvcl: {jax.process_count()} processes, {jax.device_count()} devices ({local} per "
         f"process), cluster found by {found_by}"
     )
+
+
+def agree(flag: bool) -> bool:
+    """Whether ``flag`` holds on any process (a blocking collective with several)."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.process_allgather(np.int32(flag)).any())
+
+
+def announce(message: str) -> None:
+    """Prints ``message`` on the first process only (above a tqdm progress bar, if tqdm is
+    installed)."""
+    if jax.process_index() != 0:
+        return
+    try:
+        from tqdm import tqdm
+    except ImportError:  # (the training stack's; the core needs only JAX and NumPy)
+        print(message, flush=True)
+    else:
+        tqdm.write(message)
 
 
 def make_mesh(num_devices: int | None = None, axis_name: str = DEFAULT_AXIS) -> jax.sharding.Mesh:

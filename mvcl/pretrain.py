@@ -8,10 +8,11 @@ Any config field can be overridden with ``--config.<field>=<value>``. The defaul
 ``./workdirs/<config.name>``; rerunning the same command with the same workdir resumes from its
 newest checkpoint. SIGTERM saves a checkpoint and exits with status 0.
 
-``--summary=FILE`` also writes the finished run's summary (`mvcl.train.summary`: the command,
-last step, wall time of this command, last training loss, evaluation results, config and machine
-facts) as JSON; the committed results of single runs (``experiments/results/*/result.json``)
-are written this way. A run stopped by a signal writes none.
+``--summary=FILE`` also writes the finished run's summary (`mvcl.train.workdir.run_summary`:
+the command, last step, wall time of this command, last training loss, evaluation results,
+config and machine facts) as JSON; the committed results of single runs
+(``experiments/results/*/result.json``) are written this way. A run stopped by a signal writes
+none.
 
 Several processes: launch them with ``mpirun``, ``srun`` or on every worker of a TPU pod slice
 (JAX detects the cluster; recipes in ``experiments/launch/``), or set
@@ -27,7 +28,8 @@ import jax
 from absl import flags
 
 from mvcl import configs, train
-from mvcl.train import cli, summary
+from mvcl.train import cli
+from mvcl.train.workdir import run_summary, write_json
 
 _CONFIG = configs.define_flag(
     "config", None, "Config name[:args], e.g. digits:views=2 (mvcl.configs), or a .py file."
@@ -48,9 +50,9 @@ def main(argv):
     if _SUMMARY.value and not out["preempted"]:
         if jax.process_index() == 0:
             seconds = time.perf_counter() - start
-            result = summary.run_summary(config, workdir, out, seconds)
+            result = run_summary(config, workdir, out, seconds)
             command = " ".join(["mvcl-pretrain", *sys.argv[1:]])
-            summary.write_json(_SUMMARY.value, {"command": command, **result})
+            write_json(_SUMMARY.value, {"command": command, **result})
 
 
 def run() -> None:

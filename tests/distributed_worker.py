@@ -40,8 +40,7 @@ def main(port: str, process_id: int, out: str) -> None:
     jax.config.update("jax_num_cpu_devices", 2)
 
     import mvcl
-    from mvcl import parallel
-    from mvcl.train import evaluate
+    from mvcl import evaluation, parallel
 
     parallel.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=process_id)
     assert jax.process_count() == 2 and jax.device_count() == 4, (
@@ -52,7 +51,7 @@ def main(port: str, process_id: int, out: str) -> None:
 
     # Features first, in float32 (the model's dtype), then the losses in float64.
     model, variables, source, indices = eval_case()
-    bank, labels = evaluate.extract_features(
+    bank, labels = evaluation.extract_features(
         model, variables, source, indices, mesh=mesh, crop_size=8, batch_size=8, dtype="float32"
     )
     results = {

@@ -1,4 +1,4 @@
-"""Streams `mvcl.train.evaluate.evaluate` over a large fake split; prints host memory as JSON.
+"""Streams `mvcl.evaluation.evaluate` over a large fake split; prints host memory as JSON.
 
     python tests/eval_memory_worker.py TRAIN_EXAMPLES TEST_EXAMPLES SIDE
 
@@ -23,9 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 import psutil
 
-from mvcl import train
+from mvcl import evaluation, train
 from mvcl.configs import digits
-from mvcl.train import evaluate
 
 
 class FakeSplit:
@@ -84,7 +83,7 @@ def main(train_examples: int, test_examples: int, side: int) -> None:
 
     def run(n_train: int, n_test: int) -> dict[str, float]:
         sources = {"train": FakeSplit(n_train, side), "test": FakeSplit(n_test, side)}
-        return evaluate.evaluate(config, model, variables, sources=sources)
+        return evaluation.evaluate(config, model, variables, sources=sources)
 
     run(3 * config.eval.batch_size, test_examples)  # compiles the extraction and the probe
     gc.collect()

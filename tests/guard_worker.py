@@ -21,9 +21,9 @@ import numpy as np
 from run_helpers import tiny_config
 
 from mvcl import parallel
-from mvcl.train import optim
 from mvcl.train import state as state_lib
 from mvcl.train import step as step_lib
+from mvcl.train.state import learning_rate_schedule, make_optimizer
 
 micro_batch = int(sys.argv[1]) or None
 devices = jax.device_count()
@@ -34,8 +34,8 @@ config = tiny_config(
 )
 mesh = parallel.make_mesh()
 model = state_lib.build_model(config, axis_name=step_lib.AXIS)
-tx = optim.make_optimizer(config, 10)
-schedule = optim.learning_rate_schedule(config, 10)
+tx = make_optimizer(config, 10)
+schedule = learning_rate_schedule(config, 10)
 
 clean = step_lib.make_train_step(config, model, tx, schedule, mesh)
 make_loss_fn = step_lib.make_loss_fn

@@ -34,13 +34,13 @@ def case():
 
 
 def evaluate_on(mesh):
-    from mvcl.train import online_eval, optim
-    from mvcl.train.state import build_model, create_train_state
+    from mvcl.train import online_eval
+    from mvcl.train.state import build_model, create_train_state, make_optimizer
     from mvcl.train.step import AXIS
 
     config = case()
     model = build_model(config, axis_name=AXIS)
-    state = create_train_state(config, model, optim.make_optimizer(config, 1), mesh, 1)
+    state = create_train_state(config, model, make_optimizer(config, 1), mesh, 1)
     return online_eval.OnlineEvaluator(config, model, mesh).evaluate(state.variables())
 
 

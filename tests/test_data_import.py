@@ -144,7 +144,7 @@ def test_fashion_mnist_missing_or_wrong_files_say_what_to_do(tmp_path):
 
 
 def test_training_on_fashion_mnist_reads_config_source_dir(tmp_path):
-    from mvcl.train.sources import open_sources
+    from mvcl.train.inputs import open_sources
 
     config = importlib.import_module("mvcl.configs.fashion_mnist").get_config()
     config.dataset.data_dir = str(tmp_path / "tfds")
@@ -414,7 +414,7 @@ def test_own_data_config_fits_a_small_set_and_follows_the_data_set_name():
 def test_an_unnamed_data_set_fails_with_a_message_saying_how_to_name_it():
     from mvcl import configs
     from mvcl.train import ConfigError
-    from mvcl.train.sources import open_sources
+    from mvcl.train.inputs import open_sources
 
     with pytest.raises(ConfigError, match="config.dataset.name: empty.*own_data:name="):
         open_sources(configs.load("own_data"))

@@ -36,8 +36,14 @@ def _shims() -> list[str]:
 
 def test_no_release_of_0_2_0_with_a_deprecated_name_left():
     """Fails once mvcl.__version__ reaches 0.2.0 while a shim remains: remove them first (and
-    then mvcl/_deprecation.py's MOVED_MODULES and MOVED_SWEEP_FIELDS and this test's lists)."""
-    left = _shims() + list(_deprecation.MOVED_MODULES) + list(_deprecation.MOVED_SWEEP_FIELDS)
+    then mvcl/_deprecation.py's MOVED_MODULES, SPLIT_MODULES, MOVED_SWEEP_FIELDS and this test's
+    lists)."""
+    left = (
+        _shims()
+        + list(_deprecation.MOVED_MODULES)
+        + list(_deprecation.SPLIT_MODULES)
+        + list(_deprecation.MOVED_SWEEP_FIELDS)
+    )
     assert left, "no shim left: remove mvcl/_deprecation.py and this test"
     assert _release(mvcl.__version__) < _release(_deprecation.REMOVED_IN), (
         f"mvcl {mvcl.__version__} still holds the names deprecated until "
@@ -58,7 +64,38 @@ OLD_MODULES = [
     ("mvcl.losses.pairwise", "mvcl.losses.two_view"),
     ("mvcl.studies.kernel_cost", "mvcl.studies.loss_cost"),
     ("mvcl.models.conv", "mvcl.models.loop_conv"),
+    ("mvcl.train.evaluate", "mvcl.evaluation"),
+    ("mvcl.train.multimodal", "mvcl.evaluation.multimodal"),
+    ("mvcl.train.feed", "mvcl.train.inputs"),
+    ("mvcl.train.sources", "mvcl.train.inputs"),
+    ("mvcl.train.malloc", "mvcl.train.cli"),
+    ("mvcl.train.optim", "mvcl.train.state"),
+    ("mvcl.train.step_timing", "mvcl.train.memory_plan"),
+    ("mvcl.train.summary", "mvcl.train.workdir"),
 ]
+
+# The public names the moved modules of mvcl.train had: each is still reached through the old path.
+OLD_NAMES = {
+    "mvcl.train.evaluate": (
+        "AXIS EVAL_DEFAULTS FEATURE_DTYPES FEATURE_SETS Source embed eval_settings evaluate "
+        "extract_features format_report knn_accuracy linear_probe_accuracy "
+        "minibatch_probe_accuracy pixels train_subset view_embeddings view_geometry"
+    ),
+    "mvcl.train.multimodal": (
+        "cross_modal_retrieval embed_groups evaluate format_report retrieval_accuracy"
+    ),
+    "mvcl.train.feed": "DeviceBatch put_batch train_batches",
+    "mvcl.train.sources": "fake_source global_batch open_sources open_split",
+    "mvcl.train.malloc": (
+        "KEEP M_ARENA_MAX M_MMAP_THRESHOLD M_TRIM_THRESHOLD OPT_OUT keep_freed_memory"
+    ),
+    "mvcl.train.optim": (
+        "OPTIMIZERS kernel_mask learning_rate_schedule make_optimizer weight_matrix_mask"
+    ),
+    "mvcl.train.step_timing": "time_train_step",
+    "mvcl.train.summary": "last_train_loss plain_config run_summary write_json",
+    "mvcl.train.processes": "agree announce should_stop stop_reason",
+}
 
 
 def _fresh_import(name: str):
@@ -84,9 +121,19 @@ def test_importing_the_package_and_its_core_warns_of_nothing():
     assert proc.returncode == 0, proc.stderr
 
 
+@pytest.mark.parametrize("old, names", OLD_NAMES.items())
+def test_the_moved_train_modules_keep_every_public_name(old, names):
+    pytest.importorskip("flax")
+    with pytest.warns(DeprecationWarning, match=f"{old} is deprecated"):
+        module = _fresh_import(old)
+    for name in names.split():
+        value = getattr(module, name)
+        assert value is not None, name
+
+
 @pytest.mark.parametrize("old, new", OLD_MODULES)
 def test_old_module_paths_warn_at_the_import_and_name_the_replacement(old, new):
-    if old.startswith(("mvcl.studies", "mvcl.models")):
+    if old.startswith(("mvcl.studies", "mvcl.models", "mvcl.train")):
         pytest.importorskip("flax")
     with pytest.warns(
         DeprecationWarning, match=f"{old} is deprecated and {GOES}: use {new}"
@@ -132,11 +179,15 @@ def test_old_function_names_warn_and_call_the_new_ones():
     from mvcl import data
     from mvcl.data import augment
     from mvcl.studies import outputs, plots, runner
-    from mvcl.train import optim
+    from mvcl.train import state
 
     params = {"Dense_0": {"kernel": jnp.ones((2, 3)), "bias": jnp.ones((3,))}}
-    with pytest.warns(DeprecationWarning, match="use mvcl.train.optim.weight_matrix_mask"):
-        assert optim.kernel_mask(params) == optim.weight_matrix_mask(params)
+    with pytest.warns(DeprecationWarning, match="use mvcl.train.state.weight_matrix_mask"):
+        assert state.kernel_mask(params) == state.weight_matrix_mask(params)
+    with pytest.warns(DeprecationWarning, match="mvcl.train.optim is deprecated"):
+        optim = _fresh_import("mvcl.train.optim")  # the name's old module, now mvcl.train.state
+    with pytest.warns(DeprecationWarning, match="mvcl.train.optim.kernel_mask is deprecated"):
+        assert optim.kernel_mask(params) == state.weight_matrix_mask(params)
     for old, new in [
         (runner.test_embeddings, runner.embed_test_split),
         (augment.normalize, augment.scale_pixels),
@@ -242,18 +293,47 @@ def test_reduction_axes_argument_warns_and_reduces_the_same_axis():
 
 def test_the_former_trainer_module_warns_and_keeps_only_its_public_names():
     pytest.importorskip("flax")
-    from mvcl.train import config_checks, state, step, workdir
+    from mvcl.train import config_checks, inputs, state, step, workdir
 
-    with pytest.warns(DeprecationWarning, match=f"mvcl.train.trainer is deprecated and {GOES}"):
+    with pytest.warns(
+        DeprecationWarning,
+        match=f"mvcl.train.trainer is deprecated and {GOES}: use mvcl.train.config_checks "
+        r"\(DTYPES, LOSS_BACKENDS, num_train_steps, validate_config\), mvcl.train.inputs",
+    ) as record:
         trainer = _fresh_import("mvcl.train.trainer")
+    assert record[0].filename == __file__
     assert trainer.build_model is state.build_model and trainer.AXIS is step.AXIS
     assert trainer.validate_config is config_checks.validate_config
     assert trainer.load_config is workdir.load_config
-    with pytest.raises(AttributeError, match="trainer._mean_metrics was removed: use "):
+    assert trainer.fake_source is inputs.fake_source
+    assert len(trainer.__all__) == 20
+    with pytest.raises(AttributeError, match="trainer._mean_metrics was removed: .* are in "):
         trainer._mean_metrics  # noqa: B018
-    with pytest.raises(AttributeError, match="use mvcl.train.processes.agree$"):
+    with pytest.raises(AttributeError, match="mvcl.train.step, mvcl.train.workdir$"):
         trainer._agree  # noqa: B018
     assert "_latest_step_on_disk" not in vars(trainer)
+
+
+def test_the_former_processes_module_names_where_each_name_went():
+    pytest.importorskip("flax")
+    from mvcl import parallel, train
+    from mvcl.train import signals
+
+    expected = (
+        "mvcl.train.processes is deprecated and will be removed in 0.2.0: use mvcl.parallel "
+        "(agree, announce) and mvcl.train.signals (should_stop, stop_reason)"
+    )
+    with pytest.warns(DeprecationWarning, match=re.escape(expected)) as record:
+        processes = _fresh_import("mvcl.train.processes")
+    assert record[0].filename == __file__
+    assert processes.agree is parallel.agree and processes.announce is parallel.announce
+    assert processes.should_stop is signals.should_stop
+    assert processes.stop_reason is signals.stop_reason
+    del sys.modules["mvcl.train.processes"]
+    delattr(train, "processes")
+    with pytest.warns(DeprecationWarning, match="use mvcl.parallel") as record:
+        assert train.processes.agree(True)  # the attribute of mvcl.train, as before
+    assert record[-1].filename == __file__
 
 
 @pytest.mark.parametrize(

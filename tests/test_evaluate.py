@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 from eval_memory_worker import FakeSplit
 
-from mvcl import parallel
-from mvcl.train import evaluate
+from mvcl import evaluation, parallel
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,7 +40,7 @@ def test_streamed_features_equal_the_in_memory_embedding_and_keep_stored_order()
     model = Linear()
     w = np.random.default_rng(0).standard_normal((4 * 4 * 3, 5)).astype(np.float32)
     variables = {"params": {"w": w}}
-    bank, labels = evaluate.extract_features(
+    bank, labels = evaluation.extract_features(
         model,
         variables,
         source,
@@ -53,13 +52,13 @@ def test_streamed_features_equal_the_in_memory_embedding_and_keep_stored_order()
         dtype="float32",
     )
     images = np.stack([r["image"] for r in source.__getitems__(ids)])
-    h, z = evaluate.embed(model, variables, images, crop_size=4, batch_size=11)
+    h, z = evaluation.embed(model, variables, images, crop_size=4, batch_size=11)
     np.testing.assert_allclose(bank["backbone"], h, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(bank["projector"], z, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(bank["pixels"], evaluate.pixels(images, crop_size=4), atol=1e-6)
+    np.testing.assert_allclose(bank["pixels"], evaluation.pixels(images, crop_size=4), atol=1e-6)
     np.testing.assert_array_equal(labels, ids % 10)
 
-    half, _ = evaluate.extract_features(
+    half, _ = evaluation.extract_features(
         model, variables, source, ids, mesh=parallel.make_mesh(), crop_size=4, batch_size=8
     )
     assert half["backbone"].dtype == np.float16  # the default bank
@@ -70,7 +69,7 @@ def test_features_beyond_float16_raise_instead_of_becoming_inf():
     model = Linear()
     variables = {"params": {"w": np.full((4 * 4 * 3, 5), 1e7, np.float32)}}
     with pytest.raises(ValueError, match="feature_dtype='float32'"):
-        evaluate.extract_features(
+        evaluation.extract_features(
             model,
             variables,
             FakeSplit(8, 4),
@@ -82,12 +81,12 @@ def test_features_beyond_float16_raise_instead_of_becoming_inf():
 
 
 def test_train_subset_is_fixed_sorted_and_checked():
-    a, b = evaluate.train_subset(1000, 100), evaluate.train_subset(1000, 100)
+    a, b = evaluation.train_subset(1000, 100), evaluation.train_subset(1000, 100)
     np.testing.assert_array_equal(a, b)
     assert len(np.unique(a)) == 100 and np.all(np.diff(a) > 0) and a[-1] < 1000
-    np.testing.assert_array_equal(evaluate.train_subset(7, None), np.arange(7))
+    np.testing.assert_array_equal(evaluation.train_subset(7, None), np.arange(7))
     with pytest.raises(ValueError, match="config.eval.train_examples"):
-        evaluate.train_subset(10, 11)
+        evaluation.train_subset(10, 11)
 
 
 def test_chunked_knn_on_a_float16_bank_matches_one_chunk_and_a_numpy_reference():
@@ -103,8 +102,8 @@ def test_chunked_knn_on_a_float16_bank_matches_one_chunk_and_a_numpy_reference()
         np.add.at(votes[i], train_y[top[i]], np.exp(sim[i, top[i]] / 0.2))
     expected = np.mean(votes.argmax(1) == test_y)
     kwargs = dict(num_classes=4, k=9, temperature=0.2)
-    chunked = evaluate.knn_accuracy(train_x, train_y, test_x, test_y, chunk_size=40, **kwargs)
-    whole = evaluate.knn_accuracy(train_x, train_y, test_x, test_y, chunk_size=1000, **kwargs)
+    chunked = evaluation.knn_accuracy(train_x, train_y, test_x, test_y, chunk_size=40, **kwargs)
+    whole = evaluation.knn_accuracy(train_x, train_y, test_x, test_y, chunk_size=1000, **kwargs)
     assert chunked == whole == pytest.approx(expected)
 
 
@@ -114,8 +113,8 @@ def test_minibatch_probe_agrees_with_lbfgs_on_gaussian_classes():
     y = rng.integers(0, 5, 3000)
     x = (centres[y] + rng.standard_normal((3000, 12)) + 50.0).astype(np.float16)
     split = dict(train_x=x[:2000], train_y=y[:2000], test_x=x[2000:], test_y=y[2000:])
-    lbfgs = evaluate.linear_probe_accuracy(**split, num_classes=5, steps=100)
-    adam = evaluate.minibatch_probe_accuracy(**split, num_classes=5, epochs=20, batch_size=200)
+    lbfgs = evaluation.linear_probe_accuracy(**split, num_classes=5, steps=100)
+    adam = evaluation.minibatch_probe_accuracy(**split, num_classes=5, epochs=20, batch_size=200)
     assert lbfgs > 0.7  # the classes overlap, so the two probes are compared where it matters
     assert abs(adam - lbfgs) <= 0.01
 

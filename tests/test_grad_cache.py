@@ -22,9 +22,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 from mvcl import losses, parallel  # noqa: E402
 from mvcl.configs import digits  # noqa: E402
-from mvcl.train import grad_cache, optim  # noqa: E402
+from mvcl.train import grad_cache  # noqa: E402
 from mvcl.train.config_checks import validate_config  # noqa: E402
-from mvcl.train.state import build_model, create_train_state  # noqa: E402
+from mvcl.train.state import build_model, create_train_state, learning_rate_schedule, make_optimizer  # noqa: E402  # noqa: E402
 from mvcl.train.step import AXIS, make_train_step  # noqa: E402
 
 TOLERANCE = {"float64": 1e-10, "float32": 1e-5, "bfloat16": 1e-2}
@@ -96,7 +96,7 @@ def test_one_chunk_is_the_one_pass_step_and_more_chunks_change_batchnorm_only():
     for micro_batch in (None, 8, 2):
         config = tiny_config(micro_batch=micro_batch)
         model = build_model(config, axis_name=AXIS)
-        tx, schedule = optim.make_optimizer(config, 1), optim.learning_rate_schedule(config, 1)
+        tx, schedule = make_optimizer(config, 1), learning_rate_schedule(config, 1)
         state = create_train_state(config, model, tx, mesh, channels=1)
         step = make_train_step(config, model, tx, schedule, mesh)
         results[micro_batch] = jax.device_get(step(state, images))

@@ -6,7 +6,8 @@ import jax
 import pytest
 
 from mvcl import parallel, train
-from mvcl.train import memory_plan, optim
+from mvcl.train import memory_plan
+from mvcl.train.state import make_optimizer
 
 
 def tiny(name: str, batch_size: int = 8):
@@ -25,7 +26,7 @@ def test_plan_counts_the_state_and_the_images_and_grows_with_the_batch(name):
     assert (small.input_bytes, large.input_bytes) == (2 * h * w * c, 8 * h * w * c)
 
     # The state's bytes are those of a real train state of the config.
-    tx = optim.make_optimizer(config, 1)
+    tx = make_optimizer(config, 1)
     model = train.build_model(config, axis_name="data")
     state = train.create_train_state(config, model, tx, parallel.make_mesh(), channels=c)
     assert small.state_bytes == sum(x.nbytes for x in jax.tree.leaves(state))

@@ -146,10 +146,10 @@ def test_two_processes_equal_one_process(tmp_path):
     # one device's, and both processes hold the whole bank.
     from distributed_worker import eval_case
 
-    from mvcl.train import evaluate
+    from mvcl import evaluation
 
     model, variables, source, indices = eval_case()
-    bank, labels = evaluate.extract_features(
+    bank, labels = evaluation.extract_features(
         model,
         variables,
         source,

@@ -15,12 +15,12 @@ import pytest
 from ml_collections import config_dict
 from online_eval_worker import case
 
-from mvcl import configs, data, parallel
+from mvcl import configs, data, evaluation, parallel
 from mvcl.configs import digits as digits_config
 from mvcl.configs import fashion_mnist as fashion_config
 from mvcl.data import digits, fashion_mnist
-from mvcl.train import ConfigError, evaluate, online_eval, optim, sources
-from mvcl.train.state import build_model, create_train_state
+from mvcl.train import ConfigError, inputs, online_eval
+from mvcl.train.state import build_model, create_train_state, make_optimizer
 from mvcl.train.step import AXIS
 
 HERE = Path(__file__).parent
@@ -29,7 +29,7 @@ HERE = Path(__file__).parent
 def build(config, mesh=None):
     mesh = parallel.make_mesh(1) if mesh is None else mesh
     model = build_model(config, axis_name=AXIS)
-    state = create_train_state(config, model, optim.make_optimizer(config, 1), mesh, 1)
+    state = create_train_state(config, model, make_optimizer(config, 1), mesh, 1)
     return model, mesh, jax.device_get(state.variables())
 
 
@@ -72,7 +72,7 @@ def test_online_metrics_match_float64_numpy_on_a_tiny_run():
     assert tuple(results) == online_eval.KEYS
 
     # kNN on the centre views' features, embedded here on one device
-    embed = lambda images: evaluate.embed(model, variables, images, crop_size=8, batch_size=64)
+    embed = lambda images: evaluation.embed(model, variables, images, crop_size=8, batch_size=64)
     h_train, z_train = embed(evaluator.train_images)
     h_test, z_test = embed(evaluator.test_images)
     for part, train_x, test_x in (("backbone", h_train, h_test), ("projector", z_train, z_test)):
@@ -115,9 +115,9 @@ def test_subsets_are_fixed_random_and_capped_at_the_split():
     b = online_eval.OnlineEvaluator(config, model, mesh)  # a resumed run builds it anew
     np.testing.assert_array_equal(a.train_images, b.train_images)
     np.testing.assert_array_equal(a.test_images, b.test_images)
-    fake = sources.fake_source(config)
-    train_ids = evaluate.train_subset(50, 41, seed=online_eval.TRAIN_SUBSET_SEED)
-    test_ids = evaluate.train_subset(50, 23, seed=online_eval.TEST_SUBSET_SEED)
+    fake = inputs.fake_source(config)
+    train_ids = evaluation.train_subset(50, 41, seed=online_eval.TRAIN_SUBSET_SEED)
+    test_ids = evaluation.train_subset(50, 23, seed=online_eval.TEST_SUBSET_SEED)
     assert not np.array_equal(train_ids[:23], test_ids)  # two different draws
     np.testing.assert_array_equal(a.train_images, np.stack([fake[i]["image"] for i in train_ids]))
     np.testing.assert_array_equal(a.test_images, np.stack([fake[i]["image"] for i in test_ids]))

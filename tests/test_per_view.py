@@ -19,9 +19,10 @@ REPO = Path(__file__).resolve().parents[1]
 from mvcl import data, losses, models, parallel, train  # noqa: E402
 from mvcl.configs import digits, digits_multimodal  # noqa: E402
 from mvcl.data import modalities  # noqa: E402
+from mvcl.evaluation import multimodal  # noqa: E402
 from mvcl.models import per_view  # noqa: E402
-from mvcl.train import multimodal, optim  # noqa: E402
-from mvcl.train.sources import fake_source  # noqa: E402
+from mvcl.train.inputs import fake_source  # noqa: E402
+from mvcl.train.state import learning_rate_schedule, make_optimizer  # noqa: E402
 from mvcl.train.step import AXIS  # noqa: E402
 
 
@@ -38,8 +39,8 @@ def run_steps(config, steps=2):
     """``steps`` train steps on the fake images on one device: (losses, final state)."""
     mesh = parallel.make_mesh(1)
     model = train.build_model(config, axis_name=AXIS)
-    tx = optim.make_optimizer(config, config.num_steps)
-    schedule = optim.learning_rate_schedule(config, config.num_steps)
+    tx = make_optimizer(config, config.num_steps)
+    schedule = learning_rate_schedule(config, config.num_steps)
     state = train.create_train_state(config, model, tx, mesh, channels=1)
     images = jnp.asarray(np.stack([r["image"] for r in fake_source(config)]))
     step = train.make_train_step(config, model, tx, schedule, mesh)
@@ -147,7 +148,7 @@ def test_config_with_a_head_off_and_different_widths_fails_naming_the_views():
     model = train.build_model(config)
     with pytest.raises(ValueError, match=r"'profile' \(views \[2\]\) gives 8 from its encoder"):
         train.create_train_state(
-            config, model, optim.make_optimizer(config, 1), parallel.make_mesh(1), channels=1
+            config, model, make_optimizer(config, 1), parallel.make_mesh(1), channels=1
         )
 
 
@@ -259,7 +260,7 @@ def test_per_view_train_step_equals_a_direct_computation():
     config = tiny(digits_multimodal.get_config("fake=True,width=0.125"), num_steps=1)
     mesh = parallel.make_mesh(1)
     model = train.build_model(config, axis_name=AXIS)
-    tx, schedule = optim.make_optimizer(config, 1), optim.learning_rate_schedule(config, 1)
+    tx, schedule = make_optimizer(config, 1), learning_rate_schedule(config, 1)
     state = train.create_train_state(config, model, tx, mesh, channels=1)
     images = np.stack([record["image"] for record in fake_source(config)])
     # The step donates the state: keep host copies of what the direct computation needs.

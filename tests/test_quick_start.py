@@ -51,11 +51,11 @@ def test_the_quick_starts_printed_output_is_the_committed_output(page):
 
 def test_the_committed_output_prints_the_committed_results():
     pytest.importorskip("flax")
-    from mvcl.train import evaluate
+    from mvcl import evaluation
 
     result = _result()
     config = result["config"]
-    table = evaluate.format_report(result["eval"], knn_k=config["eval"]["knn_k"])
+    table = evaluation.format_report(result["eval"], knn_k=config["eval"]["knn_k"])
     lines = _output().splitlines()
     assert "\n".join(lines[1:-2]) == table
     workdir = f"/path/to/mvcl/workdirs/{config['name']}"

@@ -34,8 +34,9 @@ from run_helpers import (
 
 from mvcl import studies, train
 from mvcl.studies import grid, runner
-from mvcl.train import cli, run_identity, summary, writers
+from mvcl.train import cli, run_identity, writers
 from mvcl.train.run_identity import CONSENT, FREE, IDENTITY
+from mvcl.train.workdir import plain_config
 
 
 def snapshot(directory: Path) -> dict[str, bytes]:
@@ -354,7 +355,7 @@ def done_sweep_cell_with_another_config(workdir: Path) -> list[str]:
     arg = "sweeps/digits_claims:fake=True"
     sweep = grid.load_config_file(*arg.split(":"))
     cell = studies.cells(sweep)[0]
-    stored = summary.plain_config(studies.cell_config(sweep, cell))
+    stored = plain_config(studies.cell_config(sweep, cell))
     stored["num_steps"] = 7
     directory = runner.cell_dir(workdir, cell)
     directory.mkdir(parents=True)

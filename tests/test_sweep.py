@@ -17,7 +17,7 @@ from ml_collections import config_dict
 from mvcl import configs, studies, train
 from mvcl.configs.sweeps import paper
 from mvcl.studies import grid, loss_cost, outputs, plots, report, runner
-from mvcl.train import summary
+from mvcl.train.workdir import plain_config
 
 SWEEP_CONFIGS = [name for name in configs.names() if name.startswith("sweeps/")]
 OUTPUTS = (
@@ -176,7 +176,7 @@ def test_a_done_cell_with_another_config_is_an_error(tmp_path):
     cell = studies.cells(sweep)[0]
     directory = runner.cell_dir(tmp_path, cell)
     directory.mkdir(parents=True)
-    stored = summary.plain_config(studies.cell_config(sweep, cell))
+    stored = plain_config(studies.cell_config(sweep, cell))
     result = {"cell": vars(cell), "step": 2, "seconds": 1.0, "train_loss": 1.0, "eval": {}}
     (directory / runner.RESULT_FILE).write_text(json.dumps({**result, "config": stored}))
     assert studies.run_sweep(sweep, tmp_path, train_fn=refuse, progress=False).complete
@@ -229,7 +229,7 @@ def test_sweep_command_reports_the_cells_done_so_far(tmp_path):
 
     sweep = grid.load_config_file("sweeps/digits_claims", "fake=True")
     cell = studies.cells(sweep)[0]
-    stored = summary.plain_config(studies.cell_config(sweep, cell))
+    stored = plain_config(studies.cell_config(sweep, cell))
     result = {"cell": vars(cell), "step": 2, "seconds": 60.0, "train_loss": 1.0, "eval": {}}
     path = runner.cell_dir(tmp_path / "out", cell) / runner.RESULT_FILE  # committed, say
     path.parent.mkdir(parents=True)
@@ -245,7 +245,7 @@ def test_sweep_command_reports_the_cells_done_so_far(tmp_path):
 
 def test_multicrop_settings_change_a_cell_only_when_multicrop_is_on():
     sweep = tiny_sweep(a=(("mv_dhel",), (2,)))
-    current = summary.plain_config(studies.cell_config(sweep, studies.cells(sweep)[0]))
+    current = plain_config(studies.cell_config(sweep, studies.cells(sweep)[0]))
     before_multicrop = json.loads(json.dumps(current))
     del before_multicrop["augment"]["multicrop"]  # as stored by runs before multi-crop existed
     assert runner.config_changes(before_multicrop, current) == []

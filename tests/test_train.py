@@ -31,10 +31,15 @@ from run_helpers import (
     train_losses,
 )
 
-from mvcl import configs, data, losses, parallel, train
+from mvcl import configs, data, evaluation, losses, parallel, train
 from mvcl.studies import runner
-from mvcl.train import evaluate, optim
-from mvcl.train.sources import fake_source
+from mvcl.train.inputs import fake_source
+from mvcl.train.state import (
+    OPTIMIZERS,
+    learning_rate_schedule,
+    make_optimizer,
+    weight_matrix_mask,
+)
 from mvcl.train.step import AXIS
 
 CONFIGS = [name for name in configs.names() if "/" not in name]
@@ -46,7 +51,7 @@ CONFIGS = [name for name in configs.names() if "/" not in name]
 def test_schedule_warms_up_linearly_then_decays_to_zero_by_cosine():
     config = get_config("digits")
     config.optim.lr, config.optim.warmup_fraction = 2.0, 0.1
-    lr = optim.learning_rate_schedule(config, total_steps=100)
+    lr = learning_rate_schedule(config, total_steps=100)
     np.testing.assert_allclose([lr(0), lr(5), lr(10)], [0.0, 1.0, 2.0], atol=1e-6)
     np.testing.assert_allclose([lr(55), lr(100)], [1.0, 0.0], atol=1e-6)
     assert all(lr(s) > lr(s + 1) for s in range(10, 100))
@@ -60,7 +65,7 @@ PARAMS = {
 
 
 def test_weight_matrix_mask_selects_only_convolution_and_dense_kernels():
-    mask = optim.weight_matrix_mask(PARAMS)
+    mask = weight_matrix_mask(PARAMS)
     assert mask == {
         "Conv_0": {"kernel": True},
         "BatchNorm_0": {"scale": False, "bias": False},
@@ -68,12 +73,12 @@ def test_weight_matrix_mask_selects_only_convolution_and_dense_kernels():
     }
 
 
-@pytest.mark.parametrize("name", optim.OPTIMIZERS)
+@pytest.mark.parametrize("name", OPTIMIZERS)
 def test_weight_decay_and_trust_ratio_skip_biases_and_batchnorm(name):
     config = get_config("digits")
     config.optim.name, config.optim.lr, config.optim.warmup_fraction = name, 0.5, 0.0
     config.optim.weight_decay, config.optim.trust_coefficient = 0.1, 0.01
-    tx = optim.make_optimizer(config, total_steps=1000)
+    tx = make_optimizer(config, total_steps=1000)
     grads = jax.tree.map(jnp.ones_like, PARAMS)
     updates, _ = tx.update(grads, tx.init(PARAMS), PARAMS)
     lr = 0.5  # step 0 of 1000 without warmup: the peak rate
@@ -103,7 +108,7 @@ def test_weighted_knn_matches_a_numpy_reference():
         for j in top[i]:
             votes[i, train_y[j]] += np.exp(sim[i, j] / 0.1)
     expected = np.mean(votes.argmax(1) == test_y)
-    got = evaluate.knn_accuracy(
+    got = evaluation.knn_accuracy(
         train_x, train_y, test_x, test_y, num_classes=3, k=7, temperature=0.1, chunk_size=10
     )
     assert got == pytest.approx(expected)
@@ -114,7 +119,7 @@ def test_linear_probe_separates_gaussian_classes():
     centres = rng.standard_normal((4, 10)) * 3.0
     y = rng.integers(0, 4, 400)
     x = centres[y] + rng.standard_normal((400, 10)) + 100.0  # standardisation removes the offset
-    acc = evaluate.linear_probe_accuracy(
+    acc = evaluation.linear_probe_accuracy(
         x[:300], y[:300], x[300:], y[300:], num_classes=4, steps=50
     )
     assert acc >= 0.95
@@ -269,7 +274,7 @@ def test_multicrop_step_gives_the_loss_large_and_small_crops_and_keeps_large_cro
     config.dataset.fake_num_examples = 4
     mesh = parallel.make_mesh(1)
     model = train.build_model(config, axis_name=AXIS)
-    tx, schedule = optim.make_optimizer(config, 1), optim.learning_rate_schedule(config, 1)
+    tx, schedule = make_optimizer(config, 1), learning_rate_schedule(config, 1)
     state = train.create_train_state(config, model, tx, mesh, channels=1)
     images = np.stack([record["image"] for record in fake_source(config)])
     step = train.make_train_step(config, model, tx, schedule, mesh)
@@ -339,7 +344,7 @@ def test_digits_run_reports_probe_knn_pixels_and_geometry_and_evaluate_cli_agree
 
     out, err = finish(start([f"--workdir={tmp_path / 'run'}"], script=EVALUATE))
     assert "read only" not in err and "OpenCV" not in err  # orbax's and tfds's notes are quiet
-    report = evaluate.format_report(results, knn_k=config.eval.knn_k)
+    report = evaluation.format_report(results, knn_k=config.eval.knn_k)
     assert report.splitlines()[1] in out  # the backbone row: the same accuracies
     assert "raw pixels" in out and "effective_rank" in out
 

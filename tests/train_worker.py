@@ -12,7 +12,7 @@ step), or for ``term-eval`` the start of an evaluation. ACTION:
              in a crash or an out-of-memory kill;
   term, int  send this process SIGTERM / SIGINT once (as a scheduler or Ctrl-C would);
   int2       send SIGINT twice in a row (Ctrl-C pressed again);
-  term-eval  send SIGTERM when the evaluation starts (``mvcl.train.evaluate.evaluate``);
+  term-eval  send SIGTERM when the evaluation starts (``mvcl.evaluation.evaluate``);
   pause      wait until the file ``MVCL_TEST_RESUME`` exists (at most ``MVCL_TEST_PAUSE``
              seconds, default 60), then go on;
   fill       wait until the checkpoint of step ``CHECKPOINT_STEP`` is complete, then fill the
@@ -37,7 +37,8 @@ script, script_args = rest[1], rest[2:]
 
 from run_helpers import COMMANDS  # noqa: E402
 
-from mvcl.train import evaluate, writers  # noqa: E402
+from mvcl import evaluation  # noqa: E402
+from mvcl.train import writers  # noqa: E402
 
 target = os.environ.get("MVCL_TEST_SIGNAL_PROCESS")
 acts = target is None or target == os.environ.get("MVCL_PROCESS_ID", "0")
@@ -102,7 +103,7 @@ def write_scalars_and_interrupt(self, at_step, scalars):
         interrupt()
 
 
-run_evaluation = evaluate.evaluate
+run_evaluation = evaluation.evaluate
 
 
 def evaluate_and_interrupt(*args, **kwargs):
@@ -112,6 +113,6 @@ def evaluate_and_interrupt(*args, **kwargs):
 
 
 writers.MetricWriter.write_scalars = write_scalars_and_interrupt
-evaluate.evaluate = evaluate_and_interrupt
+evaluation.evaluate = evaluate_and_interrupt
 sys.argv = [script, *script_args]
 importlib.import_module(COMMANDS[script]).run()

@@ -2,7 +2,7 @@
 
 A row holds the cell (``loss``, ``views``, ``batch_size``, ``seed``), the run (``step``,
 ``seconds``, ``train_loss``) and every evaluation value (``backbone/linear_probe``,
-``projector/effective_rank``, ... as in `mvcl.train.evaluate.evaluate`; none for fake data).
+``projector/effective_rank``, ... as in `mvcl.evaluation.evaluate`; none for fake data).
 
 Learning curves (`read_curve`, `learning_curves`): the online evaluation's values
 (`mvcl.train.online_eval`, ``online/*`` in each cell's ``metrics.jsonl``) against the step,
@@ -404,7 +404,7 @@ def markdown(
         "",
         "Accuracies are on the test split, of the backbone features (linear probe: logistic "
         "regression on the standardised features, fitted by minibatch Adam; kNN: weighted, "
-        "cosine; both in `mvcl.train.evaluate`); geometry of V augmented views of test images "
+        "cosine; both in `mvcl.evaluation`); geometry of V augmented views of test images "
         "(alignment and uniformity of the projections).",
     ]
     pixels = [r for r in means if "pixels/linear_probe" in r]

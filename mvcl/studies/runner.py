@@ -37,10 +37,16 @@ from etils import epath
 from ml_collections import config_dict
 from tqdm import tqdm
 
-from mvcl import data, train
+from mvcl import data, evaluation, train
 from mvcl._deprecation import renamed
 from mvcl.studies import grid
-from mvcl.train import storage, summary
+from mvcl.train import storage
+from mvcl.train.workdir import (
+    last_train_loss,  # noqa: F401 (runner.last_train_loss, as before)
+    plain_config,
+    run_summary,
+    write_json,
+)
 
 CELLS_DIR = "cells"
 RESULT_FILE = "result.json"
@@ -133,7 +139,7 @@ def embed_test_split(
     ds = config.dataset
     images, labels = data.load_numpy(ds.name, ds.test_split, ds.data_dir, image_size=ds.image_size)
     _, variables = train.restore_variables(directory, config)
-    backbone, projector = train.evaluate.embed(
+    backbone, projector = evaluation.embed(
         train.build_model(config),
         variables,
         images,
@@ -159,7 +165,7 @@ def run_cell(
     seconds = time.perf_counter() - start
     result = {
         "cell": dataclasses.asdict(cell),
-        **summary.run_summary(config, directory, out, seconds),
+        **run_summary(config, directory, out, seconds),
     }
     embeddings = (
         embed_test_split(config, directory) if save_embeddings and config.eval.enabled else None
@@ -169,7 +175,7 @@ def run_cell(
             buffer = io.BytesIO()  # (numpy writes local files only; a bucket's is one object)
             np.savez_compressed(buffer, **embeddings)
             storage.write_bytes(directory / EMBEDDINGS_FILE, buffer.getvalue())
-        summary.write_json(directory / RESULT_FILE, result)
+        write_json(directory / RESULT_FILE, result)
     return result
 
 
@@ -195,7 +201,7 @@ def _done(configs, workdir, archive) -> dict[grid.Cell, dict[str, Any]]:
             result = read_result(cell_dir(archive, cell))
             directory = cell_dir(archive, cell) if result is not None else directory
         if result is not None:
-            changes = config_changes(result["config"], summary.plain_config(config))
+            changes = config_changes(result["config"], plain_config(config))
             if changes:
                 raise ValueError(
                     f"cell {cell.name} in {directory} was run with a different config "
@@ -291,8 +297,7 @@ def _archive(result: dict[str, Any], archive: str | os.PathLike | None, cell: gr
     if archive is None or jax.process_index() != 0:
         return
     if read_result(cell_dir(archive, cell)) != result:
-        summary.write_json(cell_dir(archive, cell) / RESULT_FILE, result)
+        write_json(cell_dir(archive, cell) / RESULT_FILE, result)
 
 
 test_embeddings = renamed(embed_test_split, "mvcl.studies.runner.test_embeddings")
-last_train_loss = summary.last_train_loss  # where it was defined before mvcl.train.summary

@@ -2,7 +2,7 @@
 
 `validate_config` turns every bad field into a ``ConfigError`` (a ``ValueError``) naming it
 (``config.loss.name``, ``config.num_views``, ``config.batch_size``, ...); a missing data set
-fails as ``config.dataset.name`` when the sources are opened (`mvcl.train.sources`), still
+fails as ``config.dataset.name`` when the sources are opened (`mvcl.train.inputs`), still
 before the first step. `num_train_steps` is the run's length.
 """
 
@@ -16,8 +16,9 @@ import jax
 from ml_collections import config_dict
 
 from mvcl import backends, losses, models
-from mvcl.train import grad_cache, optim, storage
+from mvcl.train import grad_cache, storage
 from mvcl.train.errors import ConfigError
+from mvcl.train.state import OPTIMIZERS
 
 LOSS_BACKENDS = ("gather", "ring")  # the backends that run inside shard_map over many devices
 DTYPES = ("float32", "bfloat16")
@@ -173,7 +174,7 @@ def validate_config(
 
     ``device_count`` and ``process_count`` default to ``jax.device_count()`` and
     ``jax.process_count()``. The data set is checked when it is opened
-    (`mvcl.train.sources.open_sources`).
+    (`mvcl.train.inputs.open_sources`).
     """
     device_count = jax.device_count() if device_count is None else device_count
     process_count = jax.process_count() if process_count is None else process_count
@@ -220,9 +221,9 @@ def validate_config(
         f"must be one of {DTYPES}, got {config.model.dtype!r}",
     )
     require(
-        config.optim.name in optim.OPTIMIZERS,
+        config.optim.name in OPTIMIZERS,
         "optim.name",
-        f"must be one of {optim.OPTIMIZERS}, got {config.optim.name!r}",
+        f"must be one of {OPTIMIZERS}, got {config.optim.name!r}",
     )
     require(config.optim.lr > 0, "optim.lr", f"must be > 0, got {config.optim.lr}")
     require(

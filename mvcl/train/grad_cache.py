@@ -78,7 +78,7 @@ def check_micro_batch(micro_batch: int | None, images_per_device: int) -> None:
 
 def _chunked(x: Any, micro_batch: int) -> Any:
     """Every leaf (n, ...) -> (n // micro_batch, micro_batch, ...): images may be an array or
-    the whole-image dict ``{"image", "valid"}`` of `mvcl.train.feed`."""
+    the whole-image dict ``{"image", "valid"}`` of `mvcl.train.inputs`."""
     return jax.tree.map(
         lambda a: a.reshape(a.shape[0] // micro_batch, micro_batch, *a.shape[1:]), x
     )

@@ -9,7 +9,7 @@ refused with one line naming the holder.
 ``flock`` is the lock, the file's text only names the holder. On a shared POSIX file system
 (NFS) the flock is taken on the server, so processes on other hosts are refused as well; a host
 that crashed releases its locks when its NFS lease expires. With several processes, the first
-takes the lock and the others follow its answer (`mvcl.train.processes.agree`).
+takes the lock and the others follow its answer (`mvcl.parallel.agree`).
 
 **In a bucket** (``gs://``, `mvcl.train.storage`) there is no flock: the lock is the object
 ``<workdir>/.lock`` itself, created only if absent and renewed only if unchanged (tensorstore's
@@ -37,9 +37,9 @@ from typing import Any
 import jax
 from absl import logging
 
+from mvcl.parallel import agree, announce
 from mvcl.train import storage
 from mvcl.train.errors import WorkdirLockedError
-from mvcl.train.processes import agree, announce
 
 LOCK_FILE = ".lock"
 LEASE_SECONDS = 300.0  # a bucket's lock object not renewed for this long is stale ...

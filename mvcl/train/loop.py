@@ -43,23 +43,17 @@ from ml_collections import config_dict
 from tqdm import tqdm
 
 from mvcl import models, parallel
-from mvcl.train import (
-    cli,
-    feed,
-    guard,
-    lock,
-    noise,
-    online_eval,
-    optim,
-    run_identity,
-    signals,
-    storage,
-)
+from mvcl.parallel import agree, announce
+from mvcl.train import cli, guard, inputs, lock, noise, online_eval, run_identity, signals, storage
 from mvcl.train.checkpoint import Checkpointer
 from mvcl.train.config_checks import num_train_steps, validate_config
-from mvcl.train.processes import agree, announce, should_stop, stop_reason
-from mvcl.train.sources import open_sources
-from mvcl.train.state import build_model, create_train_state
+from mvcl.train.signals import should_stop, stop_reason
+from mvcl.train.state import (
+    build_model,
+    create_train_state,
+    learning_rate_schedule,
+    make_optimizer,
+)
 from mvcl.train.step import AXIS, make_train_step
 from mvcl.train.workdir import CHECKPOINT_DIR, evaluate_variables
 from mvcl.train.writers import MetricWriter
@@ -175,7 +169,7 @@ def train_and_evaluate(
 
     Returns:
       ``{"step": last step, "preempted": bool, "state": TrainState, "eval": {...}}``: "eval"
-      holds the results of `mvcl.train.evaluate.evaluate` (empty when evaluation is off or was
+      holds the results of `mvcl.evaluation.evaluate` (empty when evaluation is off or was
       stopped by a signal). "preempted" is True when a signal stopped training or evaluation
       ("state" and "step" are None if it came before the run started).
 
@@ -200,10 +194,10 @@ def _train_and_evaluate(
     config: config_dict.ConfigDict, workdir: str, allow_config_change: list[str]
 ) -> dict[str, Any]:
     with noise.quiet_data_preparation():
-        source = open_sources(config)
+        source = inputs.open_sources(config)
     mesh = parallel.make_mesh(None if config.num_devices == -1 else config.num_devices)
     # Puts batches on the devices; its input workers start with the first batch, after the checks.
-    iterator = feed.train_batches(config, source, mesh, AXIS)
+    iterator = inputs.train_batches(config, source, mesh, AXIS)
     num_steps = num_train_steps(config, iterator.steps_per_epoch)
     latest = _latest_step_on_disk(workdir)
     if latest is not None:
@@ -212,8 +206,8 @@ def _train_and_evaluate(
         config, workdir, steps_per_epoch=iterator.steps_per_epoch, allow=allow_config_change
     )
 
-    schedule = optim.learning_rate_schedule(config, num_steps)
-    tx = optim.make_optimizer(config, num_steps)
+    schedule = learning_rate_schedule(config, num_steps)
+    tx = make_optimizer(config, num_steps)
     model = build_model(config, axis_name=AXIS)
     channels = np.asarray(source[0]["image"]).shape[-1]
     state = create_train_state(config, model, tx, mesh, channels)

@@ -1,4 +1,4 @@
-"""Device memory of a config's train step, from the compiler, without running it.
+"""A config's train step outside a run: its device memory from the compiler, and its time.
 
 `plan` builds the config's real train step (`mvcl.train.make_train_step`: model, loss, optimiser,
 views, and whatever else the config switches on), lowers it for abstract inputs
@@ -20,11 +20,17 @@ The figures are those of the executable XLA compiles for the backend it runs on.
 the CPU (simulated devices, ``--xla_force_host_platform_device_count``) they estimate, and do not
 equal, what a GPU or TPU needs: the other backends fuse, lay out, pad (TPU tiles of 8 x 128) and
 rematerialise differently. Compile on the accelerator for its own figures.
+
+`time_train_step` compiles the same step and runs it on random uint8 images of
+``config.dataset.fake_shape`` (no data set is read): compile time, XLA's FLOPs and memory, and
+the time of a few steps, each waited for (``experiments/bench_step.py`` and
+``experiments/bench_accelerator.py``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any
 
 import jax
@@ -34,9 +40,14 @@ from jax.sharding import PartitionSpec as P
 from ml_collections import config_dict
 
 from mvcl import parallel
-from mvcl.train import optim
 from mvcl.train.config_checks import num_train_steps, validate_config
-from mvcl.train.state import build_model, create_train_state
+from mvcl.train.inputs import global_batch
+from mvcl.train.state import (
+    build_model,
+    create_train_state,
+    learning_rate_schedule,
+    make_optimizer,
+)
 from mvcl.train.step import AXIS, make_train_step
 
 GIB = 1024**3
@@ -120,8 +131,8 @@ def plan(
     shape = image_shape(config)
     total_steps = max(num_train_steps(config, 1), 1)
     model = build_model(config, axis_name=AXIS)
-    tx = optim.make_optimizer(config, total_steps)
-    schedule = optim.learning_rate_schedule(config, total_steps)
+    tx = make_optimizer(config, total_steps)
+    schedule = learning_rate_schedule(config, total_steps)
     replicated = NamedSharding(mesh, P())
     state = jax.eval_shape(lambda: create_train_state(config, model, tx, mesh, channels=shape[-1]))
     state = jax.tree.map(
@@ -130,7 +141,7 @@ def plan(
     batch_sharding = parallel.batch_sharding(mesh)
     images = jax.ShapeDtypeStruct((config.batch_size, *shape), np.uint8, sharding=batch_sharding)
     input_bytes = batch_per_device * int(np.prod(shape))
-    if config.dataset.get("whole_image_size"):  # the whole-image layout of mvcl.train.feed
+    if config.dataset.get("whole_image_size"):  # the whole-image layout of mvcl.train.inputs
         valid = jax.ShapeDtypeStruct((config.batch_size, 2), np.int32, sharding=batch_sharding)
         images = {"image": images, "valid": valid}
         input_bytes += batch_per_device * 2 * 4
@@ -239,3 +250,87 @@ def format_plan(plan_: MemoryPlan) -> str:
     ]
     lines += [f"  {name:<32}{value / mib:>12.2f} MiB" for name, value in rows]
     return "\n".join(lines)
+
+
+# --- the step's time ------------------------------------------------------------------------------
+
+
+def _first(analysis: Any) -> Any:
+    # cost_analysis() is a dict in recent JAX, a list of one dict per program in older ones
+    return analysis[0] if isinstance(analysis, (list, tuple)) and analysis else analysis
+
+
+def time_train_step(
+    config: config_dict.ConfigDict,
+    *,
+    steps: int = 5,
+    steps_per_epoch: int = 1000,
+    mesh: jax.sharding.Mesh | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Compiles and times the train step of ``config`` on random images.
+
+    Args:
+      config: a pretraining config (its ``batch_size``, ``num_views``, model, loss, optimiser,
+        ``train.micro_batch`` ... as a run would use them).
+      steps: timed steps after the warm-up step (0: compile and measure only, nothing is run).
+      steps_per_epoch: for the optimiser's schedule only (the step's speed does not depend on it).
+      mesh: the mesh (default: as training, ``config.num_devices``).
+
+    Returns a dict: ``compile_s`` (lowering and compiling), ``xla_flops`` (XLA's FLOP count of
+    one step, NaN where it gives none), ``temp_bytes``, ``argument_bytes``, ``output_bytes``,
+    ``alias_bytes`` (``memory_analysis()``, None where it gives none), ``first_step_s`` (the
+    warm-up), ``step_s`` (the timed steps), ``median_step_s``, ``min_step_s``, ``loss`` (of the
+    last step) and ``devices``.
+    """
+    if mesh is None:
+        mesh = parallel.make_mesh(_num_devices(config))
+    num_steps = num_train_steps(config, steps_per_epoch)
+    tx = make_optimizer(config, num_steps)
+    schedule = learning_rate_schedule(config, num_steps)
+    model = build_model(config, axis_name=AXIS)
+    shape = tuple(config.dataset.fake_shape)
+    state = create_train_state(config, model, tx, mesh, shape[-1])
+    step = make_train_step(config, model, tx, schedule, mesh)
+    sharding = parallel.batch_sharding(mesh, AXIS)
+    rng = np.random.default_rng(seed)
+
+    def batch() -> jax.Array:
+        images = rng.integers(0, 256, (config.batch_size, *shape), dtype=np.uint8)
+        return global_batch(images, sharding, config.batch_size)
+
+    images = batch()
+    start = time.perf_counter()
+    compiled = step.lower(state, images).compile()
+    compile_s = time.perf_counter() - start
+    cost = _first(compiled.cost_analysis())
+    memory = compiled.memory_analysis()
+    row: dict[str, Any] = {
+        "devices": mesh.size,
+        "compile_s": compile_s,
+        "xla_flops": float(cost.get("flops", float("nan"))) if cost else float("nan"),
+    }
+    for key in ("temp", "argument", "output", "alias"):
+        size = None if memory is None else getattr(memory, f"{key}_size_in_bytes", None)
+        row[f"{key}_bytes"] = None if size is None else int(size)
+    if steps <= 0:
+        return row
+    start = time.perf_counter()
+    state, metrics = compiled(state, images)
+    jax.block_until_ready(metrics)
+    row["first_step_s"] = time.perf_counter() - start
+    times = []
+    for _ in range(steps):
+        images = batch()  # on the device before the clock starts, as the loop's prefetch has it
+        jax.block_until_ready(images)
+        start = time.perf_counter()
+        state, metrics = compiled(state, images)
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - start)
+    row.update(
+        step_s=times,
+        median_step_s=float(np.median(times)),
+        min_step_s=float(min(times)),
+        loss=float(metrics["loss"]),
+    )
+    return row

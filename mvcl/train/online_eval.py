@@ -2,15 +2,15 @@
 
 `OnlineEvaluator` is built once per run, ``OnlineEvaluator(config, model, mesh)``: it reads a
 fixed random subset of ``config.eval.online_train_examples`` train images and one of
-``config.eval.online_test_examples`` test images (`mvcl.train.evaluate.train_subset` with seeds
+``config.eval.online_test_examples`` test images (`mvcl.evaluation.train_subset` with seeds
 0 and 1: the same subsets at every call, in every session of a resumed run and on any number of
 devices or processes; a split smaller than asked is taken whole). With ``config.dataset.fake``
-both subsets come from the run's fake images (`mvcl.train.sources.fake_source`). The images stay
+both subsets come from the run's fake images (`mvcl.train.inputs.fake_source`). The images stay
 on the host of every process as uint8 (1,000 Fashion-MNIST images: 0.8 MB).
 
 ``evaluator.evaluate(variables)`` (the train state's ``{"params", "batch_stats"}``, left where
 they are on the mesh: no copy to the host) returns, with the functions of
-`mvcl.train.evaluate` (so it is sharded over the mesh and correct on several processes):
+`mvcl.evaluation` (so it is sharded over the mesh and correct on several processes):
 
 * ``online/knn_backbone``, ``online/knn_projector``: test accuracy in [0, 1] of the weighted kNN
   (``config.eval.knn_k`` neighbours, cosine similarity, weights exp(s / ``knn_temperature``)) of
@@ -53,9 +53,9 @@ import jax
 import numpy as np
 from ml_collections import config_dict
 
-from mvcl import data, metrics, models, numerics
+from mvcl import data, evaluation, metrics, models, numerics
 from mvcl.data import input_pipeline
-from mvcl.train import config_checks, evaluate, sources
+from mvcl.train import config_checks, inputs
 from mvcl.train.config_checks import require
 from mvcl.train.errors import ConfigError
 
@@ -67,10 +67,11 @@ SETTINGS = (
     "collapse_rank_fraction",
     "collapse_std",
 )
-"""The ``config.eval`` fields of the online evaluation (defaults: `evaluate.EVAL_DEFAULTS`)."""
+"""The ``config.eval`` fields of the online evaluation (defaults:
+`mvcl.evaluation.EVAL_DEFAULTS`)."""
 PREFIX = "online/"
 GEOMETRY_VIEWS = 2  # views per test image for the geometry metrics (see the module docstring)
-# evaluate.train_subset's default seed: the final evaluation's subset when the sizes are equal
+# evaluation.train_subset's default seed: the final evaluation's subset when the sizes are equal
 TRAIN_SUBSET_SEED = 0
 TEST_SUBSET_SEED = 1
 KEYS = tuple(
@@ -95,7 +96,7 @@ def check_settings(config: config_dict.ConfigDict) -> None:
     """Raises ``ConfigError("config.eval.<field>: ...")`` for an invalid online-evaluation field
     (its numeric ranges are those of `mvcl.train.config_checks.RANGES`, which
     `validate_config` checks; `OnlineEvaluator` checks them too)."""
-    ev = {name: config.eval.get(name, evaluate.EVAL_DEFAULTS[name]) for name in SETTINGS}
+    ev = {name: config.eval.get(name, evaluation.EVAL_DEFAULTS[name]) for name in SETTINGS}
     for name, value in ev.items():
         allowed = config_checks.RANGES.get(f"eval.{name}")
         if allowed is not None:
@@ -107,17 +108,17 @@ def check_settings(config: config_dict.ConfigDict) -> None:
     )
 
 
-def _subset(source: evaluate.Source, size: int | None, seed: int, image_size: int | None):
+def _subset(source: evaluation.Source, size: int | None, seed: int, image_size: int | None):
     """``min(size, len(source))`` records of ``source`` (a fixed random subset) read into memory:
     ``(uint8 images (n, H, W, C), int32 labels (n,))``."""
     count = len(source) if size is None else min(size, len(source))
-    ids = evaluate.train_subset(len(source), count, seed=seed)
+    ids = evaluation.train_subset(len(source), count, seed=seed)
     batch = input_pipeline.read_records(source, ids, image_size)
     return batch["image"], np.asarray(batch["label"], np.int32)
 
 
 def _records(images: np.ndarray, labels: np.ndarray) -> list[dict[str, Any]]:
-    """In-memory records, as `evaluate.extract_features` reads them."""
+    """In-memory records, as `mvcl.evaluation.extract_features` reads them."""
     return [{"image": image, "label": int(label)} for image, label in zip(images, labels)]
 
 
@@ -143,7 +144,7 @@ class OnlineEvaluator:
         model: nn.Module,
         mesh: jax.sharding.Mesh,
         *,
-        split_sources: Mapping[str, evaluate.Source] | None = None,
+        split_sources: Mapping[str, evaluation.Source] | None = None,
     ):
         if isinstance(model, models.PerViewModel):
             raise ConfigError(
@@ -152,16 +153,16 @@ class OnlineEvaluator:
             )
         check_settings(config)
         self.config, self.model, self.mesh = config, model, mesh
-        self.settings = evaluate.eval_settings(config)
+        self.settings = evaluation.eval_settings(config)
         ds = config.dataset
         if split_sources is None:
             if ds.fake:
-                fake = sources.fake_source(config)
+                fake = inputs.fake_source(config)
                 split_sources = {"train": fake, "test": fake}
             else:
                 split_sources = {
-                    "train": sources.open_split(config, "train_split"),
-                    "test": sources.open_split(config, "test_split"),
+                    "train": inputs.open_split(config, "train_split"),
+                    "test": inputs.open_split(config, "test_split"),
                 }
         ev = self.settings
         self.train_images, self.train_labels = _subset(
@@ -180,11 +181,11 @@ class OnlineEvaluator:
 
     def features(self, variables: Mapping[str, Any]) -> tuple[dict, dict]:
         """Host banks ``{"backbone", "projector"}`` of the centre views of the train and test
-        subsets (`evaluate.extract_features`, sharded over the mesh)."""
+        subsets (`mvcl.evaluation.extract_features`, sharded over the mesh)."""
         ev = self.settings
         banks = []
         for records in (self._train, self._test):
-            bank, _ = evaluate.extract_features(
+            bank, _ = evaluation.extract_features(
                 self.model,
                 variables,
                 records,
@@ -199,8 +200,8 @@ class OnlineEvaluator:
 
     def view_embeddings(self, variables: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         """Backbone features (N, 2, F) and projections (N, 2, D) of two views of every test
-        image (`evaluate.view_embeddings`)."""
-        return evaluate.view_embeddings(
+        image (`mvcl.evaluation.view_embeddings`)."""
+        return evaluation.view_embeddings(
             self.model,
             variables,
             self.test_images,
@@ -222,7 +223,7 @@ class OnlineEvaluator:
             return {key: math.nan for key in KEYS}
         results = {}
         for part in ("backbone", "projector"):
-            results[f"{PREFIX}knn_{part}"] = evaluate.knn_accuracy(
+            results[f"{PREFIX}knn_{part}"] = evaluation.knn_accuracy(
                 train_bank[part],
                 self.train_labels,
                 test_bank[part],
@@ -281,7 +282,7 @@ def collapse_warning(
 
     with D = ``proj_dim``, the projections' dimension. A threshold of 0 turns its test off.
     """
-    ev = evaluate.eval_settings(config)
+    ev = evaluation.eval_settings(config)
     if not ev["collapse_check"]:
         return None
     reasons = []

@@ -1,62 +1,57 @@
 """Run identity: what a rerun in an existing workdir may change, and the record of what it did.
 
-A workdir holds one run: ``config.json`` is the config its checkpoints were written with and is
-never rewritten; every session (the first, and each resume) appends one line to
+A workdir holds one run: ``config.json``, the config its checkpoints were written with, is never
+rewritten; every session (the first, and each resume) appends one line to
 ``config_history.jsonl``: time, restored step, devices and processes, and the config fields it
 changed. The run's current config (`effective_config`) is ``config.json`` with those changes
 applied in order.
 
 Before a session writes anything, `check_resume` compares the new config with the run's current
-one, field by field (dotted names; the multi-crop settings only count while multi-crop is on).
-Each field is in one of three classes:
+one, field by field (dotted names; the multi-crop settings count only while multi-crop is on).
+Each field is in one of three classes (`field_class`):
 
-* **free** (`FREE_FIELDS`): how the run is watched, saved, evaluated or spread over machines,
-  not what it computes. Accepted, and recorded in the history:
-
-  - ``name``; ``progress_bar``, ``log_every_steps``, ``checkpoint_every_steps``,
-    ``keep_checkpoints``, ``train.max_bad_steps``, ``train.steps_ahead``: what is shown, kept
-    and watched, not what is computed;
-  - ``eval.*``, ``dataset.test_split``: evaluation happens after training and reads only the
-    final encoder;
-  - ``dataset.data_dir``, ``dataset.source_dir``: where the same data set is read (or first
-    written) from;
-  - ``num_devices``, ``loss.backend`` (gather or ring): how the same global-batch step is spread
-    over devices; the losses agree to float32 rounding (tests check 1, 2, 3 and 8 devices, 1 and
-    2 processes, both backends);
-  - input-pipeline parallelism (any field named ``num_workers``, ``worker_count`` or
-    ``prefetch*``): the batch of step s is a function of (seed, s) whatever reads it.
-
-* **consent** (`CONSENT_FIELDS`): fields that keep the checkpoints valid but change the course
-  of the run from the restored step on. Refused unless named in ``allow`` (the command line's
+* **free** (`FREE_FIELDS`), accepted and recorded: how the run is watched, saved, evaluated or
+  spread over machines, not what it computes. What is shown, kept and watched (``name``,
+  ``progress_bar``, ``log_every_steps``, ``checkpoint_every_steps``, ``keep_checkpoints``,
+  ``train.max_bad_steps``, ``train.steps_ahead``); the evaluation (``eval.*``,
+  ``dataset.test_split``: it comes after training and reads only the final encoder); where the
+  same data set is read (or first written) from (``dataset.data_dir``, ``dataset.source_dir``);
+  how the same global-batch step is spread over devices (``num_devices``, ``loss.backend``: the
+  losses agree to float32 rounding; tests check 1, 2, 3 and 8 devices, 1 and 2 processes, both
+  backends); input-pipeline parallelism (any field named ``num_workers``, ``worker_count`` or
+  ``prefetch*``: the batch of step s is a function of (seed, s) whatever reads it).
+* **consent** (`CONSENT_FIELDS`): the checkpoints stay valid, but the run's course changes from
+  the restored step on. Refused unless named in ``allow`` (the command line's
   ``--allow_config_change=field,...``), then recorded:
 
-  - ``num_epochs``, ``num_steps``: the schedule's length. The learning-rate schedule (warmup,
-    then cosine to zero at the last step) is a function of the total step count, so changing it
+  - the schedule's length, ``num_epochs`` and ``num_steps``. The learning-rate schedule (warmup,
+    then cosine to zero at the last step) is a function of the total step count, so a new length
     moves the rate at every remaining step: extending a finished 500-step digits run
-    (``configs/digits.py``, peak 0.5) to 550 steps raises the rate at step 500 from 0 to 0.0112.
-    When allowed, `schedule_note` states the rate at the restored step before and after. A
-    change of these fields that leaves the total step count as it was is free. A total below the
-    restored step is always an error.
-  - ``optim.*`` hyper-parameters (``lr``, ``momentum``, ``nesterov``, ``weight_decay``,
+    (``configs/digits.py``, peak 0.5) to 550 steps raises the rate at step 500 from 0 to 0.0112;
+    `schedule_note` states the rate at the restored step before and after. A change of these
+    fields that keeps the total step count is free; a total below the restored step is always
+    an error (`check_target`);
+  - the optimiser's hyper-parameters (``optim.lr``, ``momentum``, ``nesterov``, ``weight_decay``,
     ``warmup_fraction``, ``trust_coefficient``), ``loss.temperature``, the augmentation's
     strengths (``augment.*`` but ``crop_size`` and ``multicrop.num_small``);
-  - how precisely or in what pieces the same step is computed: ``model.dtype``,
+  - how precisely or in what pieces the same step is computed, ``model.dtype``,
     ``loss.precision`` (matmul precision) and ``train.micro_batch`` (gradient caching, whose
-    BatchNorm statistics are per chunk): the way to fit a run on a smaller machine, with
-    consent because the numbers change by more than rounding;
-  - any other field present in one config only (a config written by an older or newer mvcl)
-    with a value: allowing it says the value keeps the run's behaviour. A field present in one
-    config only and unset (null) in the other is free: an unset field is the behaviour from
-    before it existed.
+    BatchNorm statistics are per chunk): the way to fit a run on a smaller machine, with consent
+    because the numbers change by more than rounding;
+  - a field present in one config only (written by an older or newer mvcl) with a value:
+    allowing it says the value keeps the run's behaviour. Unset (null) there, it is free: an
+    unset field is the behaviour from before it existed.
 
 * **identity**: everything else, the fields that say what the run is: model (``model.*`` but
   ``dtype``), loss (``loss.name``, ``loss.kwargs``), views (``num_views``, multi-crop), batch
-  size, data set, seed, optimiser (``optim.name``), crop size. A change is refused with the
-  advice to use a new ``--workdir``; ``allow`` cannot override it. (The checkpoints of another
-  model or optimiser would not restore anyway; a different loss, view count, batch or data set
-  would restore and silently continue another experiment under the first one's name.)
+  size, data set, seed, optimiser (``optim.name``), crop size. Refused with the advice to use a
+  new ``--workdir``; ``allow`` cannot override it (the checkpoints of another model or optimiser
+  would not restore anyway; another loss, view count, batch or data set would restore and
+  silently continue another experiment under the first one's name).
 
 The refusal (`RunIdentityError`) lists each changed field with its old and new value.
+`check_evaluation` refuses, the same way, to evaluate a run with a config that differs from the
+run's in more than free fields.
 """
 
 from __future__ import annotations
@@ -366,13 +361,12 @@ def check_resume(
     """
     workdir = epath.Path(workdir)
     new = plain(config)
-    allow = [a.strip() for a in allow if a.strip()]
     if not (workdir / CONFIG_FILE).is_file():  # (`check_workdir` refused other files)
-        _check_allow_names(allow, flatten(new).keys())
+        _allowed(allow, new)
         return Resume(new_run=True, changes=[])
 
     old = effective_config(workdir)
-    _check_allow_names(allow, flatten(old).keys() | flatten(new).keys())
+    allow = _allowed(allow, old, new)
     changes = diff(old, new)
 
     def total(plain_config: Mapping[str, Any]) -> int:
@@ -395,16 +389,14 @@ def check_resume(
             refused.append(change)
     if identity or refused:
         raise RunIdentityError(_refusal(workdir, identity, refused, (old_total, new_total)))
-    return Resume(
-        new_run=False,
-        changes=accepted,
-        old_total_steps=old_total,
-        old_config=old,
-    )
+    return Resume(new_run=False, changes=accepted, old_total_steps=old_total, old_config=old)
 
 
-def _check_allow_names(allow: Sequence[str], fields: Iterable[str]) -> None:
-    fields = set(fields)
+def _allowed(allow: Iterable[str], *configs: Mapping[str, Any]) -> list[str]:
+    """The ``--allow_config_change`` names, stripped; each must be a field of one of the plain
+    ``configs`` (a RunIdentityError names the closest fields otherwise)."""
+    allow = [a.strip() for a in allow if a.strip()]
+    fields = {field for config in configs for field in flatten(config)}
     for name in allow:
         if name not in fields:
             close = close_fields(name, fields)
@@ -413,13 +405,11 @@ def _check_allow_names(allow: Sequence[str], fields: Iterable[str]) -> None:
                 f"--allow_config_change: {name!r} is not a config field (dotted, e.g. "
                 f"optim.lr){hint}"
             )
+    return allow
 
 
 def _refusal(
-    workdir: epath.Path,
-    identity: list[Change],
-    refused: list[Change],
-    totals: tuple[int, int] | None = None,
+    workdir: epath.Path, identity: list[Change], refused: list[Change], totals: tuple[int, int]
 ) -> str:
     parts = []
     if identity:
@@ -432,12 +422,10 @@ def _refusal(
         names = ",".join(c.field for c in refused)
         schedule = ""
         if any(c.field in SCHEDULE_FIELDS for c in refused):
-            schedule = " (a new schedule length moves the learning rate)"
-            if totals is not None:
-                schedule = (
-                    f" (the run trains for {totals[0]} steps, this config for {totals[1]}: a new "
-                    "schedule length moves the learning rate)"
-                )
+            schedule = (
+                f" (the run trains for {totals[0]} steps, this config for {totals[1]}: a new "
+                "schedule length moves the learning rate)"
+            )
         parts.append(
             "these fields change the run's course from its last checkpoint on"
             f"{schedule}: "
@@ -461,8 +449,7 @@ def check_evaluation(
       RunIdentityError: such a difference, or ``allow`` names no field.
     """
     old, new = plain(run_config), plain(config)
-    allow = [a.strip() for a in allow if a.strip()]
-    _check_allow_names(allow, flatten(old).keys() | flatten(new).keys())
+    allow = _allowed(allow, old, new)
     refused = [c for c in diff(old, new) if c.kind != FREE and c.field not in allow]
     if refused:
         names = ",".join(c.field for c in refused)
@@ -494,10 +481,10 @@ def schedule_note(
     """One sentence on what a new schedule length does at ``step`` (None if it is unchanged)."""
     if old_total == new_total:
         return None
-    from mvcl.train import optim  # optim imports nothing of this module
+    from mvcl.train.state import learning_rate_schedule  # (flax, optax: not for every command)
 
-    old_lr = optim.learning_rate_schedule(config_dict.ConfigDict(old_config), old_total)(step)
-    new_lr = optim.learning_rate_schedule(new_config, new_total)(step)
+    old_lr = learning_rate_schedule(config_dict.ConfigDict(old_config), old_total)(step)
+    new_lr = learning_rate_schedule(new_config, new_total)(step)
     return (
         f"the schedule's length changes from {old_total} to {new_total} steps: the learning-rate "
         f"schedule (warmup, cosine to 0 at the last step) is recomputed, so at the restored step "

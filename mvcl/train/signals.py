@@ -19,7 +19,8 @@ Python delivers signals to the main thread only: elsewhere (a run started from a
 `handling()` installs nothing and the default handlers stay. Every `handling()` block installs
 the handlers again on entry: ``jax.distributed.initialize`` installs a native SIGTERM handler
 (its preemption notifier) that would otherwise take the signal from Python. Several processes
-agree on stopping with one collective in the training loop instead.
+agree on stopping with one collective in the training loop instead (`should_stop`, which
+`stop_reason` explains).
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ import signal
 import threading
 from collections.abc import Iterator
 from typing import Any
+
+import jax
+
+from mvcl import parallel
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -117,3 +122,22 @@ def immediate() -> Iterator[None]:
         yield
     finally:
         _STATE.immediate = previous
+
+
+def should_stop(step: int, every: int) -> bool:
+    """Whether to stop after ``step`` because of SIGTERM/SIGINT: every process gets the same answer.
+
+    One process stops as soon as it has the signal. Several agree on it with a blocking
+    collective (`mvcl.parallel.agree`), so only at every ``every``-th step (where the loop syncs
+    for logging anyway).
+    """
+    if jax.process_count() > 1 and step % every:
+        return False
+    return parallel.agree(received() is not None)
+
+
+def stop_reason() -> str:
+    """The name of the signal that stops the run, for its messages (another process's, if this
+    one received none)."""
+    name = received()
+    return name if name is not None else "A signal to another process"

@@ -22,8 +22,9 @@ from jax.sharding import PartitionSpec as P
 from ml_collections import config_dict
 
 from mvcl import data, losses, models, parallel
-from mvcl.train import feed, grad_cache
+from mvcl.train import grad_cache
 from mvcl.train.guard import all_finite, keep_if
+from mvcl.train.inputs import DeviceBatch
 from mvcl.train.state import TrainState
 
 AXIS = parallel.DEFAULT_AXIS
@@ -38,11 +39,11 @@ def make_loss_fn(config: config_dict.ConfigDict) -> Callable[[jax.Array], jax.Ar
     )
 
 
-def _whole(images: feed.DeviceBatch) -> bool:
+def _whole(images: DeviceBatch) -> bool:
     return isinstance(images, dict)
 
 
-def _num_images(images: feed.DeviceBatch) -> int:
+def _num_images(images: DeviceBatch) -> int:
     return (images["image"] if _whole(images) else images).shape[0]
 
 
@@ -56,7 +57,7 @@ def make_train_step(
     """The jitted step ``(state, images) -> (state, metrics)``; ``state`` is donated.
 
     ``images`` is the uint8 (B, H, W, C) global batch sharded over ``AXIS`` (whole-image layout:
-    ``{"image": ..., "valid": int32 (B, 2)}``, see `mvcl.train.feed`); ``model`` must have
+    ``{"image": ..., "valid": int32 (B, 2)}``, see `mvcl.train.inputs`); ``model`` must have
     ``axis_name=AXIS``. Metrics: ``loss`` (before the update), ``learning_rate``, ``grad_norm``
     and ``finite`` (bool).
 
@@ -87,7 +88,7 @@ def make_train_step(
     # PerViewModel takes (n, V, S, S, C) and routes each view to its own encoder.
     flatten = not isinstance(model, models.PerViewModel)
 
-    def views_of(key: jax.Array, image: feed.DeviceBatch) -> list[jax.Array]:
+    def views_of(key: jax.Array, image: DeviceBatch) -> list[jax.Array]:
         keys = [key] if len(groups) == 1 else jax.random.split(key, len(groups))
         image, valid = (image["image"], image["valid"][None]) if _whole(image) else (image, None)
         return [

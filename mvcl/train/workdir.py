@@ -1,13 +1,22 @@
-"""A run's workdir, read back: its config, its newest checkpoint's variables, their evaluation.
+"""A run's workdir, read back: its config, its newest checkpoint's variables, their evaluation,
+and the summary of a finished run.
 
 `load_config` gives the run's current config, `restore_variables` the encoder variables of its
 newest good checkpoint (nothing in the workdir is written, moved or deleted), `evaluate_workdir`
-evaluates them, and `evaluate_variables` evaluates any encoder variables (`mvcl.train.evaluate`;
-`mvcl.train.multimodal` for per-view models), logs the results and prints the report.
+evaluates them, and `evaluate_variables` evaluates any encoder variables (`mvcl.evaluation`;
+`mvcl.evaluation.multimodal` for per-view models), logs the results and prints the report.
+
+`run_summary` is a finished run in one JSON file, what ``mvcl-pretrain --summary`` and every
+sweep cell write (`write_json`): the last step, the wall time, the last logged training loss,
+the evaluation results and the whole config, with the facts of the machine that ran it (JAX
+version, CPU count, load average at the end: a run's wall time means little without them).
+Results committed under ``experiments/results/`` come from these files, so a figure there is
+reproduced by rerunning the command that wrote them.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -17,23 +26,13 @@ import numpy as np
 from etils import epath
 from ml_collections import config_dict
 
-from mvcl import models, parallel
-from mvcl.train import (
-    cli,
-    evaluate,
-    lock,
-    multimodal,
-    noise,
-    optim,
-    run_identity,
-    signals,
-    storage,
-)
+from mvcl import evaluation, models, parallel
+from mvcl.parallel import announce
+from mvcl.train import cli, lock, noise, run_identity, signals, storage, writers
 from mvcl.train.checkpoint import Checkpointer
 from mvcl.train.errors import NoRunError
-from mvcl.train.processes import announce
-from mvcl.train.sources import open_split
-from mvcl.train.state import build_model, create_train_state
+from mvcl.train.inputs import open_split
+from mvcl.train.state import build_model, create_train_state, make_optimizer
 from mvcl.train.writers import MetricWriter
 
 CONFIG_FILE = run_identity.CONFIG_FILE
@@ -50,11 +49,11 @@ def evaluate_variables(
     ``step`` and prints the report."""
     model = build_model(config)
     if isinstance(model, models.PerViewModel):  # per-modality probes and retrieval
-        results = multimodal.evaluate(config, model, variables)
-        report = multimodal.format_report(results)
+        results = evaluation.multimodal.evaluate(config, model, variables)
+        report = evaluation.multimodal.format_report(results)
     else:
-        results = evaluate.evaluate(config, model, variables)
-        report = evaluate.format_report(results, knn_k=config.eval.knn_k)
+        results = evaluation.evaluate(config, model, variables)
+        report = evaluation.format_report(results, knn_k=config.eval.knn_k)
     writer.write_scalars(step, {f"eval/{k}": v for k, v in results.items()})
     writer.flush()
     announce(f"Evaluation at step {step}:\n{report}")
@@ -98,7 +97,7 @@ def restore_variables(
     else:
         with noise.quiet_data_preparation():
             channels = np.asarray(open_split(config, "test_split")[0]["image"]).shape[-1]
-    tx = optim.make_optimizer(config, total_steps=1)  # gives the state's structure only
+    tx = make_optimizer(config, total_steps=1)  # gives the state's structure only
     target = create_train_state(config, build_model(config), tx, parallel.make_mesh(), channels)
     checkpointer = Checkpointer(directory, max_to_keep=config.keep_checkpoints, read_only=True)
     try:
@@ -151,3 +150,58 @@ def evaluate_workdir(
             return evaluate_variables(config, variables, writer, step)
         finally:
             writer.close()
+
+
+# --- the summary of a finished run ----------------------------------------------------------------
+
+
+plain_config = run_identity.plain  # the config as JSON values (tuples become lists)
+
+
+def last_train_loss(workdir: str | os.PathLike) -> float | None:
+    """The last ``train/loss`` the run logged in ``metrics.jsonl`` (None if there is none)."""
+    path = epath.Path(workdir) / writers.METRICS_FILE
+    if not path.is_file():
+        return None
+    losses = [
+        record["train/loss"]
+        for record in map(json.loads, path.read_text(encoding="utf-8").splitlines())
+        if "train/loss" in record
+    ]
+    return losses[-1] if losses else None
+
+
+def run_summary(
+    config: config_dict.ConfigDict,
+    workdir: str | os.PathLike,
+    out: Mapping[str, Any],
+    seconds: float,
+) -> dict[str, Any]:
+    """The summary of a run that `mvcl.train.train_and_evaluate` returned ``out`` for, after
+    ``seconds`` of wall time."""
+    return {
+        "step": int(out["step"]),
+        "seconds": seconds,
+        "train_loss": last_train_loss(workdir),
+        "eval": dict(out["eval"]),
+        "config": plain_config(config),
+        "machine": {
+            "jax": jax.__version__,
+            "devices": jax.device_count(),
+            "processes": jax.process_count(),
+            "cpu_count": os.cpu_count(),
+            "load_average_at_end": list(os.getloadavg()),
+        },
+    }
+
+
+def write_json(path: str | os.PathLike, value: Any) -> None:
+    """Writes ``value`` as JSON atomically: a killed run leaves no file or a complete one (a
+    local file or a bucket's object, `mvcl.train.storage`).
+
+    Raises:
+      WorkdirError: ``path`` has an unsupported scheme.
+    """
+    path = storage.resolve(path, "the file")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    storage.write_text(path, json.dumps(value, indent=1))

@@ -5,7 +5,7 @@ modality with its own encoder. Its evaluation view of an image is the centre cro
 (`mvcl.data.center_view`) through the group's input transform (`mvcl.data.modalities`):
 
 * **per modality** ``<group>/linear_probe`` and ``<group>/knn``: the linear probe and weighted kNN
-  of `mvcl.train.evaluate` on the group's encoder features (train split fits, test split scores);
+  of `mvcl.evaluation` on the group's encoder features (train split fits, test split scores);
   ``<group>/raw_linear_probe`` the same probe on the flattened modality input itself (no encoder);
 * **cross-modal retrieval** ``retrieval/<a>-><b>`` for every ordered pair of groups: over the test
   set, the fraction of instances whose modality-``a`` projection has, among the modality-``b``
@@ -26,8 +26,9 @@ from ml_collections import config_dict
 
 from mvcl import data
 from mvcl.data import modalities
+from mvcl.evaluation.knn import knn_accuracy
+from mvcl.evaluation.probes import linear_probe_accuracy
 from mvcl.models.per_view import PerViewModel, group_inputs
-from mvcl.train import evaluate as evaluate_lib
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -136,19 +137,19 @@ def evaluate(
     }
     # Small data sets only (the splits are held in memory, as images): the full-batch L-BFGS
     # probe at its default 300 steps, the reference the streaming minibatch probe is checked
-    # against (`mvcl.train.evaluate`).
+    # against (`mvcl.evaluation.probes`).
     probe = {"weight_decay": ev.probe_weight_decay}
     results = {}
     for name in model.group_names:
         train_g, test_g = embed["train"][name], embed["test"][name]
         args = (train_g["features"], train_y, test_g["features"], test_y)
-        results[f"{name}/linear_probe"] = evaluate_lib.linear_probe_accuracy(
+        results[f"{name}/linear_probe"] = linear_probe_accuracy(
             *args, num_classes=num_classes, **probe
         )
-        results[f"{name}/knn"] = evaluate_lib.knn_accuracy(
+        results[f"{name}/knn"] = knn_accuracy(
             *args, num_classes=num_classes, k=ev.knn_k, temperature=ev.knn_temperature
         )
-        results[f"{name}/raw_linear_probe"] = evaluate_lib.linear_probe_accuracy(
+        results[f"{name}/raw_linear_probe"] = linear_probe_accuracy(
             train_g["raw"], train_y, test_g["raw"], test_y, num_classes=num_classes, **probe
         )
     results.update(
