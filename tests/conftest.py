@@ -9,6 +9,11 @@
   a stale cache is never used wrongly. ``MVCL_TEST_COMPILATION_CACHE=0`` turns it off.
 * ``test_multidevice.py`` and ``test_notebooks.py`` (programs on several simulated devices,
   notebooks executed) are marked ``slow``: ``pytest -m "not slow"`` is the quick tier.
+* The modules of long tests run first (`LONG_FIRST`), so the suite's tail is short tests.
+* XLA's CPU backend compiles without LLVM's optimisations (``--xla_backend_optimization_level=0``
+  in ``XLA_FLAGS``, which the programs the tests start inherit): the tests' programs are tiny and
+  mostly compile time, and the HLO programs (what mvcl builds: the shardings, the collectives,
+  the reduction order) are the same. ``MVCL_TEST_XLA_OPTIMIZE=1`` keeps LLVM's default.
 """
 
 import os
@@ -21,9 +26,33 @@ if os.environ.get("MVCL_TEST_COMPILATION_CACHE", "1") != "0":
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_CACHE))
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
+if os.environ.get("MVCL_TEST_XLA_OPTIMIZE", "0") != "1":
+    _FLAG = "--xla_backend_optimization_level=0"
+    if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FLAG}".strip()
+
 import jax  # after the cache settings, which JAX reads when imported
 
 SLOW_MODULES = ("test_multidevice.py", "test_notebooks.py")
+# Modules of long tests (programs on several simulated devices or in several processes, whole
+# runs), roughly longest first. They run first, so that pytest-xdist's last tests are short ones
+# and no worker waits minutes for the other at the end (the longest test-first order).
+LONG_FIRST = (
+    "test_grad_cache.py",
+    "test_multidevice.py",
+    "test_paper_datasets.py",
+    "test_guards.py",
+    "test_run_safety.py",
+    "test_train.py",
+    "test_clusters.py",
+    "test_per_view.py",
+    "test_memory_plan.py",
+    "test_object_storage.py",
+    "test_online_eval.py",
+    "test_bench_accelerator.py",
+    "test_sweep.py",
+    "test_notebooks.py",
+)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -31,6 +60,8 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.path.name in SLOW_MODULES:
             item.add_marker(pytest.mark.slow)
+    rank = {name: i for i, name in enumerate(LONG_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FIRST)))  # (stable)
 
 
 @pytest.fixture

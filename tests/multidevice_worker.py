@@ -27,7 +27,9 @@ import sys
 mode = sys.argv[1]
 counts = [int(a) for a in sys.argv[2:] if not a.startswith("--")]
 selected = next((a.removeprefix("--cases=") for a in sys.argv[2:] if a.startswith("--cases=")), "")
-os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={max(counts)}"
+os.environ["XLA_FLAGS"] = (
+    f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={max(counts)}"
+)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

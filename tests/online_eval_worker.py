@@ -48,7 +48,10 @@ def main() -> None:
     mode = sys.argv[1]
     if mode == "devices":
         counts = [int(a) for a in sys.argv[2:]]
-        os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={max(counts)}"
+        os.environ["XLA_FLAGS"] = (
+            f"{os.environ.get('XLA_FLAGS', '')} "
+            f"--xla_force_host_platform_device_count={max(counts)}"
+        )
         from mvcl import parallel
 
         for count in counts:

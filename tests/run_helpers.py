@@ -151,8 +151,7 @@ def start(
     ``worker``: the arguments of ``tests/train_worker.py`` (``[ACTION, STEP, ...]``) to run the
     command under, interrupted on cue.
     """
-    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
-    full_env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flags.strip(), **(env or {}))
+    full_env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(devices), **(env or {}))
     command = [WORKER, *worker, "--", script] if worker else ["-c", console_script(script)]
     return subprocess.Popen(
         [sys.executable, *command, *args],
@@ -162,6 +161,14 @@ def start(
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def xla_flags(devices: int, flags: str | None = None) -> str:
+    """``XLA_FLAGS`` for a program on ``devices`` simulated CPU devices: ``flags`` (by default
+    this process's, e.g. conftest's compile setting) with their device count replaced."""
+    flags = os.environ.get("XLA_FLAGS", "") if flags is None else flags
+    kept = [f for f in flags.split() if "xla_force_host_platform_device_count" not in f]
+    return " ".join([*kept, f"--xla_force_host_platform_device_count={devices}"])
 
 
 def processes(count: int) -> list[dict]:

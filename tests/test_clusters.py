@@ -22,7 +22,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from run_helpers import REPO, finish, free_port, saved_state, train_losses
+from run_helpers import REPO, finish, free_port, saved_state, train_losses, xla_flags
 
 from mvcl import parallel
 
@@ -195,11 +195,9 @@ def program_env(devices: int = 1, **extra: str) -> dict[str, str]:
         for k, v in os.environ.items()
         if not (k.startswith(LAUNCHER_PREFIXES) or k in LAUNCHER_NAMES)
     }
-    flags = [f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f]
-    flags.append(f"--xla_force_host_platform_device_count={devices}")
     env.update(
         JAX_PLATFORMS="cpu",
-        XLA_FLAGS=" ".join(flags),
+        XLA_FLAGS=xla_flags(devices, env.get("XLA_FLAGS", "")),
         PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
         **extra,
     )

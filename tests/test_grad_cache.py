@@ -128,9 +128,9 @@ def test_cached_gradients_equal_the_reference_on_1_3_and_8_devices():
 
 
 @pytest.mark.slow
-def test_every_loss_and_backend_caches_exactly_on_3_devices():
+def test_every_loss_caches_exactly_on_3_devices_with_each_backend_in_turn():
     rows = run_worker("grid", timeout=3600)
-    assert {r["loss"] for r in rows} == set(losses.NAMES)
+    assert sorted(r["loss"] for r in rows) == sorted(losses.NAMES)  # each loss once
     assert {(r["backend"], r["devices"], r["encoder"]) for r in rows} == {
         ("gather", 3, "tiny"),
         ("ring", 3, "tiny_bn"),

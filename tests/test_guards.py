@@ -29,6 +29,7 @@ from run_helpers import (
     saved_state,
     start,
     tiny_config,
+    xla_flags,
 )
 
 from mvcl import train
@@ -63,7 +64,7 @@ def test_a_nan_in_one_devices_shard_skips_the_step_on_every_device(micro_batch):
     env = dict(
         os.environ,
         JAX_PLATFORMS="cpu",
-        XLA_FLAGS="--xla_force_host_platform_device_count=3",
+        XLA_FLAGS=xla_flags(3),
     )
     out = subprocess.run(
         [sys.executable, str(REPO / "tests" / "guard_worker.py"), str(micro_batch)],

@@ -16,6 +16,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+from run_helpers import xla_flags  # noqa: E402
+
 from mvcl import data, losses, models, parallel, train  # noqa: E402
 from mvcl.configs import digits, digits_multimodal  # noqa: E402
 from mvcl.data import modalities  # noqa: E402
@@ -302,7 +304,7 @@ def test_per_view_run_on_4_simulated_devices_matches_one_device(tmp_path):
         env = dict(
             os.environ,
             JAX_PLATFORMS="cpu",
-            XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+            XLA_FLAGS=xla_flags(devices),
         )
         procs.append(
             subprocess.Popen(
