@@ -10,10 +10,6 @@
 * ``test_multidevice.py`` and ``test_notebooks.py`` (programs on several simulated devices,
   notebooks executed) are marked ``slow``: ``pytest -m "not slow"`` is the quick tier.
 * The modules of long tests run first (`LONG_FIRST`), so the suite's tail is short tests.
-* XLA's CPU backend compiles without LLVM's optimisations (``--xla_backend_optimization_level=0``
-  in ``XLA_FLAGS``, which the programs the tests start inherit): the tests' programs are tiny and
-  mostly compile time, and the HLO programs (what mvcl builds: the shardings, the collectives,
-  the reduction order) are the same. ``MVCL_TEST_XLA_OPTIMIZE=1`` keeps LLVM's default.
 """
 
 import os
@@ -25,11 +21,6 @@ if os.environ.get("MVCL_TEST_COMPILATION_CACHE", "1") != "0":
     _CACHE = Path(__file__).resolve().parents[1] / ".pytest_cache" / "jax"
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_CACHE))
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
-
-if os.environ.get("MVCL_TEST_XLA_OPTIMIZE", "0") != "1":
-    _FLAG = "--xla_backend_optimization_level=0"
-    if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FLAG}".strip()
 
 import jax  # after the cache settings, which JAX reads when imported
 

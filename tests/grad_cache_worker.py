@@ -20,8 +20,11 @@ import json
 import os
 import sys
 
+# Without LLVM's optimisations: these tiny programs are mostly compile time (the HLO programs,
+# what mvcl builds, are the same; a cold run of the grid took 39.9 s instead of 53.8 s).
 os.environ["XLA_FLAGS"] = (
     f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8"
+    " --xla_backend_optimization_level=0"
 )
 
 import flax.linen as nn

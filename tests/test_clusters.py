@@ -296,8 +296,10 @@ def test_mpirun_evaluate_prints_the_table_of_one_process(tmp_path, digits_dir):
 @needs_mpirun
 def test_mpi4py_detection_named_in_the_environment_joins_mpirun_processes():
     pytest.importorskip("mpi4py", reason="mpi4py is not installed (the test extra installs it)")
-    show = "import jax; from mvcl import parallel; f = parallel.initialize(); " + (
-        "print(jax.process_index(), jax.process_count(), jax.device_count(), f)"
+    show = "import sys, jax; from mvcl import parallel; f = parallel.initialize(); " + (
+        # one write per line: print's two writes (text, newline) of two processes interleave
+        "sys.stdout.write(f'{jax.process_index()} {jax.process_count()} {jax.device_count()} "
+        "{f}\\n'); sys.stdout.flush()"
     )
     mpirun = ["mpirun", "-np", "2", "--oversubscribe"]
     if os.getuid() == 0:
