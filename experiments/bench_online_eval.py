@@ -31,9 +31,7 @@ from absl import app, flags  # noqa: E402
 
 from mvcl import configs, parallel  # noqa: E402
 from mvcl.train import inputs, online_eval  # noqa: E402
-from mvcl.train.inputs import global_batch  # noqa: E402
-from mvcl.train.state import build_model, create_train_state, learning_rate_schedule, make_optimizer  # noqa: E402  # noqa: E402
-from mvcl.train.step import AXIS, make_train_step  # noqa: E402
+from mvcl.train.memory_plan import step_on_random_images  # noqa: E402
 
 _CONFIGS = flags.DEFINE_list("configs", ["digits", "fashion_mnist"], "Config names (mvcl.configs).")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed training steps after the compiling one.")
@@ -60,19 +58,7 @@ def bench(name: str) -> dict:
     config = configs.load(name)
     data = _data(config)
     mesh = parallel.make_mesh(None if config.num_devices == -1 else config.num_devices)
-    num_steps = max(config.num_steps, 1)
-    tx = make_optimizer(config, num_steps)
-    schedule = learning_rate_schedule(config, num_steps)
-    model = build_model(config, axis_name=AXIS)
-    shape = tuple(config.dataset.fake_shape)
-    state = create_train_state(config, model, tx, mesh, shape[-1])
-    step = make_train_step(config, model, tx, schedule, mesh)
-    sharding = parallel.batch_sharding(mesh, AXIS)
-    rng = np.random.default_rng(0)
-
-    def batch():
-        images = rng.integers(0, 256, (config.batch_size, *shape), dtype=np.uint8)
-        return global_batch(images, sharding, config.batch_size)
+    model, state, step, batch = step_on_random_images(config, mesh)
 
     start = time.perf_counter()
     evaluator = online_eval.OnlineEvaluator(config, model, mesh)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -260,6 +261,34 @@ def _first(analysis: Any) -> Any:
     return analysis[0] if isinstance(analysis, (list, tuple)) and analysis else analysis
 
 
+def step_on_random_images(
+    config: config_dict.ConfigDict,
+    mesh: jax.sharding.Mesh,
+    *,
+    steps_per_epoch: int = 1000,
+    seed: int = 0,
+) -> tuple[Any, Any, Any, Callable[[], jax.Array]]:
+    """``(model, state, step, batch)``: the model, train state and jitted train step of ``config``
+    on ``mesh`` as a run builds them, and ``batch()``, which gives a global batch of random uint8
+    images of the config's shape, sharded as the loop's. ``steps_per_epoch`` sets the optimiser's
+    schedule only."""
+    num_steps = num_train_steps(config, steps_per_epoch)
+    tx = make_optimizer(config, num_steps)
+    schedule = learning_rate_schedule(config, num_steps)
+    model = build_model(config, axis_name=AXIS)
+    shape = tuple(config.dataset.fake_shape)
+    state = create_train_state(config, model, tx, mesh, shape[-1])
+    step = make_train_step(config, model, tx, schedule, mesh)
+    sharding = parallel.batch_sharding(mesh, AXIS)
+    rng = np.random.default_rng(seed)
+
+    def batch() -> jax.Array:
+        images = rng.integers(0, 256, (config.batch_size, *shape), dtype=np.uint8)
+        return global_batch(images, sharding, config.batch_size)
+
+    return model, state, step, batch
+
+
 def time_train_step(
     config: config_dict.ConfigDict,
     *,
@@ -285,20 +314,9 @@ def time_train_step(
     """
     if mesh is None:
         mesh = parallel.make_mesh(_num_devices(config))
-    num_steps = num_train_steps(config, steps_per_epoch)
-    tx = make_optimizer(config, num_steps)
-    schedule = learning_rate_schedule(config, num_steps)
-    model = build_model(config, axis_name=AXIS)
-    shape = tuple(config.dataset.fake_shape)
-    state = create_train_state(config, model, tx, mesh, shape[-1])
-    step = make_train_step(config, model, tx, schedule, mesh)
-    sharding = parallel.batch_sharding(mesh, AXIS)
-    rng = np.random.default_rng(seed)
-
-    def batch() -> jax.Array:
-        images = rng.integers(0, 256, (config.batch_size, *shape), dtype=np.uint8)
-        return global_batch(images, sharding, config.batch_size)
-
+    _, state, step, batch = step_on_random_images(
+        config, mesh, steps_per_epoch=steps_per_epoch, seed=seed
+    )
     images = batch()
     start = time.perf_counter()
     compiled = step.lower(state, images).compile()
